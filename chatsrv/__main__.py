@@ -1,0 +1,3 @@
+from chatsrv.cli import main
+
+raise SystemExit(main())

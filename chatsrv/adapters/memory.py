@@ -1,0 +1,71 @@
+"""Single-node adapters: the in-process router and presence directory.
+
+Real implementations of the Router and Directory ports; the embedded mode runs on them and
+the cluster adapters build on the router for their local deliveries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import trio
+
+from chatsrv.domain.events import Event
+from chatsrv.domain.ports import Subscriber
+
+
+class LocalRouter:
+    """user id -> this node's live connections of that user."""
+
+    def __init__(self) -> None:
+        self._subs: dict[str, list[Subscriber]] = {}
+
+    def attach(self, sub: Subscriber) -> None:
+        self._subs.setdefault(sub.user_id, []).append(sub)
+
+    def detach(self, sub: Subscriber) -> None:
+        subs = self._subs.get(sub.user_id)
+        if subs is None:
+            return
+        try:
+            subs.remove(sub)
+        except ValueError:
+            return
+        if not subs:
+            del self._subs[sub.user_id]
+
+    def publish(self, user_ids: Iterable[str], event: Event, *,
+                exclude: Subscriber | None = None) -> None:
+        # The event is encoded once (Event.text is cached) for every connection it reaches.
+        for uid in user_ids:
+            for sub in self._subs.get(uid, ()):
+                if sub is not exclude:
+                    sub.send_nowait(event)
+
+    def local(self, user_id: str) -> Sequence[Subscriber]:
+        return tuple(self._subs.get(user_id, ()))
+
+    def connection_count(self) -> int:
+        return sum(len(s) for s in self._subs.values())
+
+    def user_count(self) -> int:
+        return len(self._subs)
+
+
+class LocalDirectory:
+    """Who is online on this (the only) node."""
+
+    def __init__(self) -> None:
+        self._online: set[str] = set()
+
+    async def set_online(self, user_id: str) -> None:
+        self._online.add(user_id)
+        await trio.lowlevel.checkpoint()
+
+    async def set_offline(self, user_id: str) -> None:
+        self._online.discard(user_id)
+        await trio.lowlevel.checkpoint()
+
+    async def online(self, user_ids: Sequence[str]) -> set[str]:
+        await trio.lowlevel.checkpoint()
+        return self._online.intersection(user_ids)

@@ -1,0 +1,1 @@
+"""Storage adapters: one SQL store over two drivers (PostgreSQL via triopg, SQLite)."""

@@ -1,0 +1,175 @@
+"""Composition root: open_services(settings) builds the node; main() serves it."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import trio
+import trio_asyncio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from chatsrv.adapters.memory import LocalDirectory, LocalRouter
+from chatsrv.adapters.storage.base import Database
+from chatsrv.adapters.storage.migrate import migrate
+from chatsrv.adapters.storage.sql import SqlStore
+from chatsrv.config import Settings
+from chatsrv.services.auth import AuthService
+from chatsrv.services.container import Services
+from chatsrv.services.conversations import ConversationService
+from chatsrv.services.membership import MembershipCache
+from chatsrv.services.messaging import MessagingService
+from chatsrv.services.presence import PresenceService
+
+log = logging.getLogger("chatsrv")
+
+
+@asynccontextmanager
+async def open_database(settings: Settings) -> AsyncIterator[Database]:
+    """PostgreSQL when configured (needs the trio-asyncio loop), else SQLite in data_dir."""
+    if settings.database_url:
+        from chatsrv.adapters.storage.postgres import open_postgres
+
+        async with open_postgres(settings.database_url, pool_size=settings.db_pool_size,
+                                 retry_deadline=settings.connect_retry_deadline) as db:
+            yield db
+    else:
+        from chatsrv.adapters.storage.sqlite import open_sqlite
+
+        async with open_sqlite(settings.sqlite_path) as db:
+            yield db
+
+
+@asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    """Own storage, the node's background tasks and every service for the block.
+
+    Migrations run first. Leaving the block cancels the background tasks (presence marks
+    everyone offline, shielded and bounded) and closes storage.
+    """
+    async with open_database(settings) as db:
+        applied = await migrate(db)
+        if applied:
+            log.info("migrations applied: %s", ", ".join(applied))
+        store = SqlStore(db)
+        router = LocalRouter()
+        directory = LocalDirectory()
+        members = MembershipCache(store)
+        presence = PresenceService(store, router, directory, grace=settings.presence_grace)
+        svc = Services(
+            settings=settings, store=store, router=router, members=members,
+            auth=AuthService(store, secret=settings.jwt_secret,
+                             access_ttl=settings.access_token_ttl,
+                             refresh_ttl=settings.refresh_token_ttl,
+                             bcrypt_rounds=settings.bcrypt_rounds),
+            conversations=ConversationService(store, router, members,
+                                              max_group_members=settings.max_group_members),
+            messaging=MessagingService(store, router, members,
+                                       max_content_chars=settings.max_content_chars,
+                                       history_max_limit=settings.history_max_limit,
+                                       history_default_limit=settings.history_default_limit,
+                                       sync_page_size=settings.sync_page_size),
+            presence=presence,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(presence.run)
+            yield svc
+            nursery.cancel_scope.cancel()
+
+
+def hypercorn_config(settings: Settings, *, bind: str | None = None) -> HypercornConfig:
+    config = HypercornConfig()
+    config.bind = [bind or f"{settings.http_host}:{settings.http_port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    # Liveness of WebSocket peers: Hypercorn pings every heartbeat_interval and the peer's
+    # pong counts as a read; a peer silent for heartbeat_timeout is dropped.
+    config.websocket_ping_interval = settings.heartbeat_interval
+    config.read_timeout = int(settings.heartbeat_timeout)
+    # Frames over max_frame_bytes get an error frame from us; only far larger ones (16x)
+    # make Hypercorn close the socket with 1009.
+    config.websocket_max_message_size = settings.max_frame_bytes * 16
+    config.graceful_timeout = settings.shutdown_deadline
+    config.backlog = 4096
+    return config
+
+
+def build_asgi(svc: Services) -> tuple[Any, Any]:
+    """One ASGI app: WebSockets go to the WebSocket endpoint, everything else to Quart.
+    Returns (app, ws endpoint)."""
+    from chatsrv.transport.http import create_app
+    from chatsrv.transport.ws import WebSocketEndpoint
+
+    quart_app = create_app(svc)
+    ws = WebSocketEndpoint(svc)
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            await ws(scope, receive, send)
+        else:
+            await quart_app(scope, receive, send)  # type: ignore[arg-type]
+
+    return asgi, ws
+
+
+async def serve_node(settings: Settings, *, bind: str | None = None,
+                     shutdown: trio.Event | None = None,
+                     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until `shutdown` is set (or cancelled); task_status gets the bound addresses.
+
+    Needs a trio-asyncio loop when settings point at PostgreSQL or Redis.
+    """
+    if shutdown is None:
+        shutdown = trio.Event()
+    async with open_services(settings) as svc:
+        asgi, ws = build_asgi(svc)
+        config = hypercorn_config(settings, bind=bind)
+
+        async def trigger() -> None:
+            await shutdown.wait()
+            # Hypercorn would wait graceful_timeout for open WebSockets: close them now
+            # with 1001 so clients reconnect elsewhere at once.
+            ws.close_all()
+
+        await serve(asgi, config, shutdown_trigger=trigger, task_status=task_status)
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def _main(settings: Settings) -> None:
+    shutdown = trio.Event()
+
+    async def watch_signals(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                log.info("received %s: shutting down within %.0fs",
+                         signal.Signals(signum).name, settings.shutdown_deadline)
+                shutdown.set()
+                return
+
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        await nursery.start(watch_signals)
+
+        addresses = await nursery.start(partial(serve_node, settings, shutdown=shutdown))
+        log.info("chatsrv %s serving on %s (%s)", settings.node_id, ", ".join(addresses),
+                 "PostgreSQL" if settings.database_url else f"SQLite {settings.sqlite_path}")
+        await shutdown.wait()
+        # Hypercorn closes sockets and drains within graceful_timeout; bound the rest.
+        nursery.cancel_scope.deadline = trio.current_time() + settings.shutdown_deadline + 2
+
+
+def main(settings: Settings) -> None:
+    """Run one node until SIGINT/SIGTERM."""
+    _raise_fd_limit()
+    trio.run(_main, settings)

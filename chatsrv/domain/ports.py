@@ -1,0 +1,120 @@
+"""Ports: what the services need from the outside world. Adapters satisfy them structurally."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from chatsrv.domain.events import Event
+from chatsrv.domain.model import (
+    Conversation,
+    ConversationSummary,
+    ConversationType,
+    Message,
+    RefreshGrant,
+    Role,
+    User,
+    Watermarks,
+)
+
+
+class Store(Protocol):
+    """Persistence. Every method is one transaction; raises Conflict on a unique violation and
+    Unavailable when the database cannot be reached."""
+
+    # users
+    async def create_user(
+        self, *, user_id: str, username: str, email: str, display_name: str,
+        password_hash: str, created_at: datetime,
+    ) -> User: ...
+    async def get_user(self, user_id: str) -> User | None: ...
+    async def get_users(self, user_ids: Sequence[str]) -> list[User]: ...
+    async def find_login(self, login: str) -> tuple[User, str] | None: ...
+    async def search_users(self, query: str, *, limit: int) -> list[User]: ...
+    async def set_last_seen(self, user_id: str, at: datetime) -> None: ...
+
+    # refresh tokens
+    async def add_refresh_token(
+        self, *, token_hash: str, user_id: str, family_id: str, expires_at: datetime
+    ) -> None: ...
+    async def use_refresh_token(self, token_hash: str, *, now: datetime) -> RefreshGrant | None:
+        """Consume a refresh token once. A token used twice revokes its whole family."""
+        ...
+    async def revoke_refresh_family(self, token_hash: str) -> None: ...
+
+    # conversations
+    async def create_conversation(
+        self, *, conversation_id: str, type: ConversationType, name: str | None,
+        created_by: str, members: Sequence[tuple[str, Role]], direct_key: str | None,
+        created_at: datetime,
+    ) -> tuple[Conversation, bool]:
+        """Returns (conversation, created). For a direct_key that exists, the existing one."""
+        ...
+    async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
+    async def list_conversations(self, user_id: str) -> list[ConversationSummary]: ...
+    async def member_ids(self, conversation_id: str) -> list[str]: ...
+    async def add_members(
+        self, conversation_id: str, members: Sequence[tuple[str, Role]], *, at: datetime
+    ) -> list[str]: ...
+    async def remove_member(self, conversation_id: str, user_id: str) -> bool: ...
+    async def contacts(self, user_id: str) -> list[str]:
+        """Users who share at least one conversation with user_id (not user_id)."""
+        ...
+    async def conversation_positions(self, user_id: str) -> dict[str, tuple[int, Watermarks]]:
+        """conversation id -> (last_seq, this member's watermarks), for every membership."""
+        ...
+
+    # messages
+    async def append_message(
+        self, *, message_id: str, conversation_id: str, sender_id: str, content: str,
+        message_type: str, client_msg_id: str | None, created_at: datetime,
+    ) -> tuple[Message, bool]:
+        """Commit a message with the next seq. Returns (message, created); a repeated
+        (sender_id, client_msg_id) returns the stored message and False."""
+        ...
+    async def get_message(self, message_id: str) -> Message | None: ...
+    async def list_messages(
+        self, conversation_id: str, *, limit: int, offset: int = 0,
+        before_seq: int | None = None, after_seq: int | None = None,
+    ) -> list[Message]:
+        """Newest first for offset/before_seq paging; oldest first for after_seq."""
+        ...
+    async def advance_watermarks(
+        self, conversation_id: str, user_id: str, *, delivered_to: int, read_to: int
+    ) -> tuple[Watermarks, Watermarks]:
+        """Move forward only, never past last_seq. Returns (before, after)."""
+        ...
+    async def watermarks(self, conversation_id: str) -> dict[str, Watermarks]: ...
+
+    async def ping(self) -> None: ...
+
+
+class Subscriber(Protocol):
+    """A live client connection as the router sees it."""
+
+    user_id: str
+    session_id: str
+
+    def send_nowait(self, event: Event) -> None:
+        """Queue without blocking. A full outbox drops a droppable event or evicts the
+        connection; never raises, never blocks."""
+        ...
+
+
+class Router(Protocol):
+    """Delivers events to users' live connections, wherever they are. Never blocks."""
+
+    def attach(self, sub: Subscriber) -> None: ...
+    def detach(self, sub: Subscriber) -> None: ...
+    def publish(self, user_ids: Iterable[str], event: Event, *,
+                exclude: Subscriber | None = None) -> None: ...
+    def local(self, user_id: str) -> Sequence[Subscriber]: ...
+
+
+class Directory(Protocol):
+    """Which users are online anywhere in the cluster (single node: this node)."""
+
+    async def set_online(self, user_id: str) -> None: ...
+    async def set_offline(self, user_id: str) -> None: ...
+    async def online(self, user_ids: Sequence[str]) -> set[str]: ...

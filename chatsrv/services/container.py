@@ -1,0 +1,56 @@
+"""The services of one running node, built by app.open_services and handed to transports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from chatsrv.config import Settings
+from chatsrv.domain.ports import Router, Store
+from chatsrv.services.auth import AuthService
+from chatsrv.services.conversations import ConversationService
+from chatsrv.services.membership import MembershipCache
+from chatsrv.services.messaging import MessagingService
+from chatsrv.services.presence import PresenceService
+
+
+@dataclass(slots=True)
+class Metrics:
+    """Counters for /metrics (Prometheus text format)."""
+
+    connections_opened: int = 0
+    connections_closed: int = 0
+    connections_evicted: int = 0
+    frames_in: int = 0
+    frames_out: int = 0
+    errors_sent: int = 0
+    messages_sent: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def render(self, svc: Any) -> str:
+        lines = []
+        for name in ("connections_opened", "connections_closed", "connections_evicted",
+                     "frames_in", "frames_out", "errors_sent", "messages_sent"):
+            lines.append(f"# TYPE chatsrv_{name}_total counter")
+            lines.append(f"chatsrv_{name}_total {getattr(self, name)}")
+        router = svc.router
+        if hasattr(router, "connection_count"):
+            lines.append("# TYPE chatsrv_connections gauge")
+            lines.append(f"chatsrv_connections {router.connection_count()}")
+            lines.append("# TYPE chatsrv_users_connected gauge")
+            lines.append(f"chatsrv_users_connected {router.user_count()}")
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    store: Store
+    router: Router
+    members: MembershipCache
+    auth: AuthService
+    conversations: ConversationService
+    messaging: MessagingService
+    presence: PresenceService
+    calls: Any = None
+    metrics: Metrics = field(default_factory=Metrics)

@@ -1,0 +1,130 @@
+"""Conversations: create (1:1 idempotent per pair, or group), list, read, membership."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from chatsrv.domain.errors import Forbidden, Invalid, NotFound
+from chatsrv.domain.events import Event
+from chatsrv.domain.model import (
+    Conversation,
+    ConversationSummary,
+    ConversationType,
+    Role,
+    new_id,
+    parse_id,
+    utcnow,
+)
+from chatsrv.domain.ports import Router, Store
+from chatsrv.services.membership import MembershipCache
+
+
+class ConversationService:
+    def __init__(self, store: Store, router: Router, members: MembershipCache, *,
+                 max_group_members: int) -> None:
+        self._store = store
+        self._router = router
+        self._members = members
+        self._max_group_members = max_group_members
+
+    async def create(self, user_id: str, *, type: str, member_ids: Sequence[str],
+                     name: str | None = None, admin_ids: Sequence[str] = ()) -> tuple[Conversation, bool]:
+        """Returns (conversation, created). Raises Invalid for bad input or unknown users."""
+        try:
+            kind = ConversationType(type)
+        except ValueError:
+            raise Invalid("type must be 'one_to_one' or 'group'", field="type") from None
+        others = list(dict.fromkeys(parse_id(m, "member_ids") for m in member_ids))
+        others = [m for m in others if m != user_id]
+        if kind is ConversationType.ONE_TO_ONE:
+            if len(others) != 1:
+                raise Invalid("one_to_one needs exactly one other member", field="member_ids")
+            name = None
+            direct_key = ":".join(sorted((user_id, others[0])))
+            members = [(user_id, Role.MEMBER), (others[0], Role.MEMBER)]
+        else:
+            name = (name or "").strip()
+            if not 1 <= len(name) <= 100:
+                raise Invalid("a group needs a name of 1-100 characters", field="name")
+            if len(others) + 1 > self._max_group_members:
+                raise Invalid(f"a group has at most {self._max_group_members} members",
+                              field="member_ids")
+            admins = {parse_id(a, "admin_ids") for a in admin_ids} | {user_id}
+            direct_key = None
+            members = [(user_id, Role.ADMIN)] + [
+                (m, Role.ADMIN if m in admins else Role.MEMBER) for m in others
+            ]
+        found = await self._store.get_users(others)
+        if len(found) != len(others):
+            missing = sorted(set(others) - {u.id for u in found})
+            raise Invalid("unknown user id(s)", code="unknown_user", field="member_ids",
+                          user_ids=missing)
+        conv, created = await self._store.create_conversation(
+            conversation_id=new_id(), type=kind, name=name, created_by=user_id,
+            members=members, direct_key=direct_key, created_at=utcnow(),
+        )
+        return conv, created
+
+    async def list_for(self, user_id: str) -> list[ConversationSummary]:
+        return await self._store.list_conversations(user_id)
+
+    async def get(self, user_id: str, conversation_id: str) -> Conversation:
+        """Raises NotFound for a conversation that does not exist or is not the user's
+        (outsiders cannot tell the difference)."""
+        conv = await self._store.get_conversation(parse_id(conversation_id, "conversation_id"))
+        if conv is None or conv.member(user_id) is None:
+            raise NotFound("conversation not found")
+        return conv
+
+    async def add_members(self, user_id: str, conversation_id: str,
+                          member_ids: Sequence[str]) -> Conversation:
+        conv = await self._admin_group(user_id, conversation_id)
+        ids = list(dict.fromkeys(parse_id(m, "member_ids") for m in member_ids))
+        if not ids:
+            raise Invalid("member_ids must not be empty", field="member_ids")
+        if len(conv.members) + len(ids) > self._max_group_members:
+            raise Invalid(f"a group has at most {self._max_group_members} members",
+                          field="member_ids")
+        found = await self._store.get_users(ids)
+        if len(found) != len(ids):
+            raise Invalid("unknown user id(s)", code="unknown_user", field="member_ids")
+        added = await self._store.add_members(conv.id, [(m, Role.MEMBER) for m in ids],
+                                              at=utcnow())
+        self._members.invalidate(conv.id)
+        updated = await self.get(user_id, conv.id)
+        if added:
+            self._router.publish(
+                [m.user_id for m in updated.members],
+                Event("members_added", {"conversation_id": conv.id, "user_ids": added,
+                                        "by": user_id}),
+            )
+        return updated
+
+    async def remove_member(self, user_id: str, conversation_id: str, member_id: str) -> None:
+        """Admins remove anyone; any member may remove themselves (leave)."""
+        member_id = parse_id(member_id, "user_id")
+        conv = await self.get(user_id, conversation_id)
+        if conv.type is not ConversationType.GROUP:
+            raise Invalid("members of a one_to_one conversation cannot change")
+        me = conv.member(user_id)
+        assert me is not None
+        if member_id != user_id and me.role is not Role.ADMIN:
+            raise Forbidden("only group admins can remove members")
+        if conv.member(member_id) is None:
+            raise NotFound("not a member of this conversation")
+        await self._store.remove_member(conv.id, member_id)
+        self._members.invalidate(conv.id)
+        self._router.publish(
+            [m.user_id for m in conv.members],
+            Event("member_removed", {"conversation_id": conv.id, "user_id": member_id,
+                                     "by": user_id}),
+        )
+
+    async def _admin_group(self, user_id: str, conversation_id: str) -> Conversation:
+        conv = await self.get(user_id, conversation_id)
+        if conv.type is not ConversationType.GROUP:
+            raise Invalid("members of a one_to_one conversation cannot change")
+        me = conv.member(user_id)
+        if me is None or me.role is not Role.ADMIN:
+            raise Forbidden("only group admins can add members")
+        return conv

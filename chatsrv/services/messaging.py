@@ -1,0 +1,201 @@
+"""Messages: send (the one path for REST and WebSocket), history, receipts, sync, typing."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from chatsrv.domain.errors import Invalid, NotFound
+from chatsrv.domain.events import Event, message_payload
+from chatsrv.domain.model import Message, Watermarks, new_id, parse_id, utcnow
+from chatsrv.domain.ports import Router, Store, Subscriber
+from chatsrv.services.membership import MembershipCache
+
+MESSAGE_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+MAX_CLIENT_MSG_ID = 64
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    messages: list[Message]
+    has_more: bool
+    watermarks: dict[str, dict[str, Watermarks]]
+
+
+class MessagingService:
+    def __init__(self, store: Store, router: Router, members: MembershipCache, *,
+                 max_content_chars: int, history_max_limit: int, history_default_limit: int,
+                 sync_page_size: int) -> None:
+        self._store = store
+        self._router = router
+        self._members = members
+        self._max_content = max_content_chars
+        self._history_max = history_max_limit
+        self._history_default = history_default_limit
+        self._sync_page = sync_page_size
+
+    async def send(self, user_id: str, *, conversation_id: str, content: str,
+                   message_type: str = "text", client_msg_id: str | None = None,
+                   origin: Subscriber | None = None) -> tuple[Message, bool]:
+        """Commit, then fan out `new_message` to every member's live connections except
+        `origin` (the connection that sent it gets `message_ack` instead).
+
+        Returns (message, created); a repeated client_msg_id returns the stored message and
+        is not fanned out again. Raises Invalid, NotFound (not a member), Unavailable.
+        """
+        conversation_id = parse_id(conversation_id, "conversation_id")
+        if not content or not content.strip():
+            raise Invalid("content must not be empty", field="content")
+        if len(content) > self._max_content:
+            raise Invalid(f"content is longer than {self._max_content} characters",
+                          code="content_too_long", field="content")
+        if not MESSAGE_TYPE.match(message_type):
+            raise Invalid("message_type must be a short lowercase word", field="message_type")
+        if client_msg_id is not None and not 1 <= len(client_msg_id) <= MAX_CLIENT_MSG_ID:
+            raise Invalid(f"client_msg_id must be 1-{MAX_CLIENT_MSG_ID} characters",
+                          field="client_msg_id")
+        message, created = await self._store.append_message(
+            message_id=new_id(), conversation_id=conversation_id, sender_id=user_id,
+            content=content, message_type=message_type, client_msg_id=client_msg_id,
+            created_at=utcnow(),
+        )
+        if message.conversation_id != conversation_id:
+            # client_msg_id reused for another conversation: not the same message
+            raise Invalid("client_msg_id was already used for another message",
+                          code="duplicate_client_msg_id", field="client_msg_id")
+        if created:
+            members = await self._members.members(conversation_id)
+            self._router.publish(members, Event("new_message", message_payload(message)),
+                                 exclude=origin)
+        return message, created
+
+    async def history(self, user_id: str, conversation_id: str, *, limit: int | None,
+                      offset: int = 0, before_seq: int | None = None,
+                      after_seq: int | None = None) -> tuple[list[Message], bool]:
+        """One page in seq order, and whether there is more beyond it.
+
+        limit/offset and before_seq page backwards from the newest; after_seq forwards.
+        `limit` defaults to the configured page and is capped at the configured maximum.
+        """
+        conversation_id = await self._require_member(user_id, conversation_id)
+        limit = self._history_default if limit is None else min(limit, self._history_max)
+        if limit < 1:
+            raise Invalid("limit must be >= 1", field="limit")
+        if offset < 0:
+            raise Invalid("offset must be >= 0", field="offset")
+        if before_seq is not None and after_seq is not None:
+            raise Invalid("use before_seq or after_seq, not both")
+        for name, value in (("before_seq", before_seq), ("after_seq", after_seq)):
+            if value is not None and value < 0:
+                raise Invalid(f"{name} must be >= 0", field=name)
+        rows = await self._store.list_messages(conversation_id, limit=limit + 1, offset=offset,
+                                               before_seq=before_seq, after_seq=after_seq)
+        has_more = len(rows) > limit
+        del rows[limit:]
+        if after_seq is None:
+            rows.reverse()  # fetched newest first
+        return rows, has_more
+
+    async def receipt(self, user_id: str, *, status: str, message_id: str | None = None,
+                      conversation_id: str | None = None,
+                      up_to_seq: int | None = None) -> Watermarks:
+        """Move the user's delivered or read watermark forward (read implies delivered) and
+        tell the conversation's members' devices with `message_status`. Idempotent."""
+        if message_id is not None:
+            message = await self._store.get_message(parse_id(message_id, "message_id"))
+            if message is None:
+                raise NotFound("message not found")
+            conversation_id, seq = message.conversation_id, message.seq
+            members = await self._members.members(conversation_id)
+            if user_id not in members:
+                raise NotFound("message not found")
+        elif conversation_id is not None and up_to_seq is not None:
+            if up_to_seq < 1:
+                raise Invalid("up_to_seq must be >= 1", field="up_to_seq")
+            conversation_id = parse_id(conversation_id, "conversation_id")
+            seq = up_to_seq
+            members = await self._members.members(conversation_id)
+            if user_id not in members:
+                raise NotFound("conversation not found")
+        else:
+            raise Invalid("give message_id, or conversation_id and up_to_seq")
+        read = status == "read"
+        before, after = await self._store.advance_watermarks(
+            conversation_id, user_id, delivered_to=seq, read_to=seq if read else 0
+        )
+        events = []
+        if after.delivered_seq > before.delivered_seq and (
+            not read or after.delivered_seq > after.read_seq
+        ):
+            events.append(("delivered", after.delivered_seq))
+        if after.read_seq > before.read_seq:
+            events.append(("read", after.read_seq))
+        for kind, mark in events:
+            mid = message_id if (message_id is not None and mark == seq) else None
+            if mid is None:
+                at = await self._store.list_messages(conversation_id, limit=1,
+                                                     before_seq=mark + 1)
+                mid = at[0].id if at else None
+            self._router.publish(members, Event("message_status", {
+                "conversation_id": conversation_id, "message_id": mid, "user_id": user_id,
+                "status": kind, "up_to_seq": mark, "timestamp": utcnow().timestamp(),
+            }))
+        return after
+
+    async def sync(self, user_id: str, since: Mapping[str, int] | None) -> SyncResult:
+        """Everything the user missed, per conversation in seq order, at most one page.
+
+        `since` maps conversation id -> last seq the client saw; without it, each
+        conversation starts at the user's delivered watermark. Raises NotFound for a
+        conversation that is not the user's.
+        """
+        positions = await self._store.conversation_positions(user_id)
+        if since is None:
+            start = {cid: marks.delivered_seq for cid, (_, marks) in positions.items()}
+        else:
+            start = {}
+            for raw, seq in since.items():
+                cid = parse_id(raw, "conversation_id")
+                if cid not in positions:
+                    raise NotFound(f"conversation {cid} not found")
+                if seq < 0:
+                    raise Invalid("last seq must be >= 0")
+                start[cid] = seq
+        budget = self._sync_page
+        messages: list[Message] = []
+        has_more = False
+        for cid, after in start.items():
+            last_seq = positions[cid][0]
+            if after >= last_seq:
+                continue
+            if budget <= 0:
+                has_more = True
+                break
+            page = await self._store.list_messages(cid, limit=budget, after_seq=after)
+            messages.extend(page)
+            budget -= len(page)
+            if page and page[-1].seq < last_seq:
+                has_more = True
+        watermarks = {cid: await self._store.watermarks(cid) for cid in start}
+        return SyncResult(messages=messages, has_more=has_more, watermarks=watermarks)
+
+    async def typing(self, user_id: str, conversation_id: str, is_typing: bool, *,
+                     check: bool = True) -> None:
+        """Tell the other members. Dropped first under backpressure."""
+        if check:
+            conversation_id = parse_id(conversation_id, "conversation_id")
+        members = await self._members.members(conversation_id)
+        if user_id not in members:
+            raise NotFound("conversation not found")
+        self._router.publish(
+            (m for m in members if m != user_id),
+            Event("typing", {"conversation_id": conversation_id, "user_id": user_id,
+                             "is_typing": is_typing}, droppable=True),
+        )
+
+    async def _require_member(self, user_id: str, conversation_id: str) -> str:
+        conversation_id = parse_id(conversation_id, "conversation_id")
+        if user_id not in await self._members.members(conversation_id):
+            raise NotFound("conversation not found")
+        return conversation_id

@@ -1,0 +1,88 @@
+"""Presence: online while a user has a live connection anywhere; last_seen persisted.
+
+Owns the node's PresenceBook. `run()` is the one task that turns expired grace periods
+into `offline` (it lives in the services nursery); connection handlers call `connected` /
+`disconnected`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import trio
+
+from chatsrv.domain.errors import Unavailable
+from chatsrv.domain.events import Event
+from chatsrv.domain.model import User, iso, utcnow
+from chatsrv.domain.ports import Directory, Router, Store, Subscriber
+from chatsrv.domain.presence import PresenceBook, Status
+
+log = logging.getLogger(__name__)
+
+
+class PresenceService:
+    def __init__(self, store: Store, router: Router, directory: Directory, *,
+                 grace: float) -> None:
+        self._store = store
+        self._router = router
+        self._directory = directory
+        self._book = PresenceBook(grace=grace)
+        self._wakeup = trio.Event()
+
+    async def connected(self, sub: Subscriber) -> None:
+        """Attach a connection for delivery; the user turns online on its first one."""
+        self._router.attach(sub)
+        if self._book.connect(sub.user_id, sub.session_id):
+            await self._directory.set_online(sub.user_id)
+            await self._announce(sub.user_id, Status.ONLINE, last_seen=None)
+
+    def disconnected(self, sub: Subscriber) -> None:
+        """Detach at once; the user turns offline after the grace period (see run)."""
+        self._router.detach(sub)
+        if self._book.disconnect(sub.user_id, sub.session_id, now=trio.current_time()):
+            self._wakeup.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Forever: turn users whose grace ran out offline. Cancelled with the services."""
+        task_status.started()
+        try:
+            while True:
+                deadline = self._book.next_deadline()
+                with trio.move_on_at(deadline if deadline is not None else float("inf")):
+                    await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                for user_id in self._book.expire(now=trio.current_time()):
+                    await self._go_offline(user_id)
+        finally:
+            # Shutdown: everyone still here goes offline with a persisted last_seen.
+            with trio.move_on_after(5, shield=True):
+                for user_id in self._book.online_users():
+                    await self._go_offline(user_id)
+
+    async def _go_offline(self, user_id: str) -> None:
+        now = utcnow()
+        await self._directory.set_offline(user_id)
+        try:
+            await self._store.set_last_seen(user_id, now)
+        except Unavailable:
+            # Storage down: presence still changes; last_seen is best effort here.
+            log.warning("could not persist last_seen for %s: storage unavailable", user_id)
+        await self._announce(user_id, Status.OFFLINE, last_seen=iso(now))
+
+    async def _announce(self, user_id: str, status: Status, *, last_seen: str | None) -> None:
+        contacts = await self._store.contacts(user_id)
+        now = utcnow()
+        event = Event("presence_update", {
+            "user_id": user_id, "status": status.value, "timestamp": int(now.timestamp()),
+            "last_seen": last_seen,
+        })
+        self._router.publish([*contacts, user_id], event)
+
+    async def statuses(self, users: Sequence[User]) -> dict[str, str]:
+        online = await self._directory.online([u.id for u in users])
+        return {u.id: (Status.ONLINE if u.id in online else Status.OFFLINE).value
+                for u in users}
+
+    def is_local_online(self, user_id: str) -> bool:
+        return self._book.is_online(user_id)

@@ -1,0 +1,435 @@
+"""REST under /api, health, metrics, OpenAPI and the web client, on Quart-Trio.
+
+Handlers parse, call one service method and render. Every route is declared through `Api`,
+which also records its request/response schemas: /api/openapi.json is generated from them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+from quart import Response, request, send_from_directory
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from chatsrv import __version__
+from chatsrv.domain.errors import ChatError, Invalid, NotFound, Unauthorized
+from chatsrv.domain.model import Conversation, ConversationSummary, Message, User, iso, parse_id
+from chatsrv.domain.receipts import status_for
+from chatsrv.services.container import Services
+from chatsrv.transport import wire
+from chatsrv.transport.errors import error_body, error_of, http_status
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+_encoder = msgspec.json.Encoder()
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(_encoder.encode(body), status=status, content_type="application/json")
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def render_user(u: User, *, status: str | None = None, private: bool = False) -> wire.UserOut:
+    return wire.UserOut(
+        id=u.id, username=u.username, display_name=u.display_name,
+        email=u.email if private else None, status=status, last_seen=iso(u.last_seen),
+        created_at=iso(u.created_at),
+    )
+
+
+def render_message(m: Message) -> wire.MessageOut:
+    return wire.MessageOut(
+        id=m.id, conversation_id=m.conversation_id, seq=m.seq, sender_id=m.sender_id,
+        content=m.content, message_type=m.message_type, client_msg_id=m.client_msg_id,
+        created_at=iso(m.created_at) or "",
+    )
+
+
+def render_conversation(c: Conversation, *, users: dict[str, User] | None = None,
+                        statuses: dict[str, str] | None = None,
+                        summary: ConversationSummary | None = None) -> wire.ConversationOut:
+    users = users or {}
+    statuses = statuses or {}
+    members = []
+    for m in c.members:
+        u = users.get(m.user_id)
+        members.append(wire.MemberOut(
+            user_id=m.user_id, role=m.role.value, delivered_seq=m.delivered_seq,
+            read_seq=m.read_seq, joined_at=iso(m.joined_at) or "",
+            username=u.username if u else None, display_name=u.display_name if u else None,
+            status=statuses.get(m.user_id), last_seen=iso(u.last_seen) if u else None,
+        ))
+    return wire.ConversationOut(
+        id=c.id, type=c.type.value, name=c.name, created_by=c.created_by,
+        created_at=iso(c.created_at) or "", last_seq=c.last_seq, members=members,
+        last_message=render_message(summary.last_message)
+        if summary and summary.last_message else None,
+        unread=summary.unread if summary else None,
+    )
+
+
+# ---------------------------------------------------------------------------- routing
+
+
+class Api:
+    """Registers routes on the app and keeps their schemas for the OpenAPI document."""
+
+    def __init__(self, app: QuartTrio) -> None:
+        self.app = app
+        self.paths: dict[str, dict[str, Any]] = {}
+        self.types: set[type[Any]] = {wire.ErrorOut}
+
+    def route(self, method: str, path: str, *, summary: str, body: type[Any] | None = None,
+              response: type[Any] | None = None, status: int = 200, auth: bool = True,
+              query: tuple[str, ...] = ()) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
+        def register(handler: Callable[..., Awaitable[Any]]) -> Any:
+            self.app.add_url_rule(path, endpoint=f"{method}:{path}", view_func=handler,
+                                  methods=[method])
+            op: dict[str, Any] = {
+                "summary": summary, "operationId": handler.__name__,
+                "responses": {
+                    str(status): _schema_ref(response, "OK") if response else {"description": "OK"},
+                    "4XX": _schema_ref(wire.ErrorOut, "error"),
+                },
+            }
+            if auth:
+                op["security"] = [{"bearer": []}]
+            params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                      for p in _path_params(path)]
+            params += [{"name": q, "in": "query", "required": False,
+                        "schema": {"type": "string"}} for q in query]
+            if params:
+                op["parameters"] = params
+            if body is not None:
+                op["requestBody"] = {"required": True, "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{body.__name__}"}}
+                }}
+                self.types.add(body)
+            if response is not None:
+                self.types.add(response)
+            self.paths.setdefault(_openapi_path(path), {})[method.lower()] = op
+            return handler
+        return register
+
+    def openapi(self) -> dict[str, Any]:
+        _, components = msgspec.json.schema_components(
+            sorted(self.types, key=lambda t: t.__name__),
+            ref_template="#/components/schemas/{name}",
+        )
+        return {
+            "openapi": "3.1.0",
+            "info": {"title": "chatsrv", "version": __version__,
+                     "description": "REST API of chatsrv. The WebSocket protocol at /api/ws "
+                                    "is described in docs/protocol.md."},
+            "paths": self.paths,
+            "components": {
+                "schemas": components,
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                               "bearerFormat": "JWT"}},
+            },
+        }
+
+
+def _schema_ref(cls: type[Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{cls.__name__}"}}}}
+
+
+def _path_params(path: str) -> list[str]:
+    return [part[1:-1].split(":")[-1] for part in path.split("/") if part.startswith("<")]
+
+
+def _openapi_path(path: str) -> str:
+    return "/".join(
+        "{" + part[1:-1].split(":")[-1] + "}" if part.startswith("<") else part
+        for part in path.split("/")
+    )
+
+
+# ---------------------------------------------------------------------------- request helpers
+
+
+def _bearer() -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing bearer token", code="missing_token")
+    return token.strip()
+
+
+async def _body(cls: type[Any]) -> Any:
+    data = await request.get_data(cache=False, as_text=False)
+    return wire.decode_body(data, cls)  # type: ignore[arg-type]
+
+
+def _int_arg(name: str) -> int | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise Invalid(f"{name} must be an integer", field=name) from None
+
+
+# ---------------------------------------------------------------------------- the app
+
+
+def create_app(svc: Services) -> QuartTrio:
+    """The Quart app for everything but the WebSocket (see transport/ws.py)."""
+    settings = svc.settings
+    app = QuartTrio("chatsrv", static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
+    api = Api(app)
+
+    def me() -> str:
+        return svc.auth.authenticate(_bearer())
+
+    async def _statuses(users: list[User]) -> dict[str, str]:
+        return await svc.presence.statuses(users)
+
+    # errors, at the edge, once
+    @app.errorhandler(ChatError)
+    async def _chat_error(err: ChatError) -> Response:
+        return json_response(error_of(err), http_status(err))
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(err: HTTPException) -> Response:
+        status = err.code or 500
+        code = {404: "not_found", 405: "method_not_allowed",
+                413: "too_large"}.get(status, "http_error")
+        message = {413: f"request body over {settings.max_body_bytes} bytes"}.get(
+            status, err.description or err.name)
+        return json_response(error_body(code, message), status)
+
+    @app.errorhandler(Exception)
+    async def _unexpected(err: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response(error_body("internal", "internal server error"), 500)
+
+    @app.after_request
+    async def _cors(resp: Response) -> Response:
+        resp.headers.setdefault("Access-Control-Allow-Origin", "*")
+        resp.headers.setdefault("Access-Control-Allow-Headers", "Authorization, Content-Type")
+        resp.headers.setdefault("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
+        return resp
+
+    # ---- auth
+
+    @api.route("POST", "/api/auth/register", summary="Create an account", auth=False,
+               body=wire.RegisterIn, response=wire.AuthOut, status=201)
+    async def register() -> Response:
+        b = await _body(wire.RegisterIn)
+        s = await svc.auth.register(username=b.username, email=b.email, password=b.password,
+                                    display_name=b.display_name)
+        return json_response(_auth_out(s), 201)
+
+    @api.route("POST", "/api/auth/login", summary="Sign in by email or username", auth=False,
+               body=wire.LoginIn, response=wire.AuthOut)
+    async def login() -> Response:
+        b = await _body(wire.LoginIn)
+        login = b.email or b.username
+        if not login:
+            raise Invalid("give email or username", field="email")
+        s = await svc.auth.login(login=login, password=b.password)
+        return json_response(_auth_out(s))
+
+    @api.route("POST", "/api/auth/refresh", summary="Rotate a refresh token", auth=False,
+               body=wire.RefreshIn, response=wire.AuthOut)
+    async def refresh() -> Response:
+        b = await _body(wire.RefreshIn)
+        return json_response(_auth_out(await svc.auth.refresh(b.refresh_token)))
+
+    @api.route("POST", "/api/auth/logout", summary="Revoke a refresh token (and its family)",
+               auth=False, body=wire.RefreshIn, status=204)
+    async def logout() -> Response:
+        b = await _body(wire.RefreshIn)
+        await svc.auth.logout(b.refresh_token)
+        return Response(b"", status=204)
+
+    # ---- users
+
+    @api.route("GET", "/api/users/me", summary="My profile", response=wire.UserOut)
+    async def users_me() -> Response:
+        user = await svc.auth.get_user(me())
+        st = await _statuses([user])
+        return json_response(render_user(user, status=st[user.id], private=True))
+
+    @api.route("GET", "/api/users/<user_id>", summary="A user's profile, status and last_seen",
+               response=wire.UserOut)
+    async def users_get(user_id: str) -> Response:
+        me()
+        user = await svc.auth.get_user(parse_id(user_id, "user_id"))
+        st = await _statuses([user])
+        return json_response(render_user(user, status=st[user.id]))
+
+    @api.route("GET", "/api/users", summary="Search users by username or display name",
+               response=wire.UsersOut, query=("q", "limit"))
+    async def users_search() -> Response:
+        me()
+        q = (request.args.get("q") or "").strip()
+        if not q:
+            raise Invalid("q is required", field="q")
+        limit = _int_arg("limit") or 20
+        if not 1 <= limit <= 100:
+            raise Invalid("limit must be 1-100", field="limit")
+        users = await svc.store.search_users(q, limit=limit)
+        st = await _statuses(users)
+        return json_response(wire.UsersOut(users=[render_user(u, status=st[u.id])
+                                                  for u in users]))
+
+    # ---- conversations
+
+    @api.route("POST", "/api/conversations", summary="Create a one_to_one (idempotent per "
+               "pair) or group conversation", body=wire.CreateConversationIn,
+               response=wire.ConversationOut, status=201)
+    async def conversations_create() -> Response:
+        uid = me()
+        b = await _body(wire.CreateConversationIn)
+        conv, created = await svc.conversations.create(
+            uid, type=b.type, member_ids=b.member_ids, name=b.name, admin_ids=b.admin_ids)
+        return json_response(await _conversation_out(conv), 201 if created else 200)
+
+    @api.route("GET", "/api/conversations", summary="My conversations with last message and "
+               "unread count", response=wire.ConversationListOut)
+    async def conversations_list() -> Response:
+        uid = me()
+        summaries = await svc.conversations.list_for(uid)
+        return json_response(wire.ConversationListOut(conversations=[
+            render_conversation(s.conversation, summary=s) for s in summaries
+        ]))
+
+    @api.route("GET", "/api/conversations/<conversation_id>", summary="A conversation with "
+               "members and their watermarks", response=wire.ConversationOut)
+    async def conversations_get(conversation_id: str) -> Response:
+        conv = await svc.conversations.get(me(), conversation_id)
+        return json_response(await _conversation_out(conv))
+
+    @api.route("POST", "/api/conversations/<conversation_id>/members", summary="Add group "
+               "members (admins)", body=wire.MembersIn, response=wire.ConversationOut)
+    async def members_add(conversation_id: str) -> Response:
+        uid = me()
+        b = await _body(wire.MembersIn)
+        conv = await svc.conversations.add_members(uid, conversation_id, b.member_ids)
+        return json_response(await _conversation_out(conv))
+
+    @api.route("DELETE", "/api/conversations/<conversation_id>/members/<user_id>",
+               summary="Remove a group member (admins) or leave", status=204)
+    async def members_remove(conversation_id: str, user_id: str) -> Response:
+        await svc.conversations.remove_member(me(), conversation_id, user_id)
+        return Response(b"", status=204)
+
+    @api.route("DELETE", "/api/conversations/<conversation_id>/members", summary="Remove "
+               "group members given in the body (admins)", body=wire.MembersIn, status=204)
+    async def members_remove_many(conversation_id: str) -> Response:
+        uid = me()
+        b = await _body(wire.MembersIn)
+        for member_id in b.member_ids:
+            await svc.conversations.remove_member(uid, conversation_id, member_id)
+        return Response(b"", status=204)
+
+    async def _conversation_out(conv: Conversation) -> wire.ConversationOut:
+        users = await svc.store.get_users([m.user_id for m in conv.members])
+        statuses = await _statuses(users)
+        return render_conversation(conv, users={u.id: u for u in users}, statuses=statuses)
+
+    # ---- messages
+
+    @api.route("GET", "/api/conversations/<conversation_id>/messages", summary="History in "
+               "seq order: limit/offset from the newest, or before_seq/after_seq cursors",
+               response=wire.MessagesOut, query=("limit", "offset", "before_seq", "after_seq"))
+    async def messages_list(conversation_id: str) -> Response:
+        page, has_more = await svc.messaging.history(
+            me(), conversation_id, limit=_int_arg("limit"), offset=_int_arg("offset") or 0,
+            before_seq=_int_arg("before_seq"), after_seq=_int_arg("after_seq"),
+        )
+        return json_response(wire.MessagesOut(messages=[render_message(m) for m in page],
+                                              has_more=has_more))
+
+    @api.route("POST", "/api/conversations/<conversation_id>/messages", summary="Send a "
+               "message (same path as the WebSocket chat_message)", body=wire.SendMessageIn,
+               response=wire.MessageOut, status=201)
+    async def messages_send(conversation_id: str) -> Response:
+        uid = me()
+        b = await _body(wire.SendMessageIn)
+        msg, created = await svc.messaging.send(
+            uid, conversation_id=conversation_id, content=b.content,
+            message_type=b.message_type, client_msg_id=b.client_msg_id)
+        return json_response(render_message(msg), 201 if created else 200)
+
+    @api.route("GET", "/api/messages/<message_id>/status", summary="Per-member status of a "
+               "message (sent/delivered/read), from watermarks", response=wire.MessageStatusOut)
+    async def message_status(message_id: str) -> Response:
+        uid = me()
+        msg = await svc.store.get_message(parse_id(message_id, "message_id"))
+        if msg is None:
+            raise NotFound("message not found")
+        conv = await svc.conversations.get(uid, msg.conversation_id)
+        marks = await svc.store.watermarks(conv.id)
+        return json_response(wire.MessageStatusOut(
+            message_id=msg.id, seq=msg.seq,
+            statuses={u: status_for(msg.seq, w) for u, w in marks.items() if u != msg.sender_id},
+        ))
+
+    @api.route("POST", "/api/conversations/<conversation_id>/read", summary="Mark read (or "
+               "delivered) up to a seq", body=wire.ReceiptBodyIn, status=204)
+    async def mark_read(conversation_id: str) -> Response:
+        uid = me()
+        b = await _body(wire.ReceiptBodyIn)
+        await svc.messaging.receipt(uid, status=b.status, conversation_id=conversation_id,
+                                    up_to_seq=b.up_to_seq)
+        return Response(b"", status=204)
+
+    # ---- ops
+
+    @app.route("/healthz")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.route("/readyz")
+    async def readyz() -> Response:
+        try:
+            with trio.fail_after(2):
+                await svc.store.ping()
+        except (trio.TooSlowError, ChatError, OSError) as exc:
+            return json_response(error_body("unavailable", f"storage unreachable: {exc!r}"), 503)
+        return json_response({"status": "ready", "node_id": settings.node_id})
+
+    @app.route("/metrics")
+    async def metrics() -> Response:
+        return Response(svc.metrics.render(svc), content_type="text/plain; version=0.0.4")
+
+    @app.route("/api/openapi.json")
+    async def openapi() -> Response:
+        return json_response(api.openapi())
+
+    @app.route("/")
+    async def index() -> Response:
+        return await send_from_directory(WEB_DIR, "index.html")
+
+    @app.route("/web/<path:name>")
+    async def web(name: str) -> Response:
+        return await send_from_directory(WEB_DIR, name)
+
+    @app.route("/api/<path:rest>", methods=["GET", "POST", "DELETE", "PUT", "PATCH"])
+    async def api_not_found(rest: str) -> Response:
+        raise NotFound(f"no such endpoint: {request.method} /api/{rest}")
+
+    app.extensions["chatsrv_api"] = api
+    return app
+
+
+def _auth_out(s: Any) -> wire.AuthOut:
+    return wire.AuthOut(token=s.token, refresh_token=s.refresh_token, expires_in=s.expires_in,
+                        user=render_user(s.user, private=True))
+

@@ -1,0 +1,343 @@
+"""The WebSocket endpoint /api/ws: one connection = one Trio nursery.
+
+Served as plain ASGI (beside the Quart app) so the handshake can be refused with HTTP 401
+and frames skip a framework layer. Per connection:
+- the handler task is the reader: it parses frames and calls one service method per frame;
+  frames of one connection are handled in order (acks come back in send order);
+- a writer task drains the bounded outbox into the socket;
+- a typing task exists only while the user is typing somewhere (expiry);
+- liveness: Hypercorn pings every heartbeat_interval and drops a peer silent for
+  heartbeat_timeout (ASGI does not surface pongs, so the ping lives in the server layer).
+Closing the socket cancels the nursery; cleanup (presence, typing, calls) runs shielded with
+a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+from urllib.parse import parse_qs
+
+import trio
+
+from chatsrv.domain.errors import ChatError, Invalid, RateLimited, Unauthorized
+from chatsrv.domain.events import Event, message_payload
+from chatsrv.domain.model import new_id, parse_id, utcnow
+from chatsrv.domain.ratelimit import TokenBucket
+from chatsrv.domain.typing_state import TypingBook
+from chatsrv.services.container import Services
+from chatsrv.transport import wire
+from chatsrv.transport.errors import error_body
+
+log = logging.getLogger(__name__)
+
+PATH = "/api/ws"
+CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_UNAUTHORIZED = 4401
+SUBPROTOCOL = "chatsrv"
+
+
+class WsConnection:
+    """One live socket: the router's Subscriber and the state its tasks share."""
+
+    __slots__ = ("_outbox", "_scope", "close_code", "close_reason", "metrics", "session_id",
+                 "typing", "typing_running", "user_id")
+
+    def __init__(self, user_id: str, outbox: trio.MemorySendChannel[Event], metrics: Any,
+                 typing_ttl: float) -> None:
+        self.user_id = user_id
+        self.session_id = new_id()
+        self._outbox = outbox
+        self._scope: trio.CancelScope | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.metrics = metrics
+        self.typing = TypingBook(ttl=typing_ttl)
+        self.typing_running = False
+
+    def send_nowait(self, event: Event) -> None:
+        try:
+            self._outbox.send_nowait(event)
+        except trio.WouldBlock:
+            if event.droppable:
+                return  # typing goes first under backpressure
+            # A consumer that cannot keep up is cut; it reconnects and syncs, losing nothing.
+            self.metrics.connections_evicted += 1
+            self.close(CLOSE_TRY_AGAIN_LATER, "outbox full: reconnect and sync")
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask the connection to end; its nursery is cancelled and the close frame sent."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        if self._scope is not None:
+            self._scope.cancel()
+
+
+def _token_from(scope: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(token, subprotocol to select). Token from ?token= or a Sec-WebSocket-Protocol value
+    (`bearer.<jwt>` or the bare JWT), since browsers cannot set headers."""
+    protocols: list[str] = list(scope.get("subprotocols") or [])
+    chosen = SUBPROTOCOL if SUBPROTOCOL in protocols else None
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    token = (query.get("token") or [None])[0]
+    for p in protocols:
+        candidate = p[len("bearer."):] if p.startswith("bearer.") else p
+        if candidate.count(".") == 2 and token is None:
+            token = candidate
+            chosen = chosen or p
+    return token, chosen
+
+
+class WebSocketEndpoint:
+    def __init__(self, svc: Services) -> None:
+        self._svc = svc
+        self._settings = svc.settings
+        self._live: set[WsConnection] = set()
+        self._buckets: dict[str, TokenBucket] = {}
+        self._closing = False
+        self._handlers: dict[str, Callable[[WsConnection, Any, Any], Any]] = {
+            "chat_message": self._chat_message,
+            "typing": self._typing,
+            "delivery_receipt": partial(self._receipt, "delivered"),
+            "read_receipt": partial(self._receipt, "read"),
+            "sync": self._sync,
+            "ping": self._ping,
+        }
+        if svc.calls is not None:
+            for name in ("call_offer", "call_answer", "ice_candidate", "call_reject",
+                         "call_end"):
+                self._handlers[name] = partial(self._call, name)
+
+    @property
+    def live_count(self) -> int:
+        return len(self._live)
+
+    def close_all(self) -> None:
+        """Shutdown: every socket closes with 1001 (clients reconnect elsewhere)."""
+        self._closing = True
+        for conn in list(self._live):
+            conn.close(CLOSE_GOING_AWAY, "server shutting down")
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        if scope.get("path") != PATH:
+            await _refuse(send, 404, error_body("not_found", f"no WebSocket at {scope.get('path')}"))
+            return
+        if self._closing:
+            await _refuse(send, 503, error_body("unavailable", "server shutting down"))
+            return
+        token, subprotocol = _token_from(scope)
+        try:
+            if not token:
+                raise Unauthorized("missing token: use ?token=<jwt>", code="missing_token")
+            user_id = self._svc.auth.authenticate(token)
+        except Unauthorized as exc:
+            await _refuse(send, 401, error_body(exc.code, exc.message))
+            return
+        await self._serve(user_id, scope, receive, send, subprotocol)
+
+    async def _serve(self, user_id: str, scope: dict[str, Any], receive: Any, send: Any,
+                     subprotocol: str | None) -> None:
+        svc, settings = self._svc, self._settings
+        positions = await svc.store.conversation_positions(user_id)
+        outbox_send, outbox_recv = trio.open_memory_channel[Event](settings.outbox_size)
+        conn = WsConnection(user_id, outbox_send, svc.metrics, settings.typing_ttl)
+        accept: dict[str, Any] = {"type": "websocket.accept"}
+        if subprotocol:
+            accept["subprotocol"] = subprotocol
+        await send(accept)
+        svc.metrics.connections_opened += 1
+        self._live.add(conn)
+        disconnected = False
+        try:
+            async with trio.open_nursery() as nursery:
+                conn._scope = nursery.cancel_scope
+                nursery.start_soon(self._writer, outbox_recv, send)
+                conn.send_nowait(Event("ready", {
+                    "user_id": user_id, "session_id": conn.session_id,
+                    "server_time": utcnow().isoformat(), "node_id": settings.node_id,
+                    "heartbeat_interval": settings.heartbeat_interval,
+                    "conversations": {
+                        cid: {"last_seq": last, "unread": max(0, last - marks.read_seq),
+                              "delivered_seq": marks.delivered_seq, "read_seq": marks.read_seq}
+                        for cid, (last, marks) in positions.items()
+                    },
+                }))
+                # attach after `ready` is queued: live events follow it, never precede it
+                await svc.presence.connected(conn)
+                since = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("since")
+                if since is not None:
+                    await self._initial_sync(conn, since[0])
+                disconnected = await self._reader(conn, nursery, receive)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._live.discard(conn)
+            svc.metrics.connections_closed += 1
+            with trio.move_on_after(2, shield=True):
+                await self._cleanup(conn)
+                if not disconnected:
+                    code = conn.close_code or CLOSE_GOING_AWAY
+                    await send({"type": "websocket.close", "code": code,
+                                "reason": conn.close_reason})
+
+    async def _cleanup(self, conn: WsConnection) -> None:
+        svc = self._svc
+        svc.presence.disconnected(conn)
+        if not svc.router.local(conn.user_id):
+            self._buckets.pop(conn.user_id, None)
+        for cid in conn.typing.active_for(conn.user_id):
+            conn.typing.stop(cid, conn.user_id)
+            await self._publish_typing(conn, cid, False)
+        if svc.calls is not None:
+            await svc.calls.connection_closed(conn)
+
+    async def _writer(self, outbox: trio.MemoryReceiveChannel[Event], send: Any) -> None:
+        metrics = self._svc.metrics
+        async with outbox:
+            async for event in outbox:
+                await send({"type": "websocket.send", "text": event.text})
+                metrics.frames_out += 1
+
+    async def _reader(self, conn: WsConnection, nursery: trio.Nursery, receive: Any) -> bool:
+        """Handle frames until the peer disconnects (returns True) or the connection is
+        closed by us (cancelled)."""
+        max_frame = self._settings.max_frame_bytes
+        metrics = self._svc.metrics
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return True
+            data = message.get("text")
+            if data is None:
+                data = message.get("bytes") or b""
+            metrics.frames_in += 1
+            ref = None
+            try:
+                if len(data) > max_frame:
+                    raise wire.FrameError(f"frame over {max_frame} bytes", code="frame_too_large")
+                type_, payload, ref = wire.decode_frame(data)
+                self._rate_limit(conn)
+                await self._handlers[type_](conn, payload, ref)
+                if conn.typing.next_deadline() is not None and not conn.typing_running:
+                    conn.typing_running = True
+                    nursery.start_soon(self._expire_typing, conn)
+            except wire.FrameError as exc:
+                self._error(conn, exc, exc.ref)
+            except ChatError as exc:
+                self._error(conn, exc, ref)
+
+    def _error(self, conn: WsConnection, exc: ChatError, ref: Any) -> None:
+        self._svc.metrics.errors_sent += 1
+        payload = {"code": exc.code, "message": exc.message, "ref": ref, **exc.details}
+        conn.send_nowait(Event("error", payload, ref=ref))
+
+    def _rate_limit(self, conn: WsConnection) -> None:
+        bucket = self._buckets.get(conn.user_id)
+        if bucket is None:
+            bucket = self._buckets[conn.user_id] = TokenBucket(
+                rate=self._settings.rate_per_second, burst=self._settings.rate_burst)
+        wait = bucket.take(now=trio.current_time())
+        if wait > 0:
+            raise RateLimited(f"too many frames; retry after {wait:.2f}s", retry_after=wait)
+
+    async def _initial_sync(self, conn: WsConnection, since: str) -> None:
+        positions: dict[str, int] | None = None
+        if since not in ("", "auto", "delivered"):
+            try:
+                raw = json.loads(since)
+                if not isinstance(raw, dict) or not all(
+                        isinstance(v, int) and not isinstance(v, bool) for v in raw.values()):
+                    raise ValueError
+                positions = raw
+            except ValueError:
+                self._error(conn, Invalid("since must be a JSON object of "
+                                          "conversation_id -> last seq", code="invalid_since"),
+                            None)
+                return
+        try:
+            await self._sync(conn, wire.SyncIn(conversations=positions), None)
+        except ChatError as exc:
+            self._error(conn, exc, None)
+
+    # ------------------------------------------------------------------ frames
+
+    async def _chat_message(self, conn: WsConnection, p: wire.ChatMessageIn, ref: Any) -> None:
+        msg, created = await self._svc.messaging.send(
+            conn.user_id, conversation_id=p.conversation_id, content=p.content,
+            message_type=p.message_type, client_msg_id=p.client_msg_id, origin=conn,
+        )
+        self._svc.metrics.messages_sent += created
+        conn.send_nowait(Event("message_ack", {
+            "id": msg.id, "message_id": msg.id, "conversation_id": msg.conversation_id,
+            "seq": msg.seq, "client_msg_id": msg.client_msg_id,
+            "created_at": message_payload(msg)["created_at"], "duplicate": not created,
+        }, ref=ref))
+
+    async def _typing(self, conn: WsConnection, p: wire.TypingIn, ref: Any) -> None:
+        if p.is_typing:
+            # check membership before recording state; refreshes are not re-broadcast
+            conversation_id = parse_id(p.conversation_id, "conversation_id")
+            if conversation_id not in conn.typing.active_for(conn.user_id):
+                await self._svc.messaging.typing(conn.user_id, conversation_id, True)
+            conn.typing.start(conversation_id, conn.user_id, now=trio.current_time())
+        elif conn.typing.stop(p.conversation_id, conn.user_id):
+            await self._publish_typing(conn, p.conversation_id, False)
+
+    async def _publish_typing(self, conn: WsConnection, conversation_id: str,
+                              is_typing: bool) -> None:
+        try:
+            await self._svc.messaging.typing(conn.user_id, conversation_id, is_typing,
+                                             check=False)
+        except ChatError:
+            pass  # removed from the conversation meanwhile: nobody to tell
+
+    async def _expire_typing(self, conn: WsConnection) -> None:
+        """Lives while the user types somewhere; sends is_typing=false when a state runs out."""
+        try:
+            while (deadline := conn.typing.next_deadline()) is not None:
+                await trio.sleep_until(deadline)
+                for cid, _user in conn.typing.expire(now=trio.current_time()):
+                    await self._publish_typing(conn, cid, False)
+        finally:
+            conn.typing_running = False
+
+    async def _receipt(self, status: str, conn: WsConnection, p: wire.ReceiptIn,
+                       ref: Any) -> None:
+        await self._svc.messaging.receipt(conn.user_id, status=status, message_id=p.message_id,
+                                          conversation_id=p.conversation_id,
+                                          up_to_seq=p.up_to_seq)
+
+    async def _sync(self, conn: WsConnection, p: wire.SyncIn, ref: Any) -> None:
+        result = await self._svc.messaging.sync(conn.user_id, p.conversations)
+        conn.send_nowait(Event("sync_result", {
+            "messages": [message_payload(m) for m in result.messages],
+            "has_more": result.has_more,
+            "watermarks": {
+                cid: {uid: {"delivered_seq": w.delivered_seq, "read_seq": w.read_seq}
+                      for uid, w in marks.items()}
+                for cid, marks in result.watermarks.items()
+            },
+        }, ref=ref))
+
+    async def _ping(self, conn: WsConnection, p: wire.PingIn, ref: Any) -> None:
+        conn.send_nowait(Event("pong", {"server_time": utcnow().isoformat()}, ref=ref))
+
+    async def _call(self, type_: str, conn: WsConnection, p: Any, ref: Any) -> None:
+        await self._svc.calls.handle(conn, type_, p, ref)
+
+
+async def _refuse(send: Any, status: int, body: dict[str, Any]) -> None:
+    """Deny the handshake with an HTTP response (ASGI websocket.http.response extension)."""
+    await send({"type": "websocket.http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "websocket.http.response.body", "body": json.dumps(body).encode()})

@@ -1,0 +1,211 @@
+"""The storage contract: the same tests on SQLite and on the real PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import trio
+
+from chatsrv.adapters.storage.migrate import migrate
+from chatsrv.adapters.storage.sql import SqlStore
+from chatsrv.domain.errors import Conflict, NotFound
+from chatsrv.domain.model import ConversationType, Role, User, Watermarks, new_id, utcnow
+
+
+async def make_user(store: SqlStore, name: str | None = None) -> User:
+    uid = new_id()
+    name = name or f"u{uid[:8]}"
+    return await store.create_user(user_id=uid, username=name, email=f"{name}@example.com",
+                                   display_name=name, password_hash="x", created_at=utcnow())
+
+
+async def make_conversation(store: SqlStore, *users: User, group: bool = False) -> str:
+    conv, created = await store.create_conversation(
+        conversation_id=new_id(), type=ConversationType.GROUP if group else ConversationType.ONE_TO_ONE,
+        name="g" if group else None, created_by=users[0].id,
+        members=[(u.id, Role.ADMIN if i == 0 else Role.MEMBER) for i, u in enumerate(users)],
+        direct_key=None if group else ":".join(sorted(u.id for u in users)),
+        created_at=utcnow(),
+    )
+    assert created
+    return conv.id
+
+
+async def send(store: SqlStore, conv: str, sender: User, text: str = "hi",
+               client_msg_id: str | None = None):  # type: ignore[no-untyped-def]
+    return await store.append_message(
+        message_id=new_id(), conversation_id=conv, sender_id=sender.id, content=text,
+        message_type="text", client_msg_id=client_msg_id, created_at=utcnow())
+
+
+async def test_migrations_are_idempotent(store: SqlStore) -> None:
+    assert await migrate(store.db) == []
+
+
+async def test_usernames_and_emails_are_unique_case_insensitively(store: SqlStore) -> None:
+    await make_user(store, "alice_x")
+    with pytest.raises(Conflict) as exc:
+        await make_user(store, "ALICE_X")
+    assert exc.value.code in ("username_taken", "email_taken")
+
+
+async def test_find_login_by_email_or_username(store: SqlStore) -> None:
+    u = await make_user(store)
+    by_email = await store.find_login(u.email.upper())
+    by_name = await store.find_login(u.username)
+    assert by_email and by_email[0].id == u.id
+    assert by_name and by_name[0].id == u.id
+    assert await store.find_login("nobody@example.com") is None
+
+
+async def test_search_escapes_wildcards(store: SqlStore) -> None:
+    u = await make_user(store)
+    assert [x.id for x in await store.search_users(u.username[2:6], limit=10)] == [u.id]
+    assert await store.search_users("%", limit=10) == [] or all(
+        "%" in x.username for x in await store.search_users("%", limit=10))
+
+
+async def test_direct_conversation_is_one_per_pair_even_when_racing(store: SqlStore) -> None:
+    a, b = await make_user(store), await make_user(store)
+    key = ":".join(sorted((a.id, b.id)))
+    results = []
+
+    async def create(creator: User) -> None:
+        conv, created = await store.create_conversation(
+            conversation_id=new_id(), type=ConversationType.ONE_TO_ONE, name=None,
+            created_by=creator.id, members=[(a.id, Role.MEMBER), (b.id, Role.MEMBER)],
+            direct_key=key, created_at=utcnow())
+        results.append((conv.id, created))
+
+    async with trio.open_nursery() as n:
+        for creator in (a, b, a, b):
+            n.start_soon(create, creator)
+    assert len({cid for cid, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+
+
+async def test_concurrent_sends_get_gap_free_unique_seqs(store: SqlStore) -> None:
+    users = [await make_user(store) for _ in range(5)]
+    conv = await make_conversation(store, *users, group=True)
+    seqs: list[int] = []
+
+    async def sender(u: User) -> None:
+        for _ in range(10):
+            m, created = await send(store, conv, u)
+            assert created
+            seqs.append(m.seq)
+
+    async with trio.open_nursery() as n:
+        for u in users:
+            n.start_soon(sender, u)
+    assert sorted(seqs) == list(range(1, 51))
+    page = await store.list_messages(conv, limit=100, after_seq=0)
+    assert [m.seq for m in page] == list(range(1, 51))
+
+
+async def test_client_msg_id_makes_sends_idempotent_even_concurrently(store: SqlStore) -> None:
+    a, b = await make_user(store), await make_user(store)
+    conv = await make_conversation(store, a, b)
+    results = []
+
+    async def attempt() -> None:
+        results.append(await send(store, conv, a, "once", client_msg_id="c-1"))
+
+    async with trio.open_nursery() as n:
+        for _ in range(6):
+            n.start_soon(attempt)
+    assert len({m.id for m, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    assert (await store.get_conversation(conv)).last_seq == 1  # type: ignore[union-attr]
+
+
+async def test_outsider_cannot_append(store: SqlStore) -> None:
+    a, b, outsider = await make_user(store), await make_user(store), await make_user(store)
+    conv = await make_conversation(store, a, b)
+    with pytest.raises(NotFound):
+        await send(store, conv, outsider)
+    assert (await store.get_conversation(conv)).last_seq == 0  # type: ignore[union-attr]
+
+
+async def test_watermarks_move_forward_only_and_never_past_last_seq(store: SqlStore) -> None:
+    a, b = await make_user(store), await make_user(store)
+    conv = await make_conversation(store, a, b)
+    for _ in range(5):
+        await send(store, conv, a)
+    _, after = await store.advance_watermarks(conv, b.id, delivered_to=3, read_to=0)
+    assert after == Watermarks(3, 0)
+    _, after = await store.advance_watermarks(conv, b.id, delivered_to=1, read_to=2)
+    assert after == Watermarks(3, 2)
+    _, after = await store.advance_watermarks(conv, b.id, delivered_to=0, read_to=99)
+    assert after == Watermarks(5, 5)
+    marks = await store.watermarks(conv)
+    assert marks[b.id] == Watermarks(5, 5)
+    assert marks[a.id] == Watermarks(5, 5)  # the sender has read what they sent
+
+
+async def test_list_conversations_has_last_message_and_unread(store: SqlStore) -> None:
+    a, b = await make_user(store), await make_user(store)
+    conv = await make_conversation(store, a, b)
+    for i in range(3):
+        await send(store, conv, a, f"m{i}")
+    await store.advance_watermarks(conv, b.id, delivered_to=3, read_to=1)
+    [summary] = await store.list_conversations(b.id)
+    assert summary.unread == 2
+    assert summary.last_message is not None and summary.last_message.content == "m2"
+    [mine] = await store.list_conversations(a.id)
+    assert mine.unread == 0
+
+
+async def test_history_paging(store: SqlStore) -> None:
+    a, b = await make_user(store), await make_user(store)
+    conv = await make_conversation(store, a, b)
+    for i in range(10):
+        await send(store, conv, a, f"m{i}")
+    newest = await store.list_messages(conv, limit=3)
+    assert [m.seq for m in newest] == [10, 9, 8]
+    assert [m.seq for m in await store.list_messages(conv, limit=3, offset=3)] == [7, 6, 5]
+    assert [m.seq for m in await store.list_messages(conv, limit=2, before_seq=5)] == [4, 3]
+    assert [m.seq for m in await store.list_messages(conv, limit=2, after_seq=8)] == [9, 10]
+
+
+async def test_refresh_tokens_rotate_and_replay_revokes_the_family(store: SqlStore) -> None:
+    u = await make_user(store)
+    later = utcnow() + timedelta(days=1)
+    await store.add_refresh_token(token_hash="h1", user_id=u.id, family_id=new_id(),
+                                  expires_at=later)
+    grant = await store.use_refresh_token("h1", now=utcnow())
+    assert grant is not None and grant.user_id == u.id
+    await store.add_refresh_token(token_hash="h2", user_id=u.id, family_id=grant.family_id,
+                                  expires_at=later)
+    assert await store.use_refresh_token("h1", now=utcnow()) is None  # replay
+    assert await store.use_refresh_token("h2", now=utcnow()) is None  # family revoked
+
+
+async def test_expired_refresh_token_is_refused(store: SqlStore) -> None:
+    u = await make_user(store)
+    await store.add_refresh_token(token_hash="old", user_id=u.id, family_id=new_id(),
+                                  expires_at=utcnow() - timedelta(seconds=1))
+    assert await store.use_refresh_token("old", now=utcnow()) is None
+
+
+async def test_members_contacts_and_positions(store: SqlStore) -> None:
+    a, b, c = await make_user(store), await make_user(store), await make_user(store)
+    conv = await make_conversation(store, a, b, c, group=True)
+    await send(store, conv, b)
+    assert set(await store.contacts(a.id)) == {b.id, c.id}
+    positions = await store.conversation_positions(c.id)
+    assert positions[conv][0] == 1 and positions[conv][1] == Watermarks(0, 0)
+    assert await store.remove_member(conv, c.id)
+    assert set(await store.member_ids(conv)) == {a.id, b.id}
+    assert await store.add_members(conv, [(c.id, Role.MEMBER), (a.id, Role.MEMBER)],
+                                   at=utcnow()) == [c.id]
+
+
+async def test_last_seen_persists(store: SqlStore) -> None:
+    u = await make_user(store)
+    at = utcnow()
+    await store.set_last_seen(u.id, at)
+    got = await store.get_user(u.id)
+    assert got is not None and got.last_seen is not None
+    assert abs((got.last_seen - at).total_seconds()) < 0.01

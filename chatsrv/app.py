@@ -7,6 +7,7 @@ import resource
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -118,10 +119,29 @@ def build_asgi(svc: Services) -> tuple[Any, Any]:
     return asgi, ws
 
 
+@dataclass(frozen=True, slots=True)
+class Node:
+    """What a started node reports: where it listens and its services."""
+
+    addresses: list[str]
+    services: Services
+
+
+class _Started:
+    """Turns Hypercorn's started(addresses) into started(Node)."""
+
+    def __init__(self, task_status: trio.TaskStatus[Node], svc: Services) -> None:
+        self._task_status = task_status
+        self._svc = svc
+
+    def started(self, addresses: list[str]) -> None:
+        self._task_status.started(Node(addresses, self._svc))
+
+
 async def serve_node(settings: Settings, *, bind: str | None = None,
                      shutdown: trio.Event | None = None,
-                     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve until `shutdown` is set (or cancelled); task_status gets the bound addresses.
+                     task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until `shutdown` is set (or cancelled); task_status gets the Node.
 
     Needs a trio-asyncio loop when settings point at PostgreSQL or Redis.
     """
@@ -137,7 +157,8 @@ async def serve_node(settings: Settings, *, bind: str | None = None,
             # with 1001 so clients reconnect elsewhere at once.
             ws.close_all()
 
-        await serve(asgi, config, shutdown_trigger=trigger, task_status=task_status)
+        await serve(asgi, config, shutdown_trigger=trigger,
+                    task_status=_Started(task_status, svc))  # type: ignore[arg-type]
 
 
 def _raise_fd_limit() -> None:
@@ -161,8 +182,8 @@ async def _main(settings: Settings) -> None:
     async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
         await nursery.start(watch_signals)
 
-        addresses = await nursery.start(partial(serve_node, settings, shutdown=shutdown))
-        log.info("chatsrv %s serving on %s (%s)", settings.node_id, ", ".join(addresses),
+        node = await nursery.start(partial(serve_node, settings, shutdown=shutdown))
+        log.info("chatsrv %s serving on %s (%s)", settings.node_id, ", ".join(node.addresses),
                  "PostgreSQL" if settings.database_url else f"SQLite {settings.sqlite_path}")
         await shutdown.wait()
         # Hypercorn closes sockets and drains within graceful_timeout; bound the rest.

@@ -19,7 +19,7 @@ import trio_asyncio
 
 from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.sql import SqlStore
-from chatsrv.app import open_database, serve_node
+from chatsrv.app import Node, open_database, serve_node
 from chatsrv.config import Settings
 from tests.helpers import Client
 
@@ -73,6 +73,8 @@ def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Se
         jwt_secret="test-secret-" + "x" * 40, bcrypt_rounds=4, presence_grace=0.2,
         typing_ttl=1.0, embedded=database_url is None, rate_per_second=1000.0,
         rate_burst=1000.0, connect_retry_deadline=5.0, shutdown_deadline=3.0,
+        # Hypercorn's ping task notices a closed socket only when it next wakes
+        heartbeat_interval=1.0,
     )
 
 
@@ -90,7 +92,9 @@ async def store(settings: Settings, aio_loop: None) -> AsyncIterator[SqlStore]:
 
 
 class Server:
-    def __init__(self, url: str, settings: Settings, shutdown: trio.Event) -> None:
+    def __init__(self, node: Node, settings: Settings, shutdown: trio.Event) -> None:
+        url = node.addresses[0]
+        self.services = node.services
         self.url = url
         self.ws_url = url.replace("http://", "ws://") + "/api/ws"
         self.settings = settings
@@ -102,9 +106,9 @@ class Server:
 
 async def start_server(nursery: trio.Nursery, settings: Settings) -> Server:
     shutdown = trio.Event()
-    addresses = await nursery.start(partial(serve_node, settings, bind="127.0.0.1:0",
-                                            shutdown=shutdown))
-    return Server(addresses[0], settings, shutdown)
+    node = await nursery.start(partial(serve_node, settings, bind="127.0.0.1:0",
+                                       shutdown=shutdown))
+    return Server(node, settings, shutdown)
 
 
 @pytest.fixture

@@ -18,10 +18,12 @@ from hypercorn.trio import serve
 
 from chatsrv.adapters.memory import LocalDirectory, LocalRouter
 from chatsrv.adapters.storage.base import Database
+from chatsrv.adapters.storage.calls import SqlCallLog
 from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.sql import SqlStore
 from chatsrv.config import Settings
 from chatsrv.services.auth import AuthService
+from chatsrv.services.calls import CallService
 from chatsrv.services.container import Services
 from chatsrv.services.conversations import ConversationService
 from chatsrv.services.membership import MembershipCache
@@ -77,6 +79,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                                        history_default_limit=settings.history_default_limit,
                                        sync_page_size=settings.sync_page_size),
             presence=presence,
+            calls=CallService(store, SqlCallLog(db), router, members,
+                              ring_timeout=settings.ring_timeout, stun_urls=settings.stun_urls,
+                              turn_urls=settings.turn_urls, turn_secret=settings.turn_secret,
+                              turn_ttl=settings.turn_ttl),
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(presence.run)

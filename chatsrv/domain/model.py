@@ -111,3 +111,19 @@ class RefreshGrant:
     user_id: str
     family_id: str
     expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """A call as history keeps it."""
+
+    id: str
+    conversation_id: str | None
+    caller_id: str
+    callee_id: str
+    media: str
+    status: str
+    end_reason: str | None
+    started_at: datetime
+    answered_at: datetime | None = None
+    ended_at: datetime | None = None

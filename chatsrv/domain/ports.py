@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Protocol
 
 from chatsrv.domain.events import Event
 from chatsrv.domain.model import (
+    CallRecord,
     Conversation,
     ConversationSummary,
     ConversationType,
@@ -90,11 +91,26 @@ class Store(Protocol):
     async def ping(self) -> None: ...
 
 
+class CallLog(Protocol):
+    """Call history. Each method is one transaction."""
+
+    async def record_call(self, call: CallRecord) -> None: ...
+    async def mark_answered(self, call_id: str, at: datetime) -> None: ...
+    async def finish_call(self, call_id: str, *, status: str, end_reason: str | None,
+                          answered_at: datetime | None, ended_at: datetime) -> None: ...
+    async def get_call(self, call_id: str) -> CallRecord | None: ...
+    async def list_calls(self, user_id: str, *, before: datetime, limit: int) -> list[CallRecord]: ...
+
+
 class Subscriber(Protocol):
     """A live client connection as the router sees it."""
 
     user_id: str
     session_id: str
+
+    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run a task owned by this connection: cancelled when the connection closes."""
+        ...
 
     def send_nowait(self, event: Event) -> None:
         """Queue without blocking. A full outbox drops a droppable event or evicts the

@@ -8,6 +8,7 @@ from typing import Any
 from chatsrv.config import Settings
 from chatsrv.domain.ports import Router, Store
 from chatsrv.services.auth import AuthService
+from chatsrv.services.calls import CallService
 from chatsrv.services.conversations import ConversationService
 from chatsrv.services.membership import MembershipCache
 from chatsrv.services.messaging import MessagingService
@@ -52,5 +53,5 @@ class Services:
     conversations: ConversationService
     messaging: MessagingService
     presence: PresenceService
-    calls: Any = None
+    calls: CallService
     metrics: Metrics = field(default_factory=Metrics)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from chatsrv import __version__
 from chatsrv.domain.errors import ChatError, Invalid, NotFound, Unauthorized
 from chatsrv.domain.model import Conversation, ConversationSummary, Message, User, iso, parse_id
 from chatsrv.domain.receipts import status_for
+from chatsrv.services.calls import render_call
 from chatsrv.services.container import Services
 from chatsrv.transport import wire
 from chatsrv.transport.errors import error_body, error_of, http_status
@@ -389,6 +391,30 @@ def create_app(svc: Services) -> QuartTrio:
         await svc.messaging.receipt(uid, status=b.status, conversation_id=conversation_id,
                                     up_to_seq=b.up_to_seq)
         return Response(b"", status=204)
+
+    # ---- calls
+
+    @api.route("GET", "/api/calls", summary="My call history, newest first",
+               response=wire.CallsOut, query=("limit", "before"))
+    async def calls_list() -> Response:
+        uid = me()
+        before_raw = request.args.get("before")
+        before = None
+        if before_raw:
+            try:
+                before = datetime.fromisoformat(before_raw.replace("Z", "+00:00"))
+            except ValueError:
+                raise Invalid("before must be an ISO 8601 time", field="before") from None
+            if before.tzinfo is None:
+                before = before.replace(tzinfo=UTC)
+        calls = await svc.calls.history(uid, limit=_int_arg("limit") or 50, before=before)
+        return json_response({"calls": [render_call(c, uid) for c in calls]})
+
+    @api.route("GET", "/api/ice-servers", summary="STUN/TURN servers for RTCPeerConnection "
+               "(TURN REST API credentials when a TURN secret is set)",
+               response=wire.IceServersOut)
+    async def ice_servers() -> Response:
+        return json_response(svc.calls.ice_servers(me()))
 
     # ---- ops
 

@@ -239,6 +239,39 @@ class UsersOut(Struct):
     users: list[UserOut]
 
 
+class CallOut(Struct):
+    id: str
+    call_id: str
+    conversation_id: str | None
+    caller_id: str
+    callee_id: str
+    media: str
+    status: str
+    end_reason: str | None
+    direction: Literal["outgoing", "incoming"]
+    started_at: str
+    answered_at: str | None
+    ended_at: str | None
+    duration_seconds: float | None
+
+
+class CallsOut(Struct):
+    calls: list[CallOut]
+
+
+class IceServer(Struct):
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+    credentialType: str | None = None
+
+
+class IceServersOut(Struct):
+    ice_servers: list[IceServer]
+    iceServers: list[IceServer]
+    ttl: int
+
+
 class ErrorDetail(Struct):
     code: str
     message: str

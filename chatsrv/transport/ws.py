@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
@@ -44,8 +44,8 @@ SUBPROTOCOL = "chatsrv"
 class WsConnection:
     """One live socket: the router's Subscriber and the state its tasks share."""
 
-    __slots__ = ("_outbox", "_scope", "close_code", "close_reason", "metrics", "session_id",
-                 "typing", "typing_running", "user_id")
+    __slots__ = ("_nursery", "_outbox", "_scope", "close_code", "close_reason", "metrics",
+                 "session_id", "typing", "typing_running", "user_id")
 
     def __init__(self, user_id: str, outbox: trio.MemorySendChannel[Event], metrics: Any,
                  typing_ttl: float) -> None:
@@ -53,6 +53,7 @@ class WsConnection:
         self.session_id = new_id()
         self._outbox = outbox
         self._scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
         self.close_code: int | None = None
         self.close_reason = ""
         self.metrics = metrics
@@ -70,6 +71,12 @@ class WsConnection:
             self.close(CLOSE_TRY_AGAIN_LATER, "outbox full: reconnect and sync")
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
+
+    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run a task owned by this connection (a call leg): cancelled when it closes."""
+        if self._nursery is None:
+            raise RuntimeError("connection is not running")
+        self._nursery.start_soon(fn, *args)
 
     def close(self, code: int, reason: str) -> None:
         """Ask the connection to end; its nursery is cancelled and the close frame sent."""
@@ -109,10 +116,8 @@ class WebSocketEndpoint:
             "sync": self._sync,
             "ping": self._ping,
         }
-        if svc.calls is not None:
-            for name in ("call_offer", "call_answer", "ice_candidate", "call_reject",
-                         "call_end"):
-                self._handlers[name] = partial(self._call, name)
+        for name in ("call_offer", "call_answer", "ice_candidate", "call_reject", "call_end"):
+            self._handlers[name] = partial(self._call, name)
 
     @property
     def live_count(self) -> int:
@@ -162,6 +167,7 @@ class WebSocketEndpoint:
         try:
             async with trio.open_nursery() as nursery:
                 conn._scope = nursery.cancel_scope
+                conn._nursery = nursery
                 nursery.start_soon(self._writer, outbox_recv, send)
                 conn.send_nowait(Event("ready", {
                     "user_id": user_id, "session_id": conn.session_id,
@@ -198,8 +204,7 @@ class WebSocketEndpoint:
         for cid in conn.typing.active_for(conn.user_id):
             conn.typing.stop(cid, conn.user_id)
             await self._publish_typing(conn, cid, False)
-        if svc.calls is not None:
-            await svc.calls.connection_closed(conn)
+        # calls end by themselves: their legs were tasks in this connection's nursery
 
     async def _writer(self, outbox: trio.MemoryReceiveChannel[Event], send: Any) -> None:
         metrics = self._svc.metrics

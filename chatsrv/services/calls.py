@@ -14,6 +14,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,8 +31,16 @@ from chatsrv.services.membership import MembershipCache
 
 log = logging.getLogger(__name__)
 
+CALL_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_EARLY_CANDIDATES = 64  # callee ICE sent before its answer, replayed once it answers
 RECORD_DEADLINE = 2.0  # seconds a shielded history write may take during teardown
+
+
+def _call_id(value: str) -> str:
+    """Client-chosen call ids are accepted when short and plain (e.g. a UUID, "call_123")."""
+    if not CALL_ID.match(value):
+        raise Invalid("call_id must be 1-64 letters, digits or _.:-", field="call_id")
+    return value
 
 
 @dataclass(eq=False)
@@ -82,7 +91,7 @@ class CallService:
             await self._finish(live, by=conn)
 
     def _find(self, conn: Subscriber, call_id: str) -> LiveCall:
-        live = self._calls.get(parse_id(call_id, "call_id"))
+        live = self._calls.get(_call_id(call_id))
         if live is None or not live.session.involves(conn.user_id):
             raise NotFound("call not found (or already over)", code="call_not_found")
         return live
@@ -90,7 +99,7 @@ class CallService:
     async def _offer(self, conn: Subscriber, p: Any, ref: Any) -> None:
         caller_id = conn.user_id
         callee_id, conversation_id = await self._callee_of(caller_id, p)
-        call_id = parse_id(p.call_id, "call_id") if p.call_id else new_id()
+        call_id = _call_id(p.call_id) if p.call_id else new_id()
         if call_id in self._calls:
             raise Conflict("call_id is already in use", code="call_exists")
         now = trio.current_time()

@@ -240,6 +240,11 @@ class WebSocketEndpoint:
                 self._error(conn, exc, exc.ref)
             except ChatError as exc:
                 self._error(conn, exc, ref)
+            except Exception:
+                # The frame boundary is this connection's edge (like an HTTP 500): a bug in
+                # one handler must not cut the user off. Logged with its traceback.
+                log.exception("frame handler failed for user %s", conn.user_id)
+                self._error(conn, ChatError("internal error", code="internal"), ref)
 
     def _error(self, conn: WsConnection, exc: ChatError, ref: Any) -> None:
         self._svc.metrics.errors_sent += 1

@@ -58,7 +58,8 @@ CREATE TABLE messages (
 );
 
 CREATE TABLE calls (
-    id              uuid PRIMARY KEY,
+    -- text: clients may pick their own call ids (the seed's examples use "call_123")
+    id              text PRIMARY KEY CHECK (length(id) BETWEEN 1 AND 64),
     conversation_id uuid REFERENCES conversations (id) ON DELETE SET NULL,
     caller_id       uuid NOT NULL REFERENCES users (id),
     callee_id       uuid NOT NULL REFERENCES users (id),

@@ -88,7 +88,7 @@ async def test_reject_busy_offline_and_client_call_id(client: Client) -> None:
                                "call_end")
         assert off["payload"]["status"] == "missed" and off["payload"]["reason"] == "offline"
         async with client.ws(b) as wb, client.ws(c) as wc:
-            my_id = str(uuid.uuid4())
+            my_id = f"call_{uuid.uuid4().hex[:8]}"  # client-chosen, seed style
             ring = await wa.request("call_offer", {"call_id": my_id, "conversation_id": cid,
                                                    "offer": "sdp"}, "call_ringing")
             assert ring["payload"]["call_id"] == my_id
@@ -97,6 +97,12 @@ async def test_reject_busy_offline_and_client_call_id(client: Client) -> None:
             busy = await wc.request("call_offer", {"recipient_id": b.id, "offer": "sdp"},
                                     "call_reject")
             assert busy["type"] == "call_reject" and busy["payload"]["reason"] == "busy"
+            dup = await wc.request("call_offer", {"call_id": my_id, "recipient_id": b.id,
+                                                  "offer": "sdp"}, "never")
+            assert dup["payload"]["code"] in ("call_exists", "already_in_call")
+            bad = await wc.request("call_offer", {"call_id": "no spaces!", "recipient_id": b.id,
+                                                  "offer": "sdp"}, "never")
+            assert bad["payload"]["code"] == "invalid_request"
             await wb.send("call_reject", {"call_id": my_id, "reason": "declined"})
             rej = await wa.expect("call_reject", call_id=my_id)
             assert rej["payload"]["reason"] == "declined"

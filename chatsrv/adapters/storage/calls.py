@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from chatsrv.adapters.storage.base import Database, Row
+from chatsrv.adapters.storage.base import Database, Row, UniqueViolation
 from chatsrv.adapters.storage.sql import _opt_ts, _ts
+from chatsrv.domain.errors import Conflict
 from chatsrv.domain.model import CallRecord
 
 CALL_COLS = """id, conversation_id, caller_id, callee_id, media, status, end_reason, started_at,
@@ -36,9 +37,12 @@ class SqlCallLog:
         self.db = db
 
     async def record_call(self, call: CallRecord) -> None:
-        async with self.db.transaction() as conn:
-            await conn.execute(INSERT_CALL, call.id, call.conversation_id, call.caller_id,
-                               call.callee_id, call.media, call.status, call.started_at)
+        try:
+            async with self.db.transaction() as conn:
+                await conn.execute(INSERT_CALL, call.id, call.conversation_id, call.caller_id,
+                                   call.callee_id, call.media, call.status, call.started_at)
+        except UniqueViolation:
+            raise Conflict("call_id is already in use", code="call_exists") from None
 
     async def mark_answered(self, call_id: str, at: datetime) -> None:
         async with self.db.transaction() as conn:

@@ -1,0 +1,56 @@
+"""Settings from the environment: the seed's variables, secrets, masking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chatsrv.config import ConfigError, Settings
+
+STRONG = "s" * 40
+
+
+def test_embedded_default_needs_nothing(tmp_path: Path) -> None:
+    s = Settings.from_env({"CHATSRV_DATA_DIR": str(tmp_path)})
+    assert s.embedded and s.database_url is None and s.http_port == 8080
+    first = s.with_embedded_secret()
+    again = Settings.from_env({"CHATSRV_DATA_DIR": str(tmp_path)}).with_embedded_secret()
+    assert len(first.jwt_secret) >= 32 and first.jwt_secret == again.jwt_secret
+    assert (tmp_path / "jwt_secret").stat().st_mode & 0o077 == 0
+
+
+def test_embedded_ignores_the_seed_default_secret(tmp_path: Path) -> None:
+    s = Settings.from_env({"CHATSRV_DATA_DIR": str(tmp_path),
+                           "JWT_SECRET": "change-in-production"}).with_embedded_secret()
+    assert s.jwt_secret != "change-in-production"
+
+
+@pytest.mark.parametrize("secret", ["", "change-in-production", "short"])
+def test_production_refuses_weak_secrets(secret: str) -> None:
+    with pytest.raises(ConfigError):
+        Settings.from_env({"DATABASE_URL": "postgresql://x@h/db", "JWT_SECRET": secret})
+
+
+def test_seed_variables_build_urls() -> None:
+    s = Settings.from_env({"DB_HOST": "db", "DB_PORT": "5433", "DB_USER": "chat",
+                           "DB_PASSWORD": "p@ss", "DB_NAME": "chatapp", "REDIS_HOST": "cache",
+                           "REDIS_PORT": "6380", "HTTP_PORT": "9000", "GRPC_PORT": "9191",
+                           "JWT_SECRET": STRONG})
+    assert s.database_url == "postgresql://chat:p%40ss@db:5433/chatapp"
+    assert s.redis_url == "redis://cache:6380/0"
+    assert (s.http_port, s.grpc_port, s.embedded) == (9000, 9191, False)
+
+
+def test_malformed_numbers_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="HTTP_PORT"):
+        Settings.from_env({"HTTP_PORT": "eighty"})
+
+
+def test_masked_hides_secrets_and_passwords() -> None:
+    s = Settings.from_env({"DATABASE_URL": "postgresql://chat:hunter2@db/chat",
+                           "JWT_SECRET": STRONG, "TURN_SECRET": "t"})
+    shown = s.masked()
+    text = repr(shown)
+    assert "hunter2" not in text and STRONG not in text
+    assert shown["jwt_secret"] == "***" and shown["storage"] == "postgresql"

@@ -24,6 +24,7 @@ from chatsrv.adapters.storage.sql import SqlStore
 from chatsrv.config import Settings
 from chatsrv.services.auth import AuthService
 from chatsrv.services.calls import CallService
+from chatsrv.services.commit import GroupCommitter
 from chatsrv.services.container import Services
 from chatsrv.services.conversations import ConversationService
 from chatsrv.services.membership import MembershipCache
@@ -64,6 +65,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         router = LocalRouter()
         directory = LocalDirectory()
         members = MembershipCache(store)
+        commits = GroupCommitter(store, max_batch=settings.commit_batch)
         presence = PresenceService(store, router, directory, grace=settings.presence_grace)
         svc = Services(
             settings=settings, store=store, router=router, members=members,
@@ -73,7 +75,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                              bcrypt_rounds=settings.bcrypt_rounds),
             conversations=ConversationService(store, router, members,
                                               max_group_members=settings.max_group_members),
-            messaging=MessagingService(store, router, members,
+            messaging=MessagingService(store, router, members, commits,
                                        max_content_chars=settings.max_content_chars,
                                        history_max_limit=settings.history_max_limit,
                                        history_default_limit=settings.history_default_limit,
@@ -86,6 +88,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(presence.run)
+            # SQLite has one writer anyway; PostgreSQL overlaps a few batches.
+            await nursery.start(partial(commits.run, writers=settings.db_writers
+                                        if settings.database_url else 1))
             yield svc
             nursery.cancel_scope.cancel()
 

@@ -91,6 +91,8 @@ class Settings:
     # lifetimes
     db_timeout: float = 10.0
     db_pool_size: int = 10
+    db_writers: int = 3  # concurrent group-commit transactions (PostgreSQL)
+    commit_batch: int = 128  # messages per group-commit transaction at most
     connect_retry_deadline: float = 60.0
     shutdown_deadline: float = 10.0
     embedded: bool = True
@@ -151,6 +153,8 @@ class Settings:
             node_ttl=_float(env, "NODE_TTL", cls.node_ttl),
             db_timeout=_float(env, "DB_TIMEOUT", cls.db_timeout),
             db_pool_size=_int(env, "DB_POOL_SIZE", cls.db_pool_size),
+            db_writers=_int(env, "DB_WRITERS", cls.db_writers),
+            commit_batch=_int(env, "COMMIT_BATCH", cls.commit_batch),
             connect_retry_deadline=_float(env, "CONNECT_RETRY_DEADLINE", cls.connect_retry_deadline),
             shutdown_deadline=_float(env, "SHUTDOWN_DEADLINE", cls.shutdown_deadline),
             embedded=embedded,

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Protocol
 
+from chatsrv.domain.errors import NotFound
 from chatsrv.domain.events import Event
 from chatsrv.domain.model import (
     CallRecord,
@@ -73,6 +74,11 @@ class Store(Protocol):
     ) -> tuple[Message, bool]:
         """Commit a message with the next seq. Returns (message, created); a repeated
         (sender_id, client_msg_id) returns the stored message and False."""
+        ...
+    async def append_messages(
+        self, drafts: Sequence[Message]
+    ) -> list[tuple[Message, bool] | NotFound]:
+        """Group commit: several drafts in one transaction, an outcome each."""
         ...
     async def get_message(self, message_id: str) -> Message | None: ...
     async def list_messages(

@@ -10,6 +10,7 @@ from chatsrv.domain.errors import Invalid, NotFound
 from chatsrv.domain.events import Event, message_payload
 from chatsrv.domain.model import Message, Watermarks, new_id, parse_id, utcnow
 from chatsrv.domain.ports import Router, Store, Subscriber
+from chatsrv.services.commit import GroupCommitter
 from chatsrv.services.membership import MembershipCache
 
 MESSAGE_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -24,12 +25,14 @@ class SyncResult:
 
 
 class MessagingService:
-    def __init__(self, store: Store, router: Router, members: MembershipCache, *,
+    def __init__(self, store: Store, router: Router, members: MembershipCache,
+                 commits: GroupCommitter, *,
                  max_content_chars: int, history_max_limit: int, history_default_limit: int,
                  sync_page_size: int) -> None:
         self._store = store
         self._router = router
         self._members = members
+        self._commits = commits
         self._max_content = max_content_chars
         self._history_max = history_max_limit
         self._history_default = history_default_limit
@@ -55,11 +58,11 @@ class MessagingService:
         if client_msg_id is not None and not 1 <= len(client_msg_id) <= MAX_CLIENT_MSG_ID:
             raise Invalid(f"client_msg_id must be 1-{MAX_CLIENT_MSG_ID} characters",
                           field="client_msg_id")
-        message, created = await self._store.append_message(
-            message_id=new_id(), conversation_id=conversation_id, sender_id=user_id,
+        message, created = await self._commits.append(Message(
+            id=new_id(), conversation_id=conversation_id, seq=0, sender_id=user_id,
             content=content, message_type=message_type, client_msg_id=client_msg_id,
             created_at=utcnow(),
-        )
+        ))
         if message.conversation_id != conversation_id:
             # client_msg_id reused for another conversation: not the same message
             raise Invalid("client_msg_id was already used for another message",

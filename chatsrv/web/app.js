@@ -628,8 +628,10 @@ const runGroupSearch = debounce(async () => {
   if (!q) { $('group-results').replaceChildren(); return; }
   try {
     const users = await searchUsers(q);
-    $('group-results').replaceChildren(...users.map((u) => userRow(u, () => {
-      picked.set(u.id, u); renderPicked();
+    $('group-results').replaceChildren(...users.map((u) => userRow(u, (e) => {
+      picked.set(u.id, u);
+      renderPicked();
+      e.currentTarget.querySelector('.row-action').textContent = 'Added';
     }, picked.has(u.id) ? 'Added' : 'Add')));
   } catch (err) { $('group-error').textContent = err.message; }
 }, 250);
@@ -697,7 +699,7 @@ function renderSidebar() {
 
 function convItem(conv) {
   const name = convName(conv);
-  const unread = unreadOf(conv);
+  const unread = isVisible(conv.id) ? 0 : unreadOf(conv); // read receipt is on its way
   const typing = typers(conv.id).length > 0;
   const last = conv.last_message;
   let preview = 'No messages yet';
@@ -784,8 +786,10 @@ function renderTyping(conv) {
 
 function autosize() {
   const t = $('composer-input');
-  t.style.height = 'auto';
-  t.style.height = `${Math.min(t.scrollHeight, 140)}px`;
+  t.style.height = '';
+  if (!t.value || !t.scrollHeight) return; // empty or not laid out yet: natural height
+  const border = t.offsetHeight - t.clientHeight;
+  t.style.height = `${Math.min(t.scrollHeight + border, 140)}px`;
   t.style.overflowY = t.scrollHeight > 140 ? 'auto' : 'hidden';
 }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from chatsrv.adapters.storage.base import Database, Row, UniqueViolation
+from chatsrv.adapters.storage.base import Database, Op, Row, UniqueViolation, exec_, one, rows
 from chatsrv.adapters.storage.sql import _opt_ts, _ts
 from chatsrv.domain.errors import Conflict
 from chatsrv.domain.model import CallRecord
@@ -37,28 +37,38 @@ class SqlCallLog:
         self.db = db
 
     async def record_call(self, call: CallRecord) -> None:
+        def op() -> Op[None]:
+            yield exec_(INSERT_CALL, call.id, call.conversation_id, call.caller_id,
+                        call.callee_id, call.media, call.status, call.started_at)
+
         try:
-            async with self.db.transaction() as conn:
-                await conn.execute(INSERT_CALL, call.id, call.conversation_id, call.caller_id,
-                                   call.callee_id, call.media, call.status, call.started_at)
+            await self.db.run(op())
         except UniqueViolation:
             raise Conflict("call_id is already in use", code="call_exists") from None
 
     async def mark_answered(self, call_id: str, at: datetime) -> None:
-        async with self.db.transaction() as conn:
-            await conn.execute(ANSWER_CALL, call_id, at)
+        def op() -> Op[None]:
+            yield exec_(ANSWER_CALL, call_id, at)
+
+        await self.db.run(op())
 
     async def finish_call(self, call_id: str, *, status: str, end_reason: str | None,
                           answered_at: datetime | None, ended_at: datetime) -> None:
-        async with self.db.transaction() as conn:
-            await conn.execute(FINISH_CALL, call_id, status, end_reason, answered_at, ended_at)
+        def op() -> Op[None]:
+            yield exec_(FINISH_CALL, call_id, status, end_reason, answered_at, ended_at)
+
+        await self.db.run(op())
 
     async def get_call(self, call_id: str) -> CallRecord | None:
-        async with self.db.read() as conn:
-            row = await conn.fetchrow(GET_CALL, call_id)
-        return None if row is None else _call(row)
+        def op() -> Op[CallRecord | None]:
+            row = yield one(GET_CALL, call_id)
+            return None if row is None else _call(row)
+
+        return await self.db.run(op(), write=False)
 
     async def list_calls(self, user_id: str, *, before: datetime, limit: int) -> list[CallRecord]:
-        async with self.db.read() as conn:
-            rows = await conn.fetch(MY_CALLS, user_id, before, limit)
-        return [_call(r) for r in rows]
+        def op() -> Op[list[CallRecord]]:
+            found = yield rows(MY_CALLS, user_id, before, limit)
+            return [_call(r) for r in found]
+
+        return await self.db.run(op(), write=False)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from chatsrv.adapters.storage.base import Database
+import trio
+
+from chatsrv.adapters.storage.base import Database, Op, exec_, script, val
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +38,25 @@ def migration_files(dialect: str) -> list[Path]:
 async def migrate(db: Database) -> list[str]:
     """Apply pending migrations; returns the versions applied now (idempotent)."""
     applied_now: list[str] = []
-    async with db.transaction() as conn:
-        await conn.execute(_CREATE)
+
+    def create() -> Op[None]:
+        yield exec_(_CREATE)
+
+    def apply(version: str, sql: str) -> Op[bool]:
+        if db.dialect == "postgres":
+            yield exec_(_PG_LOCK)
+        done = yield val("SELECT 1 FROM schema_migrations WHERE version = $1", version)
+        if done:
+            return False
+        yield script(sql)
+        yield exec_("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                    version, datetime.now(UTC))
+        return True
+
+    await db.run(create())
     for path in migration_files(db.dialect):
-        version = path.stem
-        async with db.transaction() as conn:
-            if db.dialect == "postgres":
-                await conn.execute(_PG_LOCK)
-            done = await conn.fetchval(
-                "SELECT 1 FROM schema_migrations WHERE version = $1", version
-            )
-            if done:
-                continue
-            script: Any = path.read_text()
-            await conn.executescript(script)  # type: ignore[attr-defined]
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
-                version, datetime.now(UTC),
-            )
-            applied_now.append(version)
-            log.info("applied migration %s", version)
+        sql = await trio.Path(path).read_text()
+        if await db.run(apply(path.stem, sql)):
+            applied_now.append(path.stem)
+            log.info("applied migration %s", path.stem)
     return applied_now

@@ -12,10 +12,11 @@ Rules that need atomicity are enforced in the statements themselves:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from chatsrv.adapters.storage.base import Conn, Database, Row, UniqueViolation
+from chatsrv.adapters.storage.base import Database, Op, Row, UniqueViolation, exec_, one, rows, val
 from chatsrv.domain.errors import Conflict, NotFound
 from chatsrv.domain.model import (
     Conversation,
@@ -103,6 +104,7 @@ GET_MEMBERS = """SELECT user_id, role, delivered_seq, read_seq, joined_at
 FROM conversation_members WHERE conversation_id = $1 ORDER BY joined_at, user_id"""
 MEMBER_IDS = "SELECT user_id FROM conversation_members WHERE conversation_id = $1"
 DELETE_MEMBER = "DELETE FROM conversation_members WHERE conversation_id = $1 AND user_id = $2"
+IS_MEMBER = "SELECT 1 FROM conversation_members WHERE conversation_id = $1 AND user_id = $2"
 MY_CONVERSATIONS = """SELECT c.id, c.type, c.name, c.created_by, c.created_at, c.last_seq,
        m.read_seq AS my_read_seq
 FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id
@@ -157,7 +159,7 @@ def _like(query: str) -> str:
 
 
 class SqlStore:
-    """Implements domain.ports.Store on any Database driver."""
+    """Implements domain.ports.Store on any Database driver (one `db.run` per method)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -168,11 +170,12 @@ class SqlStore:
         self, *, user_id: str, username: str, email: str, display_name: str,
         password_hash: str, created_at: datetime,
     ) -> User:
+        def op() -> Op[None]:
+            yield exec_(INSERT_USER, user_id, username, email, display_name, password_hash,
+                        created_at)
+
         try:
-            async with self.db.transaction() as conn:
-                await conn.execute(
-                    INSERT_USER, user_id, username, email, display_name, password_hash, created_at
-                )
+            await self.db.run(op())
         except UniqueViolation as exc:
             field = "email" if "email" in exc.constraint else "username"
             raise Conflict(f"{field} is already taken", code=f"{field}_taken", field=field) from None
@@ -180,62 +183,78 @@ class SqlStore:
                     created_at=created_at)
 
     async def get_user(self, user_id: str) -> User | None:
-        async with self.db.read() as conn:
-            row = await conn.fetchrow(GET_USER, user_id)
-        return None if row is None else _user(row)
+        def op() -> Op[User | None]:
+            row = yield one(GET_USER, user_id)
+            return None if row is None else _user(row)
+
+        return await self.db.run(op(), write=False)
 
     async def get_users(self, user_ids: Sequence[str]) -> list[User]:
         if not user_ids:
             return []
         marks = ", ".join(f"${i + 1}" for i in range(len(user_ids)))
-        async with self.db.read() as conn:
-            rows = await conn.fetch(f"SELECT {USER_COLS} FROM users WHERE id IN ({marks})",
-                                    *user_ids)
-        return [_user(r) for r in rows]
+
+        def op() -> Op[list[User]]:
+            found = yield rows(f"SELECT {USER_COLS} FROM users WHERE id IN ({marks})", *user_ids)
+            return [_user(r) for r in found]
+
+        return await self.db.run(op(), write=False)
 
     async def find_login(self, login: str) -> tuple[User, str] | None:
-        async with self.db.read() as conn:
-            row = await conn.fetchrow(FIND_LOGIN, login)
-        return None if row is None else (_user(row), row["password_hash"])
+        def op() -> Op[tuple[User, str] | None]:
+            row = yield one(FIND_LOGIN, login)
+            return None if row is None else (_user(row), row["password_hash"])
+
+        return await self.db.run(op(), write=False)
 
     async def search_users(self, query: str, *, limit: int) -> list[User]:
-        async with self.db.read() as conn:
-            rows = await conn.fetch(SEARCH_USERS, _like(query), limit)
-        return [_user(r) for r in rows]
+        def op() -> Op[list[User]]:
+            found = yield rows(SEARCH_USERS, _like(query), limit)
+            return [_user(r) for r in found]
+
+        return await self.db.run(op(), write=False)
 
     async def set_last_seen(self, user_id: str, at: datetime) -> None:
-        async with self.db.transaction() as conn:
-            await conn.execute(SET_LAST_SEEN, user_id, at)
+        def op() -> Op[None]:
+            yield exec_(SET_LAST_SEEN, user_id, at)
+
+        await self.db.run(op())
 
     # refresh tokens ----------------------------------------------------------------------
 
     async def add_refresh_token(
         self, *, token_hash: str, user_id: str, family_id: str, expires_at: datetime
     ) -> None:
-        async with self.db.transaction() as conn:
-            await conn.execute(INSERT_REFRESH, token_hash, user_id, family_id, expires_at)
+        def op() -> Op[None]:
+            yield exec_(INSERT_REFRESH, token_hash, user_id, family_id, expires_at)
+
+        await self.db.run(op())
 
     async def use_refresh_token(self, token_hash: str, *, now: datetime) -> RefreshGrant | None:
-        async with self.db.transaction() as conn:
-            row = await conn.fetchrow(GET_REFRESH, token_hash)
+        def op() -> Op[RefreshGrant | None]:
+            row = yield one(GET_REFRESH, token_hash)
             if row is None or row["revoked"]:
                 return None
             family = str(row["family_id"])
             if row["used"]:
                 # A rotated token came back: it was stolen or replayed. Kill the family.
-                await conn.execute(REVOKE_FAMILY, family)
+                yield exec_(REVOKE_FAMILY, family)
                 return None
             if _ts(row["expires_at"]) <= now:
                 return None
-            await conn.execute(USE_REFRESH, token_hash)
-        return RefreshGrant(user_id=str(row["user_id"]), family_id=family,
-                            expires_at=_ts(row["expires_at"]))
+            yield exec_(USE_REFRESH, token_hash)
+            return RefreshGrant(user_id=str(row["user_id"]), family_id=family,
+                                expires_at=_ts(row["expires_at"]))
+
+        return await self.db.run(op())
 
     async def revoke_refresh_family(self, token_hash: str) -> None:
-        async with self.db.transaction() as conn:
-            row = await conn.fetchrow(GET_REFRESH, token_hash)
+        def op() -> Op[None]:
+            row = yield one(GET_REFRESH, token_hash)
             if row is not None:
-                await conn.execute(REVOKE_FAMILY, str(row["family_id"]))
+                yield exec_(REVOKE_FAMILY, str(row["family_id"]))
+
+        await self.db.run(op())
 
     # conversations -------------------------------------------------------------------------
 
@@ -244,45 +263,48 @@ class SqlStore:
         created_by: str, members: Sequence[tuple[str, Role]], direct_key: str | None,
         created_at: datetime,
     ) -> tuple[Conversation, bool]:
+        def op() -> Op[tuple[Conversation, bool]]:
+            if direct_key is not None:
+                existing = yield one(FIND_DIRECT, direct_key)
+                if existing is not None:
+                    return (yield from _with_members(existing)), False
+            yield exec_(INSERT_CONVERSATION, conversation_id, type.value, name, created_by,
+                        created_at, direct_key)
+            for user_id, role in members:
+                yield exec_(INSERT_MEMBER, conversation_id, user_id, role.value, created_at)
+            row = yield one(GET_CONVERSATION, conversation_id)
+            return (yield from _with_members(row)), True
+
         try:
-            async with self.db.transaction() as conn:
-                if direct_key is not None:
-                    existing = await conn.fetchrow(FIND_DIRECT, direct_key)
-                    if existing is not None:
-                        return await self._with_members(conn, existing), False
-                await conn.execute(INSERT_CONVERSATION, conversation_id, type.value, name,
-                                   created_by, created_at, direct_key)
-                for user_id, role in members:
-                    await conn.execute(INSERT_MEMBER, conversation_id, user_id, role.value,
-                                       created_at)
-                row = await conn.fetchrow(GET_CONVERSATION, conversation_id)
-                assert row is not None
-                return await self._with_members(conn, row), True
+            return await self.db.run(op())
         except UniqueViolation:
             if direct_key is None:
                 raise
-        # Lost a race with the other side creating the same pair: theirs stands.
-        async with self.db.read() as conn:
-            existing = await conn.fetchrow(FIND_DIRECT, direct_key)
-            assert existing is not None
-            return await self._with_members(conn, existing), False
 
-    async def _with_members(self, conn: Conn, row: Row) -> Conversation:
-        members = [_member(m) for m in await conn.fetch(GET_MEMBERS, str(row["id"]))]
-        return _conversation(row, members)
+        # Lost a race with the other side creating the same pair: theirs stands.
+        def existing_op() -> Op[tuple[Conversation, bool]]:
+            row = yield one(FIND_DIRECT, direct_key)
+            return (yield from _with_members(row)), False
+
+        return await self.db.run(existing_op(), write=False)
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None:
-        async with self.db.read() as conn:
-            row = await conn.fetchrow(GET_CONVERSATION, conversation_id)
+        def op() -> Op[Conversation | None]:
+            row = yield one(GET_CONVERSATION, conversation_id)
             if row is None:
                 return None
-            return await self._with_members(conn, row)
+            return (yield from _with_members(row))
+
+        return await self.db.run(op(), write=False)
 
     async def list_conversations(self, user_id: str) -> list[ConversationSummary]:
-        async with self.db.read() as conn:
-            convs = await conn.fetch(MY_CONVERSATIONS, user_id)
-            member_rows = await conn.fetch(MEMBERS_OF_MY_CONVERSATIONS, user_id)
-            last_rows = await conn.fetch(LAST_MESSAGES, user_id)
+        def op() -> Op[tuple[list[Row], list[Row], list[Row]]]:
+            convs = yield rows(MY_CONVERSATIONS, user_id)
+            member_rows = yield rows(MEMBERS_OF_MY_CONVERSATIONS, user_id)
+            last_rows = yield rows(LAST_MESSAGES, user_id)
+            return convs, member_rows, last_rows
+
+        convs, member_rows, last_rows = await self.db.run(op(), write=False)
         members: dict[str, list[Member]] = {}
         for r in member_rows:
             members.setdefault(str(r["conversation_id"]), []).append(_member(r))
@@ -301,46 +323,53 @@ class SqlStore:
         return out
 
     async def member_ids(self, conversation_id: str) -> list[str]:
-        async with self.db.read() as conn:
-            rows = await conn.fetch(MEMBER_IDS, conversation_id)
-        return [str(r["user_id"]) for r in rows]
+        def op() -> Op[list[str]]:
+            found = yield rows(MEMBER_IDS, conversation_id)
+            return [str(r["user_id"]) for r in found]
+
+        return await self.db.run(op(), write=False)
 
     async def add_members(
         self, conversation_id: str, members: Sequence[tuple[str, Role]], *, at: datetime
     ) -> list[str]:
-        async with self.db.transaction() as conn:
-            before = {str(r["user_id"]) for r in await conn.fetch(MEMBER_IDS, conversation_id)}
+        def op() -> Op[list[str]]:
+            found = yield rows(MEMBER_IDS, conversation_id)
+            before = {str(r["user_id"]) for r in found}
             added = []
             for user_id, role in members:
-                if user_id in before:
-                    continue
-                await conn.execute(INSERT_MEMBER, conversation_id, user_id, role.value, at)
-                added.append(user_id)
-        return added
+                if user_id not in before:
+                    yield exec_(INSERT_MEMBER, conversation_id, user_id, role.value, at)
+                    added.append(user_id)
+            return added
+
+        return await self.db.run(op())
 
     async def remove_member(self, conversation_id: str, user_id: str) -> bool:
-        async with self.db.transaction() as conn:
-            existed = await conn.fetchval(
-                "SELECT 1 FROM conversation_members WHERE conversation_id = $1 AND user_id = $2",
-                conversation_id, user_id,
-            )
+        def op() -> Op[bool]:
+            existed = yield val(IS_MEMBER, conversation_id, user_id)
             if existed:
-                await conn.execute(DELETE_MEMBER, conversation_id, user_id)
-        return bool(existed)
+                yield exec_(DELETE_MEMBER, conversation_id, user_id)
+            return bool(existed)
+
+        return await self.db.run(op())
 
     async def contacts(self, user_id: str) -> list[str]:
-        async with self.db.read() as conn:
-            rows = await conn.fetch(CONTACTS, user_id)
-        return [str(r["user_id"]) for r in rows]
+        def op() -> Op[list[str]]:
+            found = yield rows(CONTACTS, user_id)
+            return [str(r["user_id"]) for r in found]
+
+        return await self.db.run(op(), write=False)
 
     async def conversation_positions(self, user_id: str) -> dict[str, tuple[int, Watermarks]]:
-        async with self.db.read() as conn:
-            rows = await conn.fetch(POSITIONS, user_id)
-        return {
-            str(r["id"]): (int(r["last_seq"]),
-                           Watermarks(int(r["delivered_seq"]), int(r["read_seq"])))
-            for r in rows
-        }
+        def op() -> Op[dict[str, tuple[int, Watermarks]]]:
+            found = yield rows(POSITIONS, user_id)
+            return {
+                str(r["id"]): (int(r["last_seq"]),
+                               Watermarks(int(r["delivered_seq"]), int(r["read_seq"])))
+                for r in found
+            }
+
+        return await self.db.run(op(), write=False)
 
     # messages --------------------------------------------------------------------------------
 
@@ -348,47 +377,76 @@ class SqlStore:
         self, *, message_id: str, conversation_id: str, sender_id: str, content: str,
         message_type: str, client_msg_id: str | None, created_at: datetime,
     ) -> tuple[Message, bool]:
+        draft = Message(id=message_id, conversation_id=conversation_id, seq=0,
+                        sender_id=sender_id, content=content, message_type=message_type,
+                        client_msg_id=client_msg_id, created_at=created_at)
+        [outcome] = await self.append_messages([draft])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def append_messages(
+        self, drafts: Sequence[Message]
+    ) -> list[tuple[Message, bool] | NotFound]:
+        """Commit several messages in one transaction (group commit). Each gets its own
+        outcome: (message, created) or NotFound for a sender outside the conversation.
+        `seq` of a draft is ignored; the stored one is returned."""
+
+        def op() -> Op[list[tuple[Message, bool] | NotFound]]:
+            out = []
+            for d in drafts:
+                out.append((yield from _append(d)))
+            return out
+
         try:
-            async with self.db.transaction() as conn:
-                if client_msg_id is not None:
-                    row = await conn.fetchrow(FIND_BY_CLIENT_ID, sender_id, client_msg_id)
-                    if row is not None:
-                        return _message(row), False
-                seq = await conn.fetchval(NEXT_SEQ, conversation_id, sender_id)
-                if seq is None:
-                    raise NotFound("conversation not found")
-                await conn.execute(INSERT_MESSAGE, message_id, conversation_id, seq, sender_id,
-                                   content, message_type, client_msg_id, created_at)
-                await conn.execute(SENDER_READ, conversation_id, sender_id, seq)
+            return await self.db.run(op())
         except UniqueViolation:
-            if client_msg_id is None:
+            if not any(d.client_msg_id for d in drafts):
                 raise
-            # The same client_msg_id raced in from another device or retry: it stands.
-            async with self.db.read() as conn:
-                row = await conn.fetchrow(FIND_BY_CLIENT_ID, sender_id, client_msg_id)
-            assert row is not None
+        # One draft collided with a concurrent send of the same client_msg_id and the batch
+        # rolled back: redo them one at a time so only the duplicate is affected.
+        return [await self._append_alone(d) for d in drafts]
+
+    async def _append_alone(self, d: Message) -> tuple[Message, bool] | NotFound:
+        def op() -> Op[tuple[Message, bool] | NotFound]:
+            return (yield from _append(d))
+
+        try:
+            return await self.db.run(op())
+        except UniqueViolation:
+            if d.client_msg_id is None:
+                raise
+
+        # The same client_msg_id raced in from another device or retry: it stands.
+        def stored() -> Op[tuple[Message, bool]]:
+            row = yield one(FIND_BY_CLIENT_ID, d.sender_id, d.client_msg_id)
             return _message(row), False
-        return Message(id=message_id, conversation_id=conversation_id, seq=int(seq),
-                       sender_id=sender_id, content=content, message_type=message_type,
-                       client_msg_id=client_msg_id, created_at=created_at), True
+
+        return await self.db.run(stored(), write=False)
 
     async def get_message(self, message_id: str) -> Message | None:
-        async with self.db.read() as conn:
-            row = await conn.fetchrow(GET_MESSAGE, message_id)
-        return None if row is None else _message(row)
+        def op() -> Op[Message | None]:
+            row = yield one(GET_MESSAGE, message_id)
+            return None if row is None else _message(row)
+
+        return await self.db.run(op(), write=False)
 
     async def list_messages(
         self, conversation_id: str, *, limit: int, offset: int = 0,
         before_seq: int | None = None, after_seq: int | None = None,
     ) -> list[Message]:
-        async with self.db.read() as conn:
-            if after_seq is not None:
-                rows = await conn.fetch(MESSAGES_AFTER, conversation_id, after_seq, limit)
-            elif before_seq is not None:
-                rows = await conn.fetch(MESSAGES_BEFORE, conversation_id, before_seq, limit)
-            else:
-                rows = await conn.fetch(MESSAGES_PAGE, conversation_id, limit, offset)
-        return [_message(r) for r in rows]
+        if after_seq is not None:
+            query = rows(MESSAGES_AFTER, conversation_id, after_seq, limit)
+        elif before_seq is not None:
+            query = rows(MESSAGES_BEFORE, conversation_id, before_seq, limit)
+        else:
+            query = rows(MESSAGES_PAGE, conversation_id, limit, offset)
+
+        def op() -> Op[list[Message]]:
+            found = yield query
+            return [_message(r) for r in found]
+
+        return await self.db.run(op(), write=False)
 
     async def advance_watermarks(
         self, conversation_id: str, user_id: str, *, delivered_to: int, read_to: int
@@ -396,24 +454,50 @@ class SqlStore:
         # Row lock on PostgreSQL so two concurrent receipts cannot move a mark backwards;
         # SQLite transactions are serialised already (one writer).
         lock = " FOR UPDATE OF m" if self.db.dialect == "postgres" else ""
-        async with self.db.transaction() as conn:
-            row = await conn.fetchrow(GET_MARKS + lock, conversation_id, user_id)
+
+        def op() -> Op[tuple[Watermarks, Watermarks]]:
+            row = yield one(GET_MARKS + lock, conversation_id, user_id)
             if row is None:
                 raise NotFound("conversation not found")
             before = Watermarks(int(row["delivered_seq"]), int(row["read_seq"]))
             after = advance(before, delivered_to=delivered_to, read_to=read_to,
                             last_seq=int(row["last_seq"]))
             if after != before:
-                await conn.execute(SET_MARKS, conversation_id, user_id,
-                                   after.delivered_seq, after.read_seq)
-        return before, after
+                yield exec_(SET_MARKS, conversation_id, user_id, after.delivered_seq,
+                            after.read_seq)
+            return before, after
+
+        return await self.db.run(op())
 
     async def watermarks(self, conversation_id: str) -> dict[str, Watermarks]:
-        async with self.db.read() as conn:
-            rows = await conn.fetch(ALL_MARKS, conversation_id)
-        return {str(r["user_id"]): Watermarks(int(r["delivered_seq"]), int(r["read_seq"]))
-                for r in rows}
+        def op() -> Op[dict[str, Watermarks]]:
+            found = yield rows(ALL_MARKS, conversation_id)
+            return {str(r["user_id"]): Watermarks(int(r["delivered_seq"]), int(r["read_seq"]))
+                    for r in found}
+
+        return await self.db.run(op(), write=False)
 
     async def ping(self) -> None:
-        async with self.db.read() as conn:
-            await conn.fetchval("SELECT 1")
+        def op() -> Op[None]:
+            yield val("SELECT 1")
+
+        await self.db.run(op(), write=False)
+
+
+def _append(d: Message) -> Op[tuple[Message, bool] | NotFound]:
+    if d.client_msg_id is not None:
+        row = yield one(FIND_BY_CLIENT_ID, d.sender_id, d.client_msg_id)
+        if row is not None:
+            return _message(row), False
+    seq = yield val(NEXT_SEQ, d.conversation_id, d.sender_id)
+    if seq is None:
+        return NotFound("conversation not found")
+    yield exec_(INSERT_MESSAGE, d.id, d.conversation_id, seq, d.sender_id, d.content,
+                d.message_type, d.client_msg_id, d.created_at)
+    yield exec_(SENDER_READ, d.conversation_id, d.sender_id, seq)
+    return replace(d, seq=int(seq)), True
+
+
+def _with_members(row: Row) -> Op[Conversation]:
+    members = yield rows(GET_MEMBERS, str(row["id"]))
+    return _conversation(row, [_member(m) for m in members])

@@ -1,14 +1,15 @@
 """SQLite driver: stdlib sqlite3 on worker threads, WAL, one writer at a time.
 
 The embedded default. One connection for writes (guarded by a Trio lock: SQLite allows one
-writer anyway) and one for reads, which WAL lets proceed beside the writer.
+writer anyway) and one for reads, which WAL lets proceed beside the writer. Each operation
+runs whole on the connection's thread: one thread hop per transaction.
 """
 
 from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -17,7 +18,7 @@ from typing import Any
 
 import trio
 
-from chatsrv.adapters.storage.base import Row, UniqueViolation
+from chatsrv.adapters.storage.base import Op, Query, T, UniqueViolation, drive_sync
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
@@ -36,56 +37,6 @@ def _param(value: Any) -> Any:
     return value
 
 
-def _params(args: Sequence[Any]) -> tuple[Any, ...]:
-    return tuple(_param(a) for a in args)
-
-
-def _run(db: sqlite3.Connection, sql: str, args: tuple[Any, ...], mode: str) -> Any:
-    try:
-        cur = db.execute(_translate(sql), args)
-    except sqlite3.IntegrityError as exc:
-        if "UNIQUE" in str(exc):
-            raise UniqueViolation(str(exc)) from exc
-        raise
-    if mode == "all":
-        return cur.fetchall()
-    if mode == "row":
-        return cur.fetchone()
-    if mode == "val":
-        row = cur.fetchone()
-        return None if row is None else row[0]
-    return None
-
-
-class SqliteConn:
-    def __init__(self, db: sqlite3.Connection, limiter: trio.CapacityLimiter) -> None:
-        self._db = db
-        self._limiter = limiter
-
-    async def _call(self, sql: str, args: Sequence[Any], mode: str) -> Any:
-        return await trio.to_thread.run_sync(
-            _run, self._db, sql, _params(args), mode, limiter=self._limiter
-        )
-
-    async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        return await self._call(sql, args, "all")  # type: ignore[no-any-return]
-
-    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        return await self._call(sql, args, "row")  # type: ignore[no-any-return]
-
-    async def fetchval(self, sql: str, *args: Any) -> Any:
-        return await self._call(sql, args, "val")
-
-    async def execute(self, sql: str, *args: Any) -> None:
-        await self._call(sql, args, "none")
-
-    async def executescript(self, script: str) -> None:
-        """Run a multi-statement script inside the current transaction (sqlite3's own
-        executescript would commit first)."""
-        for statement in split_statements(script):
-            await self.execute(statement)
-
-
 def split_statements(script: str) -> list[str]:
     statements, buf = [], ""
     for line in script.splitlines(keepends=True):
@@ -96,6 +47,36 @@ def split_statements(script: str) -> list[str]:
     if buf.strip():
         statements.append(buf.strip())
     return [s for s in statements if s.strip(" ;\n")]
+
+
+def _execute(db: sqlite3.Connection, q: Query) -> Any:
+    if q.mode == "script":
+        # sqlite3's own executescript would commit first; run statement by statement instead
+        for statement in split_statements(q.sql):
+            db.execute(statement)
+        return None
+    cur = db.execute(_translate(q.sql), tuple(_param(a) for a in q.args))
+    if q.mode == "all":
+        return cur.fetchall()
+    if q.mode == "one":
+        return cur.fetchone()
+    if q.mode == "val":
+        row = cur.fetchone()
+        return None if row is None else row[0]
+    return None
+
+
+def _run_in_thread(db: sqlite3.Connection, op: Op[T], begin: str) -> T:
+    db.execute(begin)
+    try:
+        result = drive_sync(op, lambda q: _execute(db, q))
+    except BaseException as exc:
+        db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc):
+            raise UniqueViolation(str(exc)) from exc
+        raise
+    db.execute("COMMIT")
+    return result
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -114,26 +95,18 @@ class SqliteDatabase:
     dialect = "sqlite"
 
     def __init__(self, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
-        self._write_lock = trio.Lock()
-        self._writer = SqliteConn(writer, trio.CapacityLimiter(1))
-        self._reader = SqliteConn(reader, trio.CapacityLimiter(1))
+        self._writer = writer
+        self._reader = reader
+        # one thread each: a sqlite3 connection is used by one thread at a time
+        self._write_limiter = trio.CapacityLimiter(1)
+        self._read_limiter = trio.CapacityLimiter(1)
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[SqliteConn]:
-        async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._writer
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await self._writer.execute("ROLLBACK")
-                raise
-            with trio.CancelScope(shield=True):
-                await self._writer.execute("COMMIT")
-
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[SqliteConn]:
-        yield self._reader
+    async def run(self, op: Op[T], *, write: bool = True) -> T:
+        if write:
+            return await trio.to_thread.run_sync(
+                _run_in_thread, self._writer, op, "BEGIN IMMEDIATE", limiter=self._write_limiter)
+        return await trio.to_thread.run_sync(
+            _run_in_thread, self._reader, op, "BEGIN", limiter=self._read_limiter)
 
 
 @asynccontextmanager

@@ -88,10 +88,18 @@ class Settings:
     # cluster
     node_heartbeat_interval: float = 5.0
     node_ttl: float = 15.0
+    redis_prefix: str = "chatsrv"  # namespace of every Redis key and channel of this cluster
+    redis_timeout: float = 5.0  # one Redis round trip; slower counts as Redis unavailable
+    peer_queue_size: int = 4096  # events queued per remote node before they are dropped
+    peer_batch_size: int = 256  # events per node-to-node RPC at most
+    peer_batch_linger: float = 0.002  # how long a batch waits for more events
+    peer_rpc_timeout: float = 5.0  # one node-to-node RPC; slower drops the batch
     # lifetimes
     db_timeout: float = 10.0
     db_pool_size: int = 10
-    db_writers: int = 3  # concurrent group-commit transactions (PostgreSQL)
+    # concurrent group-commit batches on PostgreSQL; 1 keeps the lock order trivial (a batch
+    # locks several conversation rows) and one batch is a single statement anyway
+    db_writers: int = 1
     commit_batch: int = 128  # messages per group-commit transaction at most
     connect_retry_deadline: float = 60.0
     shutdown_deadline: float = 10.0
@@ -151,6 +159,12 @@ class Settings:
             turn_ttl=_float(env, "TURN_TTL", cls.turn_ttl),
             node_heartbeat_interval=_float(env, "NODE_HEARTBEAT_INTERVAL", cls.node_heartbeat_interval),
             node_ttl=_float(env, "NODE_TTL", cls.node_ttl),
+            redis_prefix=env.get("REDIS_PREFIX") or cls.redis_prefix,
+            redis_timeout=_float(env, "REDIS_TIMEOUT", cls.redis_timeout),
+            peer_queue_size=_int(env, "PEER_QUEUE_SIZE", cls.peer_queue_size),
+            peer_batch_size=_int(env, "PEER_BATCH_SIZE", cls.peer_batch_size),
+            peer_batch_linger=_float(env, "PEER_BATCH_LINGER", cls.peer_batch_linger),
+            peer_rpc_timeout=_float(env, "PEER_RPC_TIMEOUT", cls.peer_rpc_timeout),
             db_timeout=_float(env, "DB_TIMEOUT", cls.db_timeout),
             db_pool_size=_int(env, "DB_POOL_SIZE", cls.db_pool_size),
             db_writers=_int(env, "DB_WRITERS", cls.db_writers),
@@ -160,7 +174,22 @@ class Settings:
             embedded=embedded,
         )
         settings.check_secret()
+        settings.check_cluster()
         return settings
+
+    def check_cluster(self) -> None:
+        """Cluster mode (REDIS_URL) needs the nodes' shared PostgreSQL, and a node TTL that
+        outlives several heartbeats (else live nodes are taken for dead)."""
+        if not self.redis_url:
+            return
+        if not self.database_url:
+            raise ConfigError("REDIS_URL (cluster mode) needs DATABASE_URL: the nodes must "
+                              "share one PostgreSQL; SQLite is for a single node only")
+        if self.node_ttl < 2 * self.node_heartbeat_interval:
+            raise ConfigError(f"NODE_TTL ({self.node_ttl:g}s) must be at least twice "
+                              f"NODE_HEARTBEAT_INTERVAL ({self.node_heartbeat_interval:g}s)")
+        if self.peer_queue_size < 2 or self.peer_batch_size < 1:
+            raise ConfigError("PEER_QUEUE_SIZE must be at least 2 and PEER_BATCH_SIZE at least 1")
 
     def check_secret(self) -> None:
         """Outside embedded mode, refuse the seed's default or a short secret."""

@@ -58,13 +58,17 @@ class LocalDirectory:
     def __init__(self) -> None:
         self._online: set[str] = set()
 
-    async def set_online(self, user_id: str) -> None:
+    async def set_online(self, user_id: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        was_offline = user_id not in self._online
         self._online.add(user_id)
-        await trio.lowlevel.checkpoint()
+        return was_offline
 
-    async def set_offline(self, user_id: str) -> None:
-        self._online.discard(user_id)
+    async def set_offline(self, user_id: str) -> bool:
         await trio.lowlevel.checkpoint()
+        was_online = user_id in self._online
+        self._online.discard(user_id)
+        return was_online
 
     async def online(self, user_ids: Sequence[str]) -> set[str]:
         await trio.lowlevel.checkpoint()

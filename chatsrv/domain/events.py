@@ -28,6 +28,14 @@ class Event:
         self.droppable = droppable
         self.ref = ref
 
+    @classmethod
+    def from_text(cls, type: str, text: str, *, droppable: bool = False) -> Event:
+        """An event encoded elsewhere (another node): `.text` is `text`, sent as is.
+        Its payload is not decoded (None): such events only go out to connections."""
+        event = cls(type, None, droppable=droppable)
+        event.__dict__["text"] = text  # fills the cached_property
+        return event
+
     @cached_property
     def text(self) -> str:
         frame: dict[str, Any] = {"type": self.type, "payload": self.payload}

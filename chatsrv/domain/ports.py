@@ -137,6 +137,14 @@ class Router(Protocol):
 class Directory(Protocol):
     """Which users are online anywhere in the cluster (single node: this node)."""
 
-    async def set_online(self, user_id: str) -> None: ...
-    async def set_offline(self, user_id: str) -> None: ...
+    async def set_online(self, user_id: str) -> bool:
+        """This node has its first connection of the user. True if the user was offline
+        everywhere until now (announce it)."""
+        ...
+
+    async def set_offline(self, user_id: str) -> bool:
+        """This node has no connection of the user left. True if the user is now offline
+        everywhere (announce it)."""
+        ...
+
     async def online(self, user_ids: Sequence[str]) -> set[str]: ...

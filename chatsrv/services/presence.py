@@ -33,8 +33,10 @@ class PresenceService:
     async def connected(self, sub: Subscriber) -> None:
         """Attach a connection for delivery; the user turns online on its first one."""
         self._router.attach(sub)
-        if self._book.connect(sub.user_id, sub.session_id):
-            await self._directory.set_online(sub.user_id)
+        # The directory says whether the user was offline on every node (cluster: a user
+        # already online elsewhere is not announced again).
+        if self._book.connect(sub.user_id, sub.session_id) and \
+                await self._directory.set_online(sub.user_id):
             await self._announce(sub.user_id, Status.ONLINE, last_seen=None)
 
     def disconnected(self, sub: Subscriber) -> None:
@@ -60,9 +62,21 @@ class PresenceService:
                 for user_id in self._book.online_users():
                     await self._go_offline(user_id)
 
+    async def node_lost(self, user_ids: Sequence[str]) -> None:
+        """Cluster: users whose last connection was on a node that stopped heartbeating.
+        The directory has taken them out already and hands each user to one node only;
+        persist last_seen and tell their contacts. Users connected here are skipped."""
+        for user_id in user_ids:
+            if not self._book.is_online(user_id):
+                await self._went_offline(user_id)
+
     async def _go_offline(self, user_id: str) -> None:
+        # Offline here; announced only if the user has no connection on another node either.
+        if await self._directory.set_offline(user_id):
+            await self._went_offline(user_id)
+
+    async def _went_offline(self, user_id: str) -> None:
         now = utcnow()
-        await self._directory.set_offline(user_id)
         try:
             await self._store.set_last_seen(user_id, now)
         except Unavailable:

@@ -75,9 +75,11 @@ class UniqueViolation(Exception):
 class Database(Protocol):
     dialect: str
 
-    async def run(self, op: Op[T], *, write: bool = True) -> T:
+    async def run(self, op: Op[T], *, write: bool = True, atomic: bool = True) -> T:
         """Run one operation. `write`: in one transaction, committed when the operation
         returns and rolled back if it raises. Reads see one consistent snapshot too.
+        `atomic=False` lets each statement commit on its own where that saves round trips
+        (PostgreSQL; for operations whose every statement is atomic by itself).
 
         Raises UniqueViolation for unique-constraint failures and
         domain.errors.Unavailable when the database cannot be reached. Not cancellable

@@ -43,22 +43,27 @@ async def _execute(conn: asyncpg.Connection, q: Query) -> Any:  # runs on asynci
     return None
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release hook. asyncpg's default resets the session (one more round trip per
+    operation); nothing here changes session state (no SET, LISTEN or session locks)."""
+
+
 class PostgresDatabase:
     dialect = "postgres"
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def _run_aio(self, op: Op[T], write: bool) -> T:  # runs on asyncio
+    async def _run_aio(self, op: Op[T], transaction: bool) -> T:  # runs on asyncio
         async with self._pool.acquire() as conn:
-            if not write:
+            if not transaction:
                 return await drive_async(op, lambda q: _execute(conn, q))
             async with conn.transaction():
                 return await drive_async(op, lambda q: _execute(conn, q))
 
-    async def run(self, op: Op[T], *, write: bool = True) -> T:
+    async def run(self, op: Op[T], *, write: bool = True, atomic: bool = True) -> T:
         try:
-            return await aio_as_trio(self._run_aio)(op, write)  # type: ignore[no-any-return]
+            return await aio_as_trio(self._run_aio)(op, write and atomic)  # type: ignore[no-any-return]
         except asyncpg.exceptions.UniqueViolationError as exc:
             raise UniqueViolation(exc.constraint_name or str(exc)) from exc
         except _UNAVAILABLE as exc:
@@ -90,7 +95,7 @@ async def open_postgres(
         await wait_for_postgres(dsn, deadline=retry_deadline)
     try:
         pool = await aio_as_trio(asyncpg.create_pool)(
-            dsn, min_size=min(2, pool_size), max_size=pool_size)
+            dsn, min_size=min(2, pool_size), max_size=pool_size, reset=_keep_session)
     except _UNAVAILABLE as exc:
         raise Unavailable("database unavailable") from exc
     try:

@@ -137,6 +137,44 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"""
 SENDER_READ = """UPDATE conversation_members SET delivered_seq = $3, read_seq = $3
 WHERE conversation_id = $1 AND user_id = $2 AND read_seq < $3"""
 GET_MESSAGE = f"SELECT {MESSAGE_COLS} FROM messages WHERE id = $1"
+
+# PostgreSQL group commit: a batch of messages in one statement. Senders outside their
+# conversation are filtered out (they get NotFound); each conversation's last_seq moves by
+# its number of messages under the row lock, and the new seqs are numbered in batch order.
+FIND_BY_CLIENT_IDS_PG = f"""SELECT {MESSAGE_COLS} FROM messages
+WHERE (sender_id, client_msg_id) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))"""
+APPEND_BATCH_PG = """WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
+                         $6::text[], $7::timestamptz[])
+        WITH ORDINALITY AS t(id, conversation_id, sender_id, content, message_type,
+                             client_msg_id, created_at, ord)
+), allowed AS (
+    SELECT i.* FROM input i
+    WHERE EXISTS (SELECT 1 FROM conversation_members cm
+                  WHERE cm.conversation_id = i.conversation_id AND cm.user_id = i.sender_id)
+), counts AS (
+    SELECT conversation_id, count(*) AS n FROM allowed GROUP BY conversation_id
+), bumped AS (
+    UPDATE conversations c SET last_seq = c.last_seq + counts.n
+    FROM counts WHERE c.id = counts.conversation_id
+    RETURNING c.id, c.last_seq, counts.n
+), numbered AS (
+    SELECT a.*, b.last_seq - b.n
+               + row_number() OVER (PARTITION BY a.conversation_id ORDER BY a.ord) AS seq
+    FROM allowed a JOIN bumped b ON b.id = a.conversation_id
+), inserted AS (
+    INSERT INTO messages (id, conversation_id, seq, sender_id, content, message_type,
+                          client_msg_id, created_at)
+    SELECT id, conversation_id, seq, sender_id, content, message_type, client_msg_id,
+           created_at FROM numbered
+    RETURNING id, seq
+), sender_read AS (
+    UPDATE conversation_members cm
+    SET delivered_seq = GREATEST(cm.delivered_seq, x.seq), read_seq = GREATEST(cm.read_seq, x.seq)
+    FROM (SELECT conversation_id, sender_id, max(seq) AS seq FROM numbered GROUP BY 1, 2) x
+    WHERE cm.conversation_id = x.conversation_id AND cm.user_id = x.sender_id
+)
+SELECT id, seq FROM inserted"""
 MESSAGES_PAGE = f"""SELECT {MESSAGE_COLS} FROM messages WHERE conversation_id = $1
 ORDER BY seq DESC LIMIT $2 OFFSET $3"""
 MESSAGES_BEFORE = f"""SELECT {MESSAGE_COLS} FROM messages WHERE conversation_id = $1 AND seq < $2
@@ -399,6 +437,10 @@ class SqlStore:
             return out
 
         try:
+            if self.db.dialect == "postgres":
+                # set-based: a constant number of round trips per batch, each statement
+                # atomic by itself (the unique constraint guards against double sends)
+                return await self.db.run(_append_batch_pg(drafts), atomic=False)
             return await self.db.run(op())
         except UniqueViolation:
             if not any(d.client_msg_id for d in drafts):
@@ -496,6 +538,36 @@ def _append(d: Message) -> Op[tuple[Message, bool] | NotFound]:
                 d.message_type, d.client_msg_id, d.created_at)
     yield exec_(SENDER_READ, d.conversation_id, d.sender_id, seq)
     return replace(d, seq=int(seq)), True
+
+
+def _append_batch_pg(drafts: Sequence[Message]) -> Op[list[tuple[Message, bool] | NotFound]]:
+    stored: dict[tuple[str, str], Message] = {}
+    keyed = [d for d in drafts if d.client_msg_id is not None]
+    if keyed:
+        found = yield rows(FIND_BY_CLIENT_IDS_PG, [d.sender_id for d in keyed],
+                           [d.client_msg_id for d in keyed])
+        for r in found:
+            m = _message(r)
+            stored[(m.sender_id, m.client_msg_id or "")] = m
+    fresh = [d for d in drafts if (d.sender_id, d.client_msg_id or "") not in stored
+             or d.client_msg_id is None]
+    seqs: dict[str, int] = {}
+    if fresh:
+        inserted = yield rows(
+            APPEND_BATCH_PG, [d.id for d in fresh], [d.conversation_id for d in fresh],
+            [d.sender_id for d in fresh], [d.content for d in fresh],
+            [d.message_type for d in fresh], [d.client_msg_id for d in fresh],
+            [d.created_at for d in fresh])
+        seqs = {str(r["id"]): int(r["seq"]) for r in inserted}
+    out: list[tuple[Message, bool] | NotFound] = []
+    for d in drafts:
+        if d.client_msg_id is not None and (d.sender_id, d.client_msg_id) in stored:
+            out.append((stored[(d.sender_id, d.client_msg_id)], False))
+        elif d.id in seqs:
+            out.append((replace(d, seq=seqs[d.id]), True))
+        else:
+            out.append(NotFound("conversation not found"))
+    return out
 
 
 def _with_members(row: Row) -> Op[Conversation]:

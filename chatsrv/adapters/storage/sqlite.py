@@ -101,7 +101,7 @@ class SqliteDatabase:
         self._write_limiter = trio.CapacityLimiter(1)
         self._read_limiter = trio.CapacityLimiter(1)
 
-    async def run(self, op: Op[T], *, write: bool = True) -> T:
+    async def run(self, op: Op[T], *, write: bool = True, atomic: bool = True) -> T:
         if write:
             return await trio.to_thread.run_sync(
                 _run_in_thread, self._writer, op, "BEGIN IMMEDIATE", limiter=self._write_limiter)

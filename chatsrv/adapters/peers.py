@@ -1,0 +1,308 @@
+"""Cluster routing, client side: deliver to users connected to other nodes over grpclib.
+
+`ClusterRouter` satisfies the Router port. Local users go through the LocalRouter; for users
+on other nodes it looks their nodes up in an in-memory view (kept current by the Redis
+directory, adapters/redis.py) and queues the event on that node's `PeerLink` without
+blocking. Each link is one task draining its bounded queue in batches over one long-lived
+grpclib channel (unary `Deliver` calls, one per batch, in order).
+
+Delivery between nodes is best effort: every message is committed before it is published,
+so a client that misses a live event gets it with `sync`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+
+import grpclib.exceptions
+import trio
+from grpclib.client import Channel
+from trio_asyncio import aio_as_trio
+
+from chatsrv._pb.chatsrv.node.v1 import node_grpc, node_pb2
+from chatsrv.adapters.memory import LocalRouter
+from chatsrv.config import Settings
+from chatsrv.domain.events import Event
+from chatsrv.domain.ports import Subscriber
+
+log = logging.getLogger(__name__)
+
+# What a failed node-to-node call can raise; the batch is dropped (clients heal by sync).
+_RPC_FAILED = (OSError, grpclib.exceptions.GRPCError, grpclib.exceptions.StreamTerminatedError,
+               grpclib.exceptions.ProtocolError, trio.TooSlowError)
+
+Item = tuple[Sequence[str], Event]
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def _open_channel(host: str, port: int) -> Channel:
+    # grpclib binds its channel to the running asyncio loop: create it on the asyncio side.
+    return Channel(host, port)
+
+
+async def _close_channel(channel: Channel) -> None:
+    channel.close()
+
+
+class PeerLink:
+    """The way to one remote node: a bounded queue and the task that drains it.
+
+    Overflow policy (the publisher never blocks): droppable events (typing) are refused
+    once the queue is half full, so they never take room that messages need; when the queue
+    is full, the event is dropped and counted. Either way the client heals with `sync`.
+    """
+
+    def __init__(self, instance: str, address: str, *, origin: str, settings: Settings,
+                 counters: Counter[str]) -> None:
+        self.instance = instance
+        self.address = address
+        self._origin = origin
+        self._size = settings.peer_queue_size
+        self._batch_size = settings.peer_batch_size
+        self._linger = settings.peer_batch_linger
+        self._rpc_timeout = settings.peer_rpc_timeout
+        self._counters = counters
+        self._send, self._recv = trio.open_memory_channel[Item](self._size)
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+        self._failures = 0
+
+    def send_nowait(self, user_ids: Sequence[str], event: Event) -> None:
+        if event.droppable and self._send.statistics().current_buffer_used >= self._size // 2:
+            self._counters["peer_droppable_dropped"] += 1
+            return
+        try:
+            self._send.send_nowait((user_ids, event))
+        except trio.WouldBlock:
+            self._counters["peer_events_dropped"] += 1
+            if self._counters["peer_events_dropped"] % 1000 == 1:
+                log.warning("queue to node %s full (%d): dropping events (%d so far)",
+                            self.instance, self._size, self._counters["peer_events_dropped"])
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._counters["peer_events_dropped"] += 1
+
+    def close(self) -> None:
+        """No more events: run() sends what is queued, then returns."""
+        self._send.close()
+
+    async def run(self) -> None:
+        """Drain the queue into `Deliver` calls until closed (after flushing) or cancelled
+        (`scope`). Failed calls drop their batch and back off; never raises them."""
+        host, port = split_address(self.address)
+        try:
+            with self.scope:
+                channel = await aio_as_trio(_open_channel)(host, port)
+                try:
+                    stub = node_grpc.NodeStub(channel)
+                    async with self._recv:
+                        while batch := await self._next_batch():
+                            await self._deliver(stub, batch)
+                finally:
+                    with trio.move_on_after(1, shield=True):
+                        await aio_as_trio(_close_channel)(channel)
+        finally:
+            self.done.set()
+
+    async def _next_batch(self) -> list[Item]:
+        """Up to batch_size events: what is queued now, then what comes within `linger`.
+        Waits for the first one; [] once the queue is closed and empty."""
+        try:
+            batch = [await self._recv.receive()]
+        except trio.EndOfChannel:
+            return []
+        try:
+            while len(batch) < self._batch_size:
+                batch.append(self._recv.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            pass
+        if len(batch) < self._batch_size and self._linger > 0:
+            with trio.move_on_after(self._linger):
+                try:
+                    while len(batch) < self._batch_size:
+                        batch.append(await self._recv.receive())
+                except trio.EndOfChannel:
+                    pass
+        return batch
+
+    async def _deliver(self, stub: node_grpc.NodeStub, batch: list[Item]) -> None:
+        request = node_pb2.DeliverRequest(from_instance=self._origin, events=[
+            node_pb2.Envelope(user_ids=list(user_ids), type=event.type, text=event.text,
+                              droppable=event.droppable)
+            for user_ids, event in batch
+        ])
+        try:
+            # One asyncio task per call: cancelling it (timeout, shutdown) resets the
+            # HTTP/2 stream, so nothing is left running on the other node.
+            with trio.fail_after(self._rpc_timeout):
+                await aio_as_trio(stub.Deliver)(request)
+        except _RPC_FAILED as exc:
+            self._counters["peer_events_dropped"] += len(batch)
+            self._counters["peer_rpc_failures"] += 1
+            self._failures += 1
+            if self._failures == 1:
+                log.warning("node %s (%s) unreachable: %r; dropping events until it answers",
+                            self.instance, self.address, exc)
+            # 0.1 s doubling to 2 s: events queued meanwhile go in the next batch (or
+            # overflow); the directory drops the link if the node stops heartbeating.
+            await trio.sleep(min(0.1 * 2 ** (self._failures - 1), 2.0))
+            return
+        if self._failures:
+            log.info("node %s reachable again", self.instance)
+            self._failures = 0
+        self._counters["peer_events_sent"] += len(batch)
+        self._counters["peer_batches_sent"] += 1
+
+
+class ClusterRouter:
+    """Router of a cluster member (see the module docstring). Never blocks.
+
+    The view methods (`set_node`, `drop_node`, `users_changed`, `replace_view`) are called
+    by the Redis directory only; `exclude` (the origin connection) is local-only.
+    """
+
+    def __init__(self, local: LocalRouter, nursery: trio.Nursery, *, instance: str,
+                 settings: Settings) -> None:
+        self.local_router = local
+        self.instance = instance
+        self.counters: Counter[str] = Counter()
+        self._nursery = nursery
+        self._settings = settings
+        self._links: dict[str, PeerLink] = {}
+        self._users_of: dict[str, set[str]] = {}  # remote instance -> its users
+        self._where: dict[str, set[str]] = {}  # remote user -> instances
+
+    # ---------------------------------------------------------------- Router port
+
+    def attach(self, sub: Subscriber) -> None:
+        self.local_router.attach(sub)
+
+    def detach(self, sub: Subscriber) -> None:
+        self.local_router.detach(sub)
+
+    def local(self, user_id: str) -> Sequence[Subscriber]:
+        return self.local_router.local(user_id)
+
+    def publish(self, user_ids: Iterable[str], event: Event, *,
+                exclude: Subscriber | None = None) -> None:
+        ids = user_ids if isinstance(user_ids, (list, tuple)) else list(user_ids)
+        self.local_router.publish(ids, event, exclude=exclude)
+        targets: dict[str, list[str]] = {}
+        for uid in ids:
+            for instance in self._where.get(uid, ()):
+                targets.setdefault(instance, []).append(uid)
+        for instance, uids in targets.items():
+            self._links[instance].send_nowait(uids, event)
+
+    def connection_count(self) -> int:
+        return self.local_router.connection_count()
+
+    def user_count(self) -> int:
+        return self.local_router.user_count()
+
+    # ---------------------------------------------------------------- the view
+
+    def nodes(self) -> set[str]:
+        return set(self._links)
+
+    def nodes_of(self, user_id: str) -> frozenset[str]:
+        """Other nodes where the user has connections, as far as this node knows."""
+        return frozenset(self._where.get(user_id, ()))
+
+    def remote_online(self, user_ids: Iterable[str]) -> set[str]:
+        return {u for u in user_ids if u in self._where}
+
+    def set_node(self, instance: str, address: str, users: Iterable[str] | None = None) -> None:
+        """Know a live node (start its link); with `users`, replace its users."""
+        if instance == self.instance:
+            return
+        link = self._links.get(instance)
+        if link is not None and link.address != address:
+            self.drop_node(instance)
+            link = None
+        if link is None:
+            link = self._links[instance] = PeerLink(
+                instance, address, origin=self.instance, settings=self._settings,
+                counters=self.counters)
+            self._users_of[instance] = set()
+            self._nursery.start_soon(link.run)
+        if users is not None:
+            old = self._users_of[instance]
+            new = set(users)
+            self._forget(instance, old - new)
+            self._remember(instance, new - old)
+
+    def drop_node(self, instance: str) -> None:
+        """A node left or stopped heartbeating: forget its users and cancel its link."""
+        link = self._links.pop(instance, None)
+        if link is None:
+            return
+        link.scope.cancel()
+        self._forget(instance, self._users_of.pop(instance, set()))
+
+    def users_changed(self, instance: str, user_ids: Iterable[str], *, online: bool) -> None:
+        if instance not in self._links:
+            return
+        if online:
+            self._remember(instance, set(user_ids))
+        else:
+            self._forget(instance, set(user_ids))
+
+    def replace_view(self, nodes: Mapping[str, tuple[str, Iterable[str]]]) -> None:
+        """The whole view at once: instance -> (address, users) of every live node."""
+        for instance in self.nodes() - nodes.keys():
+            self.drop_node(instance)
+        for instance, (address, users) in nodes.items():
+            self.set_node(instance, address, users)
+
+    def _remember(self, instance: str, user_ids: set[str]) -> None:
+        self._users_of[instance] |= user_ids
+        for uid in user_ids:
+            self._where.setdefault(uid, set()).add(instance)
+
+    def _forget(self, instance: str, user_ids: set[str]) -> None:
+        self._users_of[instance] = self._users_of.get(instance, set()) - user_ids
+        for uid in user_ids:
+            where = self._where.get(uid)
+            if where is not None:
+                where.discard(instance)
+                if not where:
+                    del self._where[uid]
+
+    async def aclose(self) -> None:
+        """Stop taking events and wait until every link has sent what it holds."""
+        links = list(self._links.values())
+        for link in links:
+            link.close()
+        for link in links:
+            await link.done.wait()
+
+
+def new_instance_id(node_id: str) -> str:
+    """This run of the node: node id plus a random suffix, so a restarted node is never
+    mistaken for its previous run (whose users the others turn offline)."""
+    return f"{node_id}.{secrets.token_hex(4)}"
+
+
+@asynccontextmanager
+async def open_cluster_router(settings: Settings, local: LocalRouter) -> AsyncIterator[ClusterRouter]:
+    """Own the peer links for the block. On exit, queued events are flushed (shielded, at
+    most 2 s: presence's last offline announcements go out this way), then links close."""
+    async with trio.open_nursery() as nursery:
+        router = ClusterRouter(local, nursery, instance=new_instance_id(settings.node_id),
+                               settings=settings)
+        try:
+            yield router
+        finally:
+            with trio.move_on_after(2, shield=True):
+                await router.aclose()
+            nursery.cancel_scope.cancel()
+

@@ -307,8 +307,13 @@ def create_app(svc: Services) -> QuartTrio:
     async def conversations_list() -> Response:
         uid = me()
         summaries = await svc.conversations.list_for(uid)
+        ids = list({m.user_id for s in summaries for m in s.conversation.members})
+        users = await svc.store.get_users(ids)
+        statuses = await _statuses(users)
+        by_id = {u.id: u for u in users}
         return json_response(wire.ConversationListOut(conversations=[
-            render_conversation(s.conversation, summary=s) for s in summaries
+            render_conversation(s.conversation, users=by_id, statuses=statuses, summary=s)
+            for s in summaries
         ]))
 
     @api.route("GET", "/api/conversations/<conversation_id>", summary="A conversation with "

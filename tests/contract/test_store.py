@@ -209,3 +209,41 @@ async def test_last_seen_persists(store: SqlStore) -> None:
     got = await store.get_user(u.id)
     assert got is not None and got.last_seen is not None
     assert abs((got.last_seen - at).total_seconds()) < 0.01
+
+
+async def test_group_commit_batch_has_an_outcome_per_draft(store: SqlStore) -> None:
+    from chatsrv.domain.model import Message
+
+    a, b, c, outsider = [await make_user(store) for _ in range(4)]
+    ab = await make_conversation(store, a, b)
+    bc = await make_conversation(store, b, c)
+    earlier, _ = await send(store, ab, a, "earlier", client_msg_id="k-old")
+
+    def draft(conv: str, sender: User, text: str, cmid: str | None = None) -> Message:
+        return Message(id=new_id(), conversation_id=conv, seq=0, sender_id=sender.id,
+                       content=text, message_type="text", client_msg_id=cmid,
+                       created_at=utcnow())
+
+    drafts = [draft(ab, a, "one"), draft(bc, c, "x"), draft(ab, outsider, "intruder"),
+              draft(ab, b, "two", "k-new"), draft(ab, a, "dup", "k-old"), draft(bc, b, "y")]
+    outcomes = await store.append_messages(drafts)
+    assert [(o[0].content, o[0].seq, o[1]) if isinstance(o, tuple) else "nf" for o in outcomes] == [
+        ("one", 2, True), ("x", 1, True), "nf", ("two", 3, True), ("earlier", 1, False),
+        ("y", 2, True)]
+    assert outcomes[4][0].id == earlier.id  # type: ignore[index]
+    marks = await store.watermarks(ab)
+    assert marks[a.id].read_seq == 2 and marks[b.id].read_seq == 3
+
+
+async def test_group_commit_same_client_id_twice_in_one_batch(store: SqlStore) -> None:
+    from chatsrv.domain.model import Message
+
+    a, b = await make_user(store), await make_user(store)
+    conv = await make_conversation(store, a, b)
+    drafts = [Message(id=new_id(), conversation_id=conv, seq=0, sender_id=a.id, content="same",
+                      message_type="text", client_msg_id="twice", created_at=utcnow())
+              for _ in range(2)]
+    first, second = await store.append_messages(drafts)
+    assert isinstance(first, tuple) and isinstance(second, tuple)
+    assert first[0].id == second[0].id and [first[1], second[1]] == [True, False]
+    assert (await store.get_conversation(conv)).last_seq == 1  # type: ignore[union-attr]

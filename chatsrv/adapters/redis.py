@@ -1,0 +1,491 @@
+"""Cluster directory on Redis: who is online on which node, node liveness, and the pub/sub
+feed that keeps every node's routing view (adapters/peers.py) current.
+
+Keys, all under `{REDIS_PREFIX}:` ("chatsrv" by default). A node *instance* is one run of
+a node: NODE_ID plus a random suffix (see peers.new_instance_id).
+
+    nodes                    hash    instance -> gRPC address, every registered instance
+    node:{instance}:alive    string  its address; PX node_ttl, refreshed by its heartbeat
+    node:{instance}:users    set     users with a connection on that instance
+    user:{user_id}:nodes     set     instances where the user has a connection
+    node:{instance}:reap     string  lock (SET NX PX node_ttl): the one node turning a dead
+                                     instance's users offline
+    events                   channel {"op": "up"|"down"|"on"|"off", "node", "address", "users"}
+
+An entry user -> instance counts only while the instance's `alive` key exists, so a node that
+stops heartbeating drops out by TTL (node_ttl) even before anyone cleans up after it. The
+others' node watch then reaps it: SREM takes it out of each user's set, and a user whose set
+becomes empty right then is offline — exactly one node sees that transition for a user,
+so nobody is announced twice (the lock only saves duplicate work).
+
+Changes go through MULTI so a user's online/offline transition is decided atomically across
+nodes (SADD/SREM then SCARD). Redis holds nothing acknowledged: if it is down, this node keeps
+serving (routing to other nodes stalls, clients heal by sync), remembers its own users, and
+re-registers them when Redis answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import msgspec
+import redis.asyncio as aredis
+import redis.exceptions
+import trio
+from trio_asyncio import aio_as_trio
+
+from chatsrv.adapters.peers import ClusterRouter
+from chatsrv.config import Settings
+from chatsrv.domain.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Redis down, unreachable or too slow; anything else (ResponseError...) is a bug and raises.
+_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
+         trio.TooSlowError)
+# users per pipeline when reaping or re-registering (one MULTI per chunk)
+_CHUNK = 500
+
+
+class Keys:
+    """Key names of one cluster (one prefix)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.nodes = f"{prefix}:nodes"
+        self.events = f"{prefix}:events"
+
+    def alive(self, instance: str) -> str:
+        return f"{self.prefix}:node:{instance}:alive"
+
+    def node_users(self, instance: str) -> str:
+        return f"{self.prefix}:node:{instance}:users"
+
+    def reap(self, instance: str) -> str:
+        return f"{self.prefix}:node:{instance}:reap"
+
+    def user_nodes(self, user_id: str) -> str:
+        return f"{self.prefix}:user:{user_id}:nodes"
+
+
+class Note(msgspec.Struct, omit_defaults=True):
+    """One pub/sub message: a node came up or left, or users came online/offline on it."""
+
+    op: str
+    node: str
+    address: str = ""
+    users: list[str] = []
+
+
+_encode = msgspec.json.Encoder().encode
+_decoder = msgspec.json.Decoder(Note)
+
+
+def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class RedisDirectory:
+    """The Directory port on Redis for one node instance, and the tasks that keep it and the
+    router's view current (heartbeat, pub/sub listener, node watch). Owned by
+    open_redis_directory; never raises Unavailable from the port's methods (it degrades to
+    what this node knows and re-registers later)."""
+
+    def __init__(self, client: aredis.Redis, router: ClusterRouter, *, address: str,
+                 settings: Settings) -> None:
+        self._r = client
+        self._router = router
+        self.instance = router.instance
+        self.address = address
+        self._keys = Keys(settings.redis_prefix)
+        self._ttl_ms = max(1, int(settings.node_ttl * 1000))
+        self._interval = settings.node_heartbeat_interval
+        self._timeout = settings.redis_timeout
+        # Users with a connection here: what Redis is made to match after an outage.
+        self._here: set[str] = set()
+        # Redis missed some of our changes (it was down): re-register at the next heartbeat.
+        self._dirty = False
+        # set_online/set_offline and re-registration run one at a time, so a re-registration
+        # never writes back a change made while it ran.
+        self._lock = trio.Lock()
+
+    # ------------------------------------------------------------------ Directory port
+
+    async def set_online(self, user_id: str) -> bool:
+        self._here.add(user_id)
+        async with self._lock:
+            if not self._dirty:
+                try:
+                    added, count = await self._call(self._aio_set_online, user_id)
+                    return bool(added) and count == 1
+                except Unavailable as exc:
+                    self._lost_redis(exc)
+        # Redis down: say what this node sees (a repeated "online" is harmless).
+        return True
+
+    async def set_offline(self, user_id: str) -> bool:
+        self._here.discard(user_id)
+        async with self._lock:
+            if not self._dirty:
+                try:
+                    removed, count = await self._call(self._aio_set_offline, user_id)
+                    # removed == 0: a node watch took the user out (and announced) already
+                    return bool(removed) and count == 0
+                except Unavailable as exc:
+                    self._lost_redis(exc)
+        return True
+
+    async def online(self, user_ids: Sequence[str]) -> set[str]:
+        ids = list(dict.fromkeys(user_ids))
+        here = self._here.intersection(ids)
+        if not ids:
+            return here
+        if not self._dirty:
+            try:
+                return here | await self._call(self._aio_online, ids)
+            except Unavailable as exc:
+                self._lost_redis(exc)
+        return here | self._router.remote_online(ids)
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def register(self) -> None:
+        """Write this instance and all its users to Redis: at start, and again when Redis
+        lost them (restart, expiry) or missed changes. Raises Unavailable."""
+        async with self._lock:
+            await self._call(self._aio_register)
+            if self._dirty:
+                log.info("Redis reachable again: instance %s re-registered with %d users",
+                         self.instance, len(self._here))
+            self._dirty = False
+
+    async def deregister(self) -> None:
+        """Leave the cluster (shutdown): the others stop routing here at once. Users still
+        registered here (presence could not finish) are turned offline by the others' node
+        watch. Raises Unavailable."""
+        await self._call(self._aio_deregister)
+
+    async def run_heartbeat(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Forever: refresh this instance's liveness every node_heartbeat_interval, and
+        re-register when Redis lost it or missed changes. Survives Redis outages."""
+        task_status.started()
+        while True:
+            await trio.sleep(self._interval)
+            try:
+                refreshed = await self._call(self._aio_refresh)
+                if not refreshed:
+                    log.warning("instance %s was gone from Redis (Redis restarted, or this node "
+                                "stalled past NODE_TTL): registering again", self.instance)
+                if not refreshed or self._dirty:
+                    await self.register()
+            except Unavailable as exc:
+                self._lost_redis(exc)
+
+    async def run_listener(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Forever: apply what the other nodes publish to the router's view.
+
+        Reports started once subscribed with the view loaded (raises Unavailable if that
+        fails). After a lost connection it subscribes again and reloads the view, so what
+        was published meanwhile is not missed.
+        """
+        started = False
+        delay = 0.2
+        while True:
+            pubsub = self._r.pubsub()
+            try:
+                with trio.fail_after(self._timeout):
+                    await aio_as_trio(pubsub.subscribe)(self._keys.events)
+                async for message in aio_as_trio(pubsub.listen()):
+                    if message["type"] == "subscribe":
+                        # Subscribed (again): load the view; messages from here on apply on
+                        # top of it (each sets one fact, so replaying older ones converges).
+                        self._router.replace_view(await self._call(self._aio_view))
+                        if not started:
+                            started = True
+                            task_status.started()
+                        delay = 0.2
+                    elif message["type"] == "message":
+                        await self._apply(message["data"])
+            except (*_DOWN, Unavailable) as exc:
+                if not started:
+                    raise Unavailable(f"Redis pub/sub unavailable: {exc!r}") from exc
+                log.warning("Redis pub/sub lost (%r); subscribing again in %.1fs", exc, delay)
+            finally:
+                with trio.move_on_after(1, shield=True):
+                    await aio_as_trio(pubsub.aclose)()
+            await trio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def watch_nodes(self, on_lost: Callable[[list[str]], Awaitable[None]], *,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Forever, every node_heartbeat_interval: stop routing to instances whose liveness
+        key expired, pick up instances the pub/sub feed missed, and reap dead instances:
+        `on_lost` gets the users whose last connection was there (each user goes to one node
+        only). Survives Redis outages; raises what `on_lost` raises, except Unavailable."""
+        task_status.started()
+        while True:
+            try:
+                await self._watch_once(on_lost)
+            except Unavailable as exc:
+                self._lost_redis(exc)
+            await trio.sleep(self._interval)
+
+    async def _watch_once(self, on_lost: Callable[[list[str]], Awaitable[None]]) -> None:
+        known = self._router.nodes()
+        registry, alive = await self._call(self._aio_nodes)
+        for instance in known - alive:
+            log.info("instance %s stopped heartbeating: no longer routing to it", instance)
+            self._router.drop_node(instance)
+        for instance in alive - self._router.nodes() - {self.instance}:
+            users = await self._call(self._aio_node_users, instance)
+            self._router.set_node(instance, registry[instance], users)
+        for instance in registry.keys() - alive - {self.instance}:
+            lost = await self._call(self._aio_reap, instance)
+            if lost is None:
+                continue  # another node is reaping it
+            log.info("reaped dead instance %s: %d users offline", instance, len(lost))
+            if lost:
+                try:
+                    await on_lost(lost)
+                except Unavailable as exc:
+                    log.warning("users of dead instance %s not announced offline: %s",
+                                instance, exc.message)
+
+    # ------------------------------------------------------------------ helpers (Trio side)
+
+    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run one asyncio coroutine function against Redis, bounded by redis_timeout.
+        Raises Unavailable when Redis is down, unreachable or too slow."""
+        try:
+            with trio.fail_after(self._timeout):
+                return await aio_as_trio(fn)(*args)  # type: ignore[no-any-return]
+        except _DOWN as exc:
+            raise Unavailable(f"Redis unavailable: {exc!r}") from exc
+
+    def _lost_redis(self, exc: Unavailable) -> None:
+        if not self._dirty:
+            log.warning("%s; this node keeps serving its own users and re-registers them "
+                        "when Redis is back", exc.message)
+        self._dirty = True
+
+    async def _apply(self, data: str | bytes) -> None:
+        try:
+            note = _decoder.decode(data)
+        except msgspec.DecodeError:
+            log.warning("ignoring a malformed cluster event: %r", data[:200])
+            return
+        if note.node == self.instance:
+            return
+        if note.op == "down":
+            self._router.drop_node(note.node)
+        elif note.op == "up":
+            self._router.set_node(note.node, note.address)
+        elif note.op in ("on", "off"):
+            if note.node not in self._router.nodes():
+                # Not in the view (it was dropped, or joined unseen): load it whole first.
+                try:
+                    known = await self._call(self._aio_node, note.node)
+                except Unavailable as exc:
+                    self._lost_redis(exc)
+                    return
+                if known is None:
+                    return
+                self._router.set_node(note.node, *known)
+            self._router.users_changed(note.node, note.users, online=note.op == "on")
+
+    def _note(self, op: str, *, users: Sequence[str] = ()) -> bytes:
+        return _encode(Note(op=op, node=self.instance, address=self.address, users=list(users)))
+
+    # ------------------------------------------------------------------ asyncio side
+    # Each runs as one asyncio coroutine (one trio-asyncio crossing) through _call.
+
+    async def _aio_set_online(self, user_id: str) -> tuple[int, int]:
+        k, me = self._keys, self.instance
+        async with self._r.pipeline(transaction=True) as p:
+            p.sadd(k.user_nodes(user_id), me)
+            p.sadd(k.node_users(me), user_id)
+            p.scard(k.user_nodes(user_id))
+            p.publish(k.events, self._note("on", users=[user_id]))
+            added, _, count, _ = await p.execute()
+        return added, count
+
+    async def _aio_set_offline(self, user_id: str) -> tuple[int, int]:
+        k, me = self._keys, self.instance
+        async with self._r.pipeline(transaction=True) as p:
+            p.srem(k.user_nodes(user_id), me)
+            p.srem(k.node_users(me), user_id)
+            p.scard(k.user_nodes(user_id))
+            p.publish(k.events, self._note("off", users=[user_id]))
+            removed, _, count, _ = await p.execute()
+        return removed, count
+
+    async def _aio_online(self, user_ids: list[str]) -> set[str]:
+        k = self._keys
+        async with self._r.pipeline(transaction=False) as p:
+            for uid in user_ids:
+                p.smembers(k.user_nodes(uid))
+            where: list[set[str]] = await p.execute()
+        instances = list(set().union(*where))
+        if not instances:
+            return set()
+        flags = await self._r.mget([k.alive(i) for i in instances])
+        alive = {i for i, flag in zip(instances, flags, strict=True) if flag is not None}
+        return {uid for uid, nodes in zip(user_ids, where, strict=True) if nodes & alive}
+
+    async def _aio_register(self) -> None:
+        k, me = self._keys, self.instance
+        here = sorted(self._here)
+        stale = sorted(set(await self._r.smembers(k.node_users(me))) - self._here)
+        async with self._r.pipeline(transaction=True) as p:
+            p.hset(k.nodes, me, self.address)
+            p.set(k.alive(me), self.address, px=self._ttl_ms)
+            p.publish(k.events, self._note("up"))
+            await p.execute()
+        # Every user of ours is (re)written, not only those missing: a node watch may have
+        # reaped this instance in between (it stalled past NODE_TTL).
+        for chunk in _chunks(here):
+            async with self._r.pipeline(transaction=True) as p:
+                for uid in chunk:
+                    p.sadd(k.user_nodes(uid), me)
+                p.sadd(k.node_users(me), *chunk)
+                p.publish(k.events, self._note("on", users=chunk))
+                await p.execute()
+        for chunk in _chunks(stale):
+            async with self._r.pipeline(transaction=True) as p:
+                for uid in chunk:
+                    p.srem(k.user_nodes(uid), me)
+                p.srem(k.node_users(me), *chunk)
+                p.publish(k.events, self._note("off", users=chunk))
+                await p.execute()
+
+    async def _aio_refresh(self) -> bool:
+        # XX: only if it still exists; gone means Redis lost this instance (re-register).
+        return bool(await self._r.set(self._keys.alive(self.instance), self.address,
+                                      px=self._ttl_ms, xx=True))
+
+    async def _aio_deregister(self) -> None:
+        k, me = self._keys, self.instance
+        left = await self._r.scard(k.node_users(me))
+        async with self._r.pipeline(transaction=True) as p:
+            p.delete(k.alive(me))
+            if not left:
+                p.hdel(k.nodes, me)
+                p.delete(k.node_users(me))
+            p.publish(k.events, self._note("down"))
+            await p.execute()
+
+    async def _aio_nodes(self) -> tuple[dict[str, str], set[str]]:
+        """(registry instance -> address, the instances whose liveness key exists)."""
+        k = self._keys
+        registry: dict[str, str] = await self._r.hgetall(k.nodes)
+        instances = list(registry)
+        if not instances:
+            return registry, set()
+        flags = await self._r.mget([k.alive(i) for i in instances])
+        return registry, {i for i, flag in zip(instances, flags, strict=True) if flag is not None}
+
+    async def _aio_node_users(self, instance: str) -> set[str]:
+        return set(await self._r.smembers(self._keys.node_users(instance)))
+
+    async def _aio_node(self, instance: str) -> tuple[str, set[str]] | None:
+        """(address, users) of a live instance, or None."""
+        address = await self._r.get(self._keys.alive(instance))
+        if address is None:
+            return None
+        return address, await self._aio_node_users(instance)
+
+    async def _aio_view(self) -> dict[str, tuple[str, set[str]]]:
+        """Every other live instance: address and users."""
+        k = self._keys
+        registry, alive = await self._aio_nodes()
+        live = sorted(alive - {self.instance})
+        async with self._r.pipeline(transaction=False) as p:
+            for instance in live:
+                p.smembers(k.node_users(instance))
+            users: list[set[str]] = await p.execute()
+        return {i: (registry[i], set(u)) for i, u in zip(live, users, strict=True)}
+
+    async def _aio_reap(self, instance: str) -> list[str] | None:
+        """Take a dead instance out of every user's set; the users left with no instance.
+        None if another node holds the reap lock."""
+        k = self._keys
+        if not await self._r.set(k.reap(instance), self.instance, nx=True, px=self._ttl_ms):
+            return None
+        users = sorted(await self._r.smembers(k.node_users(instance)))
+        lost: list[str] = []
+        for chunk in _chunks(users):
+            async with self._r.pipeline(transaction=True) as p:
+                for uid in chunk:
+                    p.srem(k.user_nodes(uid), instance)
+                    p.scard(k.user_nodes(uid))
+                replies = await p.execute()
+            # removed by us and nothing left: this node announces the user offline
+            lost += [uid for uid, removed, left in zip(chunk, replies[::2], replies[1::2],
+                                                       strict=True) if removed and not left]
+        async with self._r.pipeline(transaction=True) as p:
+            p.delete(k.node_users(instance))
+            p.hdel(k.nodes, instance)
+            p.publish(k.events, _encode(Note(op="down", node=instance)))
+            await p.execute()
+        return lost
+
+
+async def _connect(url: str) -> aredis.Redis:
+    return aredis.Redis.from_url(url, decode_responses=True)
+
+
+async def wait_for_redis(client: aredis.Redis, *, deadline: float) -> None:
+    """Block until Redis answers PING, or raise Unavailable after `deadline` s."""
+    delay = 0.2
+    with trio.move_on_after(deadline) as scope:
+        while True:
+            try:
+                await aio_as_trio(client.ping)()
+                return
+            except _DOWN as exc:
+                log.warning("Redis not reachable yet (%s); retrying in %.1fs", exc, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+    if scope.cancelled_caught:
+        raise Unavailable(f"Redis not reachable within {deadline:g}s")
+
+
+@asynccontextmanager
+async def open_redis_directory(settings: Settings, router: ClusterRouter, *,
+                               address: str) -> AsyncIterator[RedisDirectory]:
+    """Own the Redis client and the directory's tasks for the block.
+
+    On entry: wait for Redis (up to connect_retry_deadline), subscribe and load the view,
+    register this instance at `address`, start heartbeating. On exit: leave the cluster and
+    close the client (shielded, 2 s each). Raises Unavailable if Redis cannot be reached.
+    """
+    if not settings.redis_url:
+        raise ValueError("open_redis_directory needs settings.redis_url")
+    client = await aio_as_trio(_connect)(settings.redis_url)
+    try:
+        await wait_for_redis(client, deadline=settings.connect_retry_deadline)
+        directory = RedisDirectory(client, router, address=address, settings=settings)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(directory.run_listener)
+            await directory.register()
+            await nursery.start(directory.run_heartbeat)
+            log.info("cluster member %s at %s (Redis prefix %r)", directory.instance, address,
+                     settings.redis_prefix)
+            try:
+                yield directory
+            finally:
+                with trio.move_on_after(2, shield=True):
+                    try:
+                        await directory.deregister()
+                    except Unavailable as exc:
+                        log.warning("could not leave the cluster cleanly: %s", exc.message)
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.move_on_after(2, shield=True):
+            await aio_as_trio(client.aclose)()

@@ -1,0 +1,40 @@
+"""The load bench cannot rot: its CI-sized run (`python -m bench --quick`) must finish and
+report every scenario with real traffic, and lose or duplicate nothing across reconnects.
+No timing is asserted: timings on a shared CI machine are not a property of the code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = ["latency_1to1", "throughput_1to1", "group_fanout", "broadcast_throughput",
+             "idle_connections", "connect_storm", "reconnect_storm_loss"]
+# a count in each scenario's first row that says traffic really flowed
+TRAFFIC = {"latency_1to1": "received", "throughput_1to1": "received",
+           "group_fanout": "deliveries", "broadcast_throughput": "deliveries",
+           "idle_connections": "answered_ping", "connect_storm": "ready",
+           "reconnect_storm_loss": "received"}
+
+
+def test_quick_bench_runs_every_scenario_without_loss(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--backend", "sqlite", "--no-plot",
+         "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "results.json").read_text())
+    scenarios = report["backends"]["sqlite"]["scenarios"]
+    assert sorted(scenarios) == sorted(SCENARIOS)
+    for name, result in scenarios.items():
+        assert result["ok"], (name, result.get("error"))
+        counts = result["rows"][0]["counts"]
+        assert counts[TRAFFIC[name]] > 0, (name, counts)
+    loss = scenarios["reconnect_storm_loss"]
+    assert loss["lost"] == 0 and loss["duplicated"] == 0, loss["rows"][0]["counts"]
+    counts = loss["rows"][0]["counts"]
+    assert counts["received"] == counts["expected_deliveries"] > 0
+    assert (tmp_path / "results.md").read_text().count("| reconnect_storm_loss |") == 1

@@ -1,0 +1,44 @@
+"""The command line, as a user runs it (subprocesses, SQLite in a temp data dir)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def chatsrv(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "chatsrv", *args], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate", "create-user", "check-config"])
+def test_every_command_has_help(command: str) -> None:
+    r = chatsrv(command, "--help")
+    assert r.returncode == 0 and "usage" in r.stdout
+
+
+def test_migrate_create_user_and_check_config(tmp_path: Path) -> None:
+    env = {"CHATSRV_DATA_DIR": str(tmp_path), "BCRYPT_ROUNDS": "4"}
+    r = chatsrv("migrate", env=env)
+    assert r.returncode == 0 and "001_init" in r.stdout
+    assert "up to date" in chatsrv("migrate", env=env).stdout
+    r = chatsrv("create-user", "cli_user", "cli@example.com", "password123", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["username"] == "cli_user"
+    r = chatsrv("create-user", "cli_user", "cli2@example.com", "password123", env=env)
+    assert r.returncode == 1 and "taken" in r.stderr
+    shown = json.loads(chatsrv("check-config", env=env).stdout)
+    assert shown["storage"].startswith("sqlite:") and shown["jwt_secret"] == "***"
+    secret = (tmp_path / "jwt_secret").read_text()
+    assert secret not in json.dumps(shown)
+
+
+def test_unsafe_production_config_is_refused() -> None:
+    r = chatsrv("check-config", env={"DATABASE_URL": "postgresql://u@h/db",
+                                     "JWT_SECRET": "change-in-production"})
+    assert r.returncode == 2 and "JWT_SECRET" in r.stderr

@@ -42,3 +42,34 @@ def test_unsafe_production_config_is_refused() -> None:
     r = chatsrv("check-config", env={"DATABASE_URL": "postgresql://u@h/db",
                                      "JWT_SECRET": "change-in-production"})
     assert r.returncode == 2 and "JWT_SECRET" in r.stderr
+
+
+def test_serve_answers_then_stops_promptly_on_sigterm(tmp_path: Path) -> None:
+    import re
+    import signal
+    import time
+    import urllib.request
+
+    env = {**os.environ, "CHATSRV_DATA_DIR": str(tmp_path), "HTTP_PORT": "0",
+           "SHUTDOWN_DEADLINE": "3"}
+    proc = subprocess.Popen([sys.executable, "-m", "chatsrv", "serve"], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        url = None
+        deadline = time.monotonic() + 30
+        assert proc.stderr is not None
+        while url is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            found = re.search(r"serving on (http://[\d.]+:\d+)", line)
+            if found:
+                url = found.group(1)
+        assert url, "server did not report its address"
+        with urllib.request.urlopen(f"{url}/healthz", timeout=5) as r:
+            assert json.loads(r.read())["status"] == "ok"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -85,7 +85,13 @@ class PresenceService:
         await self._announce(user_id, Status.OFFLINE, last_seen=iso(now))
 
     async def _announce(self, user_id: str, status: Status, *, last_seen: str | None) -> None:
-        contacts = await self._store.contacts(user_id)
+        try:
+            contacts = await self._store.contacts(user_id)
+        except Unavailable:
+            # Storage down: only the user's own devices hear it; others see it on their
+            # next GET /api/users or presence change.
+            log.warning("presence of %s not announced: storage unavailable", user_id)
+            contacts = []
         now = utcnow()
         event = Event("presence_update", {
             "user_id": user_id, "status": status.value, "timestamp": int(now.timestamp()),

@@ -23,9 +23,9 @@ from urllib.parse import parse_qs
 
 import trio
 
-from chatsrv.domain.errors import ChatError, Invalid, RateLimited, Unauthorized
+from chatsrv.domain.errors import ChatError, Invalid, RateLimited, Unauthorized, Unavailable
 from chatsrv.domain.events import Event, message_payload
-from chatsrv.domain.model import new_id, parse_id, utcnow
+from chatsrv.domain.model import Watermarks, new_id, parse_id, utcnow
 from chatsrv.domain.ratelimit import TokenBucket
 from chatsrv.domain.typing_state import TypingBook
 from chatsrv.services.container import Services
@@ -149,12 +149,17 @@ class WebSocketEndpoint:
         except Unauthorized as exc:
             await _refuse(send, 401, error_body(exc.code, exc.message))
             return
-        await self._serve(user_id, scope, receive, send, subprotocol)
+        try:
+            positions = await self._svc.store.conversation_positions(user_id)
+        except Unavailable as exc:
+            await _refuse(send, 503, error_body(exc.code, exc.message))
+            return
+        await self._serve(user_id, positions, scope, receive, send, subprotocol)
 
-    async def _serve(self, user_id: str, scope: dict[str, Any], receive: Any, send: Any,
+    async def _serve(self, user_id: str, positions: dict[str, tuple[int, Watermarks]],
+                     scope: dict[str, Any], receive: Any, send: Any,
                      subprotocol: str | None) -> None:
         svc, settings = self._svc, self._settings
-        positions = await svc.store.conversation_positions(user_id)
         outbox_send, outbox_recv = trio.open_memory_channel[Event](settings.outbox_size)
         conn = WsConnection(user_id, outbox_send, svc.metrics, settings.typing_ttl)
         accept: dict[str, Any] = {"type": "websocket.accept"}

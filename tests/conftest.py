@@ -117,3 +117,9 @@ async def server(settings: Settings, aio_loop: None, nursery: trio.Nursery) -> A
     yield srv
     srv.shutdown.set()
 
+
+@pytest.fixture
+async def client(server: Server):  # type: ignore[no-untyped-def]
+    c = server.client()
+    yield c
+    await c.aclose()

@@ -144,3 +144,9 @@ class Client:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+async def pair(client: Client) -> tuple[Account, Account, str]:
+    """Two new users and their one_to_one conversation."""
+    a, b = await client.register(), await client.register()
+    return a, b, await client.conversation(a, b)

@@ -12,19 +12,7 @@ import pytest
 import trio
 
 from tests.conftest import Server, start_server
-from tests.helpers import Account, Client
-
-
-@pytest.fixture
-async def client(server: Server):  # type: ignore[no-untyped-def]
-    c = server.client()
-    yield c
-    await c.aclose()
-
-
-async def pair(client: Client) -> tuple[Account, Account, str]:
-    a, b = await client.register(), await client.register()
-    return a, b, await client.conversation(a, b)
+from tests.helpers import Account, Client, pair
 
 
 async def calls_of(client: Client, who: Account) -> list[dict]:

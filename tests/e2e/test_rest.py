@@ -6,15 +6,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import Server
 from tests.helpers import Client
-
-
-@pytest.fixture
-async def client(server: Server):  # type: ignore[no-untyped-def]
-    c = server.client()
-    yield c
-    await c.aclose()
 
 
 async def test_seed_curl_examples_work_verbatim(client: Client) -> None:

@@ -10,19 +10,7 @@ import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from tests.conftest import Server
-from tests.helpers import Account, Client
-
-
-@pytest.fixture
-async def client(server: Server):  # type: ignore[no-untyped-def]
-    c = server.client()
-    yield c
-    await c.aclose()
-
-
-async def pair(client: Client) -> tuple[Account, Account, str]:
-    a, b = await client.register(), await client.register()
-    return a, b, await client.conversation(a, b)
+from tests.helpers import Client, pair
 
 
 async def test_ready_lists_conversations_with_last_seq_and_unread(client: Client) -> None:

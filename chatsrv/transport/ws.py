@@ -25,7 +25,7 @@ import trio
 
 from chatsrv.domain.errors import ChatError, Invalid, RateLimited, Unauthorized, Unavailable
 from chatsrv.domain.events import Event, message_payload
-from chatsrv.domain.model import Watermarks, new_id, parse_id, utcnow
+from chatsrv.domain.model import Watermarks, iso, new_id, parse_id, utcnow
 from chatsrv.domain.ratelimit import TokenBucket
 from chatsrv.domain.typing_state import TypingBook
 from chatsrv.services.container import Services
@@ -176,7 +176,7 @@ class WebSocketEndpoint:
                 nursery.start_soon(self._writer, outbox_recv, send)
                 conn.send_nowait(Event("ready", {
                     "user_id": user_id, "session_id": conn.session_id,
-                    "server_time": utcnow().isoformat(), "node_id": settings.node_id,
+                    "server_time": iso(utcnow()), "node_id": settings.node_id,
                     "heartbeat_interval": settings.heartbeat_interval,
                     "conversations": {
                         cid: {"last_seq": last, "unread": max(0, last - marks.read_seq),
@@ -345,7 +345,7 @@ class WebSocketEndpoint:
         }, ref=ref))
 
     async def _ping(self, conn: WsConnection, p: wire.PingIn, ref: Any) -> None:
-        conn.send_nowait(Event("pong", {"server_time": utcnow().isoformat()}, ref=ref))
+        conn.send_nowait(Event("pong", {"server_time": iso(utcnow())}, ref=ref))
 
     async def _call(self, type_: str, conn: WsConnection, p: Any, ref: Any) -> None:
         await self._svc.calls.handle(conn, type_, p, ref)

@@ -32,9 +32,9 @@ lint: install
     {{venv}}/bin/ruff check chatsrv tests bench
     {{venv}}/bin/mypy chatsrv
 
-# regenerate chatsrv/_pb from protos/
+# regenerate chatsrv/_pb from protos/ (protoc + grpclib plugin, then the import fix-up)
 proto: install
-    {{py}} -m grpc_tools.protoc -I protos --python_out=chatsrv/_pb --grpclib_python_out=chatsrv/_pb protos/chatsrv/node/v1/node.proto
+    {{py}} protos/generate.py
 
 # load bench against a server it starts (see bench/README.md)
 bench *ARGS: install

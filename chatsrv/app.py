@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import resource
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -22,6 +22,7 @@ from chatsrv.adapters.storage.calls import SqlCallLog
 from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.sql import SqlStore
 from chatsrv.config import Settings
+from chatsrv.domain.ports import Directory, Router
 from chatsrv.services.auth import AuthService
 from chatsrv.services.calls import CallService
 from chatsrv.services.commit import GroupCommitter
@@ -50,6 +51,37 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
             yield db
 
 
+@dataclass(frozen=True, slots=True)
+class Routing:
+    router: Router
+    directory: Directory
+    # cluster only: the task that turns the users of a node that stopped heartbeating offline
+    watch_nodes: Callable[..., Awaitable[None]] | None = None
+
+
+@asynccontextmanager
+async def open_routing(settings: Settings) -> AsyncIterator[Routing]:
+    """In-memory router and directory (single node), or with REDIS_URL the cluster ones:
+    the node-to-node gRPC server, links to the other nodes, and the Redis directory.
+    Cluster mode needs PostgreSQL (ConfigError otherwise) and the trio-asyncio loop."""
+    local = LocalRouter()
+    if not settings.redis_url:
+        yield Routing(local, LocalDirectory())
+        return
+    settings.check_cluster()
+    from chatsrv.adapters.peers import open_cluster_router
+    from chatsrv.adapters.redis import open_redis, open_redis_directory
+    from chatsrv.transport.grpc import serve_node_rpc
+
+    async with open_redis(settings) as redis, trio.open_nursery() as nursery:
+        address = await nursery.start(serve_node_rpc, local, settings)
+        # exit order: leave the cluster, flush what is queued for the others, stop serving
+        async with open_cluster_router(settings, local) as router, \
+                open_redis_directory(redis, settings, router, address=address) as directory:
+            yield Routing(router, directory, directory.watch_nodes)
+        nursery.cancel_scope.cancel()
+
+
 @asynccontextmanager
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     """Own storage, the node's background tasks and every service for the block.
@@ -57,13 +89,12 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     Migrations run first. Leaving the block cancels the background tasks (presence marks
     everyone offline, shielded and bounded) and closes storage.
     """
-    async with open_database(settings) as db:
+    async with open_database(settings) as db, open_routing(settings) as routing:
         applied = await migrate(db)
         if applied:
             log.info("migrations applied: %s", ", ".join(applied))
         store = SqlStore(db)
-        router = LocalRouter()
-        directory = LocalDirectory()
+        router, directory = routing.router, routing.directory
         members = MembershipCache(store)
         commits = GroupCommitter(store, max_batch=settings.commit_batch)
         presence = PresenceService(store, router, directory, grace=settings.presence_grace)
@@ -88,6 +119,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(presence.run)
+            if routing.watch_nodes is not None:
+                await nursery.start(routing.watch_nodes, presence.node_lost)
             # SQLite has one writer anyway; PostgreSQL overlaps a few batches.
             await nursery.start(partial(commits.run, writers=settings.db_writers
                                         if settings.database_url else 1))

@@ -60,9 +60,12 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _create_user(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from chatsrv.app import open_services
 
-    settings = _settings(args)
+    # Creating an account needs only the database: never join the cluster (and bind GRPC_PORT).
+    settings = dataclasses.replace(_settings(args), redis_url=None)
 
     async def go():  # type: ignore[no-untyped-def]
         async with open_services(settings) as svc:

@@ -12,6 +12,8 @@ so a client that misses a live event gets it with `sync`.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import secrets
 from collections import Counter
@@ -32,10 +34,21 @@ from chatsrv.domain.ports import Subscriber
 log = logging.getLogger(__name__)
 
 # What a failed node-to-node call can raise; the batch is dropped (clients heal by sync).
+# AttributeError: grpclib on a connection it lost meanwhile (grpclib#110, #185).
 _RPC_FAILED = (OSError, grpclib.exceptions.GRPCError, grpclib.exceptions.StreamTerminatedError,
-               grpclib.exceptions.ProtocolError, trio.TooSlowError)
+               grpclib.exceptions.ProtocolError, trio.TooSlowError, AttributeError)
 
 Item = tuple[Sequence[str], Event]
+
+NODE_KEY_HEADER = "x-chatsrv-node-key"
+
+
+def node_key(settings: Settings) -> str:
+    """What a node shows its peers: derived from JWT_SECRET, which every node of a cluster
+    shares (and whose holder could forge any token anyway). Keeps strangers who reach the
+    gRPC port from writing frames to users."""
+    return hmac.new(settings.jwt_secret.encode(), b"chatsrv node-to-node v1",
+                    hashlib.sha256).hexdigest()
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -71,6 +84,7 @@ class PeerLink:
         self._linger = settings.peer_batch_linger
         self._rpc_timeout = settings.peer_rpc_timeout
         self._counters = counters
+        self._metadata = {NODE_KEY_HEADER: node_key(settings)}
         self._send, self._recv = trio.open_memory_channel[Item](self._size)
         self.scope = trio.CancelScope()
         self.done = trio.Event()
@@ -96,20 +110,30 @@ class PeerLink:
 
     async def run(self) -> None:
         """Drain the queue into `Deliver` calls until closed (after flushing) or cancelled
-        (`scope`). Failed calls drop their batch and back off; never raises them."""
+        (`scope`). A failed call drops its batch, closes the channel (a new one connects for
+        the next batch) and backs off; never raises it."""
         host, port = split_address(self.address)
+        channel: Channel | None = None
         try:
             with self.scope:
-                channel = await aio_as_trio(_open_channel)(host, port)
-                try:
-                    stub = node_grpc.NodeStub(channel)
-                    async with self._recv:
-                        while batch := await self._next_batch():
-                            await self._deliver(stub, batch)
-                finally:
-                    with trio.move_on_after(1, shield=True):
-                        await aio_as_trio(_close_channel)(channel)
+                async with self._recv:
+                    while batch := await self._next_batch():
+                        if channel is None:
+                            channel = await aio_as_trio(_open_channel)(host, port)
+                        if await self._deliver(node_grpc.NodeStub(channel), batch):
+                            continue
+                        # grpclib keeps using a channel whose connection was lost (and fails
+                        # with AttributeError, grpclib#110): start over with a new one.
+                        with trio.move_on_after(1, shield=True):
+                            await aio_as_trio(_close_channel)(channel)
+                        channel = None
+                        # 0.1 s doubling to 2 s: events queued meanwhile go in the next batch
+                        # (or overflow); the directory drops the link if the node is dead.
+                        await trio.sleep(min(0.1 * 2 ** (self._failures - 1), 2.0))
         finally:
+            if channel is not None:
+                with trio.move_on_after(1, shield=True):
+                    await aio_as_trio(_close_channel)(channel)
             self.done.set()
 
     async def _next_batch(self) -> list[Item]:
@@ -133,7 +157,8 @@ class PeerLink:
                     pass
         return batch
 
-    async def _deliver(self, stub: node_grpc.NodeStub, batch: list[Item]) -> None:
+    async def _deliver(self, stub: node_grpc.NodeStub, batch: list[Item]) -> bool:
+        """One `Deliver` call; False (batch dropped and counted) if it failed."""
         request = node_pb2.DeliverRequest(from_instance=self._origin, events=[
             node_pb2.Envelope(user_ids=list(user_ids), type=event.type, text=event.text,
                               droppable=event.droppable)
@@ -143,7 +168,7 @@ class PeerLink:
             # One asyncio task per call: cancelling it (timeout, shutdown) resets the
             # HTTP/2 stream, so nothing is left running on the other node.
             with trio.fail_after(self._rpc_timeout):
-                await aio_as_trio(stub.Deliver)(request)
+                await aio_as_trio(stub.Deliver)(request, metadata=self._metadata)
         except _RPC_FAILED as exc:
             self._counters["peer_events_dropped"] += len(batch)
             self._counters["peer_rpc_failures"] += 1
@@ -151,15 +176,13 @@ class PeerLink:
             if self._failures == 1:
                 log.warning("node %s (%s) unreachable: %r; dropping events until it answers",
                             self.instance, self.address, exc)
-            # 0.1 s doubling to 2 s: events queued meanwhile go in the next batch (or
-            # overflow); the directory drops the link if the node stops heartbeating.
-            await trio.sleep(min(0.1 * 2 ** (self._failures - 1), 2.0))
-            return
+            return False
         if self._failures:
             log.info("node %s reachable again", self.instance)
             self._failures = 0
         self._counters["peer_events_sent"] += len(batch)
         self._counters["peer_batches_sent"] += 1
+        return True
 
 
 class ClusterRouter:
@@ -269,7 +292,8 @@ class ClusterRouter:
             self._where.setdefault(uid, set()).add(instance)
 
     def _forget(self, instance: str, user_ids: set[str]) -> None:
-        self._users_of[instance] = self._users_of.get(instance, set()) - user_ids
+        if instance in self._users_of:
+            self._users_of[instance] -= user_ids
         for uid in user_ids:
             where = self._where.get(uid)
             if where is not None:
@@ -293,7 +317,8 @@ def new_instance_id(node_id: str) -> str:
 
 
 @asynccontextmanager
-async def open_cluster_router(settings: Settings, local: LocalRouter) -> AsyncIterator[ClusterRouter]:
+async def open_cluster_router(settings: Settings,
+                              local: LocalRouter) -> AsyncIterator[ClusterRouter]:
     """Own the peer links for the block. On exit, queued events are flushed (shielded, at
     most 2 s: presence's last offline announcements go out this way), then links close."""
     async with trio.open_nursery() as nursery:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 import redis.asyncio as aredis
@@ -114,6 +114,8 @@ class RedisDirectory:
         # set_online/set_offline and re-registration run one at a time, so a re-registration
         # never writes back a change made while it ran.
         self._lock = trio.Lock()
+        # instances the node watch found without a liveness key once (see _watch_once)
+        self._suspects: set[str] = set()
 
     # ------------------------------------------------------------------ Directory port
 
@@ -171,7 +173,8 @@ class RedisDirectory:
         watch. Raises Unavailable."""
         await self._call(self._aio_deregister)
 
-    async def run_heartbeat(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run_heartbeat(
+            self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Forever: refresh this instance's liveness every node_heartbeat_interval, and
         re-register when Redis lost it or missed changes. Survives Redis outages."""
         task_status.started()
@@ -187,7 +190,8 @@ class RedisDirectory:
             except Unavailable as exc:
                 self._lost_redis(exc)
 
-    async def run_listener(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run_listener(
+            self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Forever: apply what the other nodes publish to the router's view.
 
         Reports started once subscribed with the view loaded (raises Unavailable if that
@@ -214,8 +218,10 @@ class RedisDirectory:
                         await self._apply(message["data"])
             except (*_DOWN, Unavailable) as exc:
                 if not started:
-                    raise Unavailable(f"Redis pub/sub unavailable: {exc!r}") from exc
-                log.warning("Redis pub/sub lost (%r); subscribing again in %.1fs", exc, delay)
+                    raise Unavailable(
+                        f"Redis pub/sub unavailable: {exc or type(exc).__name__}") from exc
+                log.warning("Redis pub/sub lost (%s); subscribing again in %.1fs",
+                            exc or type(exc).__name__, delay)
             finally:
                 with trio.move_on_after(1, shield=True):
                     await aio_as_trio(pubsub.aclose)()
@@ -239,9 +245,14 @@ class RedisDirectory:
     async def _watch_once(self, on_lost: Callable[[list[str]], Awaitable[None]]) -> None:
         known = self._router.nodes()
         registry, alive = await self._call(self._aio_nodes)
-        for instance in known - alive:
+        # Stop routing to an instance missing twice in a row: after a Redis restart every
+        # instance is missing until its next heartbeat re-registers it. (A dead instance's
+        # users are reaped on its TTL alone, below.)
+        gone = known - alive
+        for instance in gone & self._suspects:
             log.info("instance %s stopped heartbeating: no longer routing to it", instance)
             self._router.drop_node(instance)
+        self._suspects = gone - self._suspects
         for instance in alive - self._router.nodes() - {self.instance}:
             users = await self._call(self._aio_node_users, instance)
             self._router.set_node(instance, registry[instance], users)
@@ -266,7 +277,7 @@ class RedisDirectory:
             with trio.fail_after(self._timeout):
                 return await aio_as_trio(fn)(*args)  # type: ignore[no-any-return]
         except _DOWN as exc:
-            raise Unavailable(f"Redis unavailable: {exc!r}") from exc
+            raise Unavailable(f"Redis unavailable: {exc or type(exc).__name__}") from exc
 
     def _lost_redis(self, exc: Unavailable) -> None:
         if not self._dirty:
@@ -341,7 +352,7 @@ class RedisDirectory:
     async def _aio_register(self) -> None:
         k, me = self._keys, self.instance
         here = sorted(self._here)
-        stale = sorted(set(await self._r.smembers(k.node_users(me))) - self._here)
+        stale = sorted(cast(set[str], await self._r.smembers(k.node_users(me))) - self._here)
         async with self._r.pipeline(transaction=True) as p:
             p.hset(k.nodes, me, self.address)
             p.set(k.alive(me), self.address, px=self._ttl_ms)
@@ -383,7 +394,7 @@ class RedisDirectory:
     async def _aio_nodes(self) -> tuple[dict[str, str], set[str]]:
         """(registry instance -> address, the instances whose liveness key exists)."""
         k = self._keys
-        registry: dict[str, str] = await self._r.hgetall(k.nodes)
+        registry = cast(dict[str, str], await self._r.hgetall(k.nodes))
         instances = list(registry)
         if not instances:
             return registry, set()
@@ -391,11 +402,11 @@ class RedisDirectory:
         return registry, {i for i, flag in zip(instances, flags, strict=True) if flag is not None}
 
     async def _aio_node_users(self, instance: str) -> set[str]:
-        return set(await self._r.smembers(self._keys.node_users(instance)))
+        return cast(set[str], await self._r.smembers(self._keys.node_users(instance)))
 
     async def _aio_node(self, instance: str) -> tuple[str, set[str]] | None:
         """(address, users) of a live instance, or None."""
-        address = await self._r.get(self._keys.alive(instance))
+        address = cast(str | None, await self._r.get(self._keys.alive(instance)))
         if address is None:
             return None
         return address, await self._aio_node_users(instance)
@@ -417,7 +428,7 @@ class RedisDirectory:
         k = self._keys
         if not await self._r.set(k.reap(instance), self.instance, nx=True, px=self._ttl_ms):
             return None
-        users = sorted(await self._r.smembers(k.node_users(instance)))
+        users = sorted(cast(set[str], await self._r.smembers(k.node_users(instance))))
         lost: list[str] = []
         for chunk in _chunks(users):
             async with self._r.pipeline(transaction=True) as p:
@@ -436,8 +447,9 @@ class RedisDirectory:
         return lost
 
 
-async def _connect(url: str) -> aredis.Redis:
-    return aredis.Redis.from_url(url, decode_responses=True)
+async def _connect(url: str, name: str) -> aredis.Redis:
+    # decode_responses: every reply is str (the casts above rely on it)
+    return aredis.Redis.from_url(url, decode_responses=True, client_name=name)
 
 
 async def wait_for_redis(client: aredis.Redis, *, deadline: float) -> None:
@@ -457,35 +469,44 @@ async def wait_for_redis(client: aredis.Redis, *, deadline: float) -> None:
 
 
 @asynccontextmanager
-async def open_redis_directory(settings: Settings, router: ClusterRouter, *,
-                               address: str) -> AsyncIterator[RedisDirectory]:
-    """Own the Redis client and the directory's tasks for the block.
-
-    On entry: wait for Redis (up to connect_retry_deadline), subscribe and load the view,
-    register this instance at `address`, start heartbeating. On exit: leave the cluster and
-    close the client (shielded, 2 s each). Raises Unavailable if Redis cannot be reached.
-    """
+async def open_redis(settings: Settings) -> AsyncIterator[aredis.Redis]:
+    """Own a Redis client for the block, once Redis answers PING (retried for up to
+    connect_retry_deadline: raises Unavailable). Closed on exit (shielded, 2 s)."""
     if not settings.redis_url:
-        raise ValueError("open_redis_directory needs settings.redis_url")
-    client = await aio_as_trio(_connect)(settings.redis_url)
+        raise ValueError("open_redis needs settings.redis_url")
+    # named, so CLIENT LIST shows which node a connection belongs to
+    client = await aio_as_trio(_connect)(settings.redis_url,
+                                         f"{settings.redis_prefix}.{settings.node_id}")
     try:
         await wait_for_redis(client, deadline=settings.connect_retry_deadline)
-        directory = RedisDirectory(client, router, address=address, settings=settings)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(directory.run_listener)
-            await directory.register()
-            await nursery.start(directory.run_heartbeat)
-            log.info("cluster member %s at %s (Redis prefix %r)", directory.instance, address,
-                     settings.redis_prefix)
-            try:
-                yield directory
-            finally:
-                with trio.move_on_after(2, shield=True):
-                    try:
-                        await directory.deregister()
-                    except Unavailable as exc:
-                        log.warning("could not leave the cluster cleanly: %s", exc.message)
-                nursery.cancel_scope.cancel()
+        yield client
     finally:
         with trio.move_on_after(2, shield=True):
             await aio_as_trio(client.aclose)()
+
+
+@asynccontextmanager
+async def open_redis_directory(client: aredis.Redis, settings: Settings, router: ClusterRouter,
+                               *, address: str) -> AsyncIterator[RedisDirectory]:
+    """Own the directory's tasks for the block.
+
+    On entry: subscribe and load the view, register this instance at `address`, start
+    heartbeating (raises Unavailable if Redis fails meanwhile). On exit: leave the cluster
+    (shielded, 2 s).
+    """
+    directory = RedisDirectory(client, router, address=address, settings=settings)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(directory.run_listener)
+        await directory.register()
+        await nursery.start(directory.run_heartbeat)
+        log.info("cluster member %s at %s (Redis prefix %r)", directory.instance, address,
+                 settings.redis_prefix)
+        try:
+            yield directory
+        finally:
+            with trio.move_on_after(2, shield=True):
+                try:
+                    await directory.deregister()
+                except Unavailable as exc:
+                    log.warning("could not leave the cluster cleanly: %s", exc.message)
+            nursery.cancel_scope.cancel()

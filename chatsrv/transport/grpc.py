@@ -1,0 +1,101 @@
+"""Node-to-node gRPC (grpclib): other nodes deliver events to this node's connections.
+
+The servicer runs on the trio-asyncio loop; what it calls (LocalRouter.publish, and through
+it the connections' send_nowait) is synchronous and never blocks, so it is safe from there.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import socket
+
+import trio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Server, Stream
+from trio_asyncio import aio_as_trio
+
+from chatsrv._pb.chatsrv.node.v1 import node_grpc, node_pb2
+from chatsrv.adapters.memory import LocalRouter
+from chatsrv.adapters.peers import NODE_KEY_HEADER, node_key
+from chatsrv.config import Settings
+from chatsrv.domain.events import Event
+
+log = logging.getLogger(__name__)
+
+_WILDCARDS = ("", "0.0.0.0", "::")
+
+
+class NodeServicer(node_grpc.NodeBase):
+    """Hands each delivered event, encoded once on the sending node, to local connections.
+    Callers must show the cluster's node key (else UNAUTHENTICATED)."""
+
+    def __init__(self, local: LocalRouter, *, key: str) -> None:
+        self._local = local
+        self._key = key.encode()
+
+    async def Deliver(self, stream: Stream[node_pb2.DeliverRequest, node_pb2.DeliverReply]) -> None:
+        metadata = stream.metadata
+        shown = str(metadata.get(NODE_KEY_HEADER, "")) if metadata is not None else ""
+        if not hmac.compare_digest(shown.encode(), self._key):
+            raise GRPCError(Status.UNAUTHENTICATED, "not a node of this cluster")
+        request = await stream.recv_message()
+        if request is None:
+            return
+        for envelope in request.events:
+            event = Event.from_text(envelope.type, envelope.text, droppable=envelope.droppable)
+            # `exclude` (the origin connection) never crosses nodes: it is local-only
+            self._local.publish(envelope.user_ids, event)
+        await stream.send_message(node_pb2.DeliverReply(accepted=len(request.events)))
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    if ":" in host:
+        return socket.create_server((host, port), family=socket.AF_INET6, backlog=128,
+                                    dualstack_ipv6=host == "::")
+    return socket.create_server((host or "0.0.0.0", port), backlog=128)
+
+
+def advertised_address(settings: Settings, port: int) -> str:
+    """How peers reach this node: NODE_ADDRESS, else GRPC_HOST and the bound port (the host
+    name when GRPC_HOST is a wildcard)."""
+    if settings.node_address:
+        return settings.node_address
+    host = settings.grpc_host
+    if host in _WILDCARDS:
+        host = socket.gethostname()
+        log.warning("GRPC_HOST %r is a wildcard: advertising %s:%d to peers; set NODE_ADDRESS "
+                    "if they cannot resolve it", settings.grpc_host, host, port)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _start(server: Server, sock: socket.socket) -> None:
+    await server.start(sock=sock)
+
+
+async def _stop(server: Server) -> None:
+    server.close()
+    await server.wait_closed()
+
+
+async def serve_node_rpc(local: LocalRouter, settings: Settings, *,
+                         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the node-to-node API on grpc_host:grpc_port (0: any free port) until cancelled.
+    task_status gets the address peers use. Raises OSError if the port cannot be bound."""
+    sock = _bind(settings.grpc_host, settings.grpc_port)
+    server = Server([NodeServicer(local, key=node_key(settings))])
+    try:
+        await aio_as_trio(_start)(server, sock)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        port = sock.getsockname()[1]
+        log.info("node-to-node gRPC on %s:%d", settings.grpc_host, port)
+        task_status.started(advertised_address(settings, port))
+        await trio.sleep_forever()
+    finally:
+        # closes the listening socket and cancels running handlers
+        with trio.move_on_after(2, shield=True):
+            await aio_as_trio(_stop)(server)

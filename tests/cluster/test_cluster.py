@@ -1,0 +1,366 @@
+"""Cluster mode end to end: real nodes on one PostgreSQL and one Redis, real sockets.
+
+Users connect to different nodes, as behind a load balancer with sticky sessions; what one
+node publishes must reach the users of the others, and presence must be the cluster's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import pytest
+import redis
+import trio
+
+from chatsrv.app import open_services
+from chatsrv.config import ConfigError, Settings
+from chatsrv.domain.errors import Unavailable
+from tests.cluster.conftest import Cluster, NodeSettings
+from tests.conftest import Server
+from tests.helpers import Account, Client
+
+
+async def routable(server: Server, user_id: str, *, present: bool = True) -> None:
+    """Wait until `server` knows the user is (or is no longer) on another node. Redis
+    pub/sub tells the nodes asynchronously; a live event published before that is missed
+    and healed by `sync`, which tests of live delivery must not depend on."""
+    router = server.services.router
+    with trio.fail_after(5):
+        while True:  # polled: the view has no change notification
+            if bool(router.nodes_of(user_id)) == present:  # type: ignore[attr-defined]
+                return
+            await trio.sleep(0.01)
+
+
+async def test_messages_cross_nodes_in_order_and_reach_every_device(cluster: Cluster) -> None:
+    with trio.fail_after(30):
+        n1, n2 = await cluster.start("node-1"), await cluster.start("node-2")
+        c1, c2 = n1.client(), n2.client()
+        a, b = await c1.register(), await c1.register()
+        cid = await c1.conversation(a, b)
+        async with c1.ws(a) as a1, c2.ws(a) as a2, c2.ws(b) as wb:
+            await routable(n1, a.id)
+            await routable(n1, b.id)
+            ack = await a1.request("chat_message", {"conversation_id": cid, "content": "across",
+                                                    "client_msg_id": "x-1"}, "message_ack")
+            assert ack["type"] == "message_ack", ack
+            for ws in (wb, a2):  # the other member, and the sender's device on node 2
+                got = await ws.expect("new_message", content="across")
+                assert got["payload"]["id"] == ack["payload"]["id"]
+                assert got["payload"]["sender_id"] == a.id and got["payload"]["seq"] == 1
+            await a1.nothing("new_message", within=0.3)  # not echoed to the sending device
+
+            # a burst arrives complete and in order (batched over one link)
+            for i in range(30):
+                await a1.send("chat_message", {"conversation_id": cid, "content": f"m{i}"})
+            seqs = [(await wb.expect("new_message", content=f"m{i}"))["payload"]["seq"]
+                    for i in range(30)]
+            assert seqs == list(range(2, 32))
+
+            # and back, with receipts to the sender on the other node
+            await routable(n2, a.id)
+            back = await wb.request("chat_message", {"conversation_id": cid, "content": "back"},
+                                    "message_ack")
+            for ws in (a1, a2):
+                await ws.expect("new_message", content="back")
+            assert back["type"] == "message_ack", back
+            tick = await a1.request("chat_message", {"conversation_id": cid, "content": "tick"},
+                                    "message_ack")
+            await wb.expect("new_message", content="tick")
+            await wb.send("read_receipt", {"message_id": tick["payload"]["id"]})
+            for ws in (a1, a2):
+                status = await ws.expect("message_status", status="read")
+                assert status["payload"]["user_id"] == b.id
+                assert status["payload"]["message_id"] == tick["payload"]["id"]
+        await c1.aclose()
+        await c2.aclose()
+
+
+async def test_a_node_that_joins_later_routes_to_users_already_online(cluster: Cluster) -> None:
+    with trio.fail_after(30):
+        n1 = await cluster.start("node-1")
+        c1 = n1.client()
+        a, b = await c1.register(), await c1.register()
+        cid = await c1.conversation(a, b)
+        async with c1.ws(b) as wb:
+            n2 = await cluster.start("node-2")  # loads who is where when it starts
+            c2 = n2.client()
+            assert n2.services.router.nodes_of(b.id)  # type: ignore[attr-defined]
+            async with c2.ws(a) as wa:
+                await wa.request("chat_message", {"conversation_id": cid, "content": "hi"},
+                                 "message_ack")
+                await wb.expect("new_message", content="hi")
+        await c1.aclose()
+        await c2.aclose()
+
+
+async def test_presence_and_status_across_nodes(cluster: Cluster) -> None:
+    with trio.fail_after(30):
+        n1, n2 = await cluster.start("node-1"), await cluster.start("node-2")
+        c1, c2 = n1.client(), n2.client()
+        a, b = await c1.register(), await c1.register()
+        await c1.conversation(a, b)
+        async with c2.ws(b) as wb:
+            await routable(n1, b.id)
+            async with c1.ws(a):
+                await wb.expect("presence_update", user_id=a.id, status="online")
+                r = await c2.http.get(f"/api/users/{a.id}", headers=b.headers)
+                assert r.json()["status"] == "online"  # node 2 has no connection of a
+            off = await wb.expect("presence_update", user_id=a.id, status="offline")
+            assert off["payload"]["last_seen"]
+            r = await c2.http.get(f"/api/users/{a.id}", headers=b.headers)
+            assert r.json()["status"] == "offline" and r.json()["last_seen"]
+
+            # multi-device across nodes: online while a device is connected anywhere
+            async with c2.ws(a):
+                await wb.expect("presence_update", user_id=a.id, status="online")
+                async with c1.ws(a):
+                    pass  # a device on the other node comes and goes
+                await wb.nothing("presence_update", user_id=a.id, within=0.8)
+                r = await c1.http.get(f"/api/users/{a.id}", headers=b.headers)
+                assert r.json()["status"] == "online"  # node 1 has none of a's devices now
+            await wb.expect("presence_update", user_id=a.id, status="offline")
+        await c1.aclose()
+        await c2.aclose()
+
+
+async def test_typing_across_nodes(cluster: Cluster) -> None:
+    with trio.fail_after(30):
+        n1, n2 = await cluster.start("node-1"), await cluster.start("node-2")
+        c1, c2 = n1.client(), n2.client()
+        a, b = await c1.register(), await c1.register()
+        cid = await c1.conversation(a, b)
+        async with c1.ws(a) as wa, c2.ws(b) as wb:
+            await routable(n1, b.id)
+            await wa.send("typing", {"conversation_id": cid, "is_typing": True})
+            t = await wb.expect("typing", is_typing=True)
+            assert t["payload"] == {"conversation_id": cid, "user_id": a.id, "is_typing": True}
+            with trio.fail_after(3):  # typing_ttl is 1 s in tests: it stops by itself
+                await wb.expect("typing", is_typing=False)
+        await c1.aclose()
+        await c2.aclose()
+
+
+async def test_users_of_a_stopped_node_go_offline_elsewhere(cluster: Cluster) -> None:
+    with trio.fail_after(30):
+        n1, n2 = await cluster.start("node-1"), await cluster.start("node-2")
+        c1, c2 = n1.client(), n2.client()
+        a, b = await c1.register(), await c1.register()
+        await c1.conversation(a, b)
+        async with c2.ws(b) as wb:
+            await routable(n1, b.id)
+            async with c1.ws(a):
+                await wb.expect("presence_update", user_id=a.id, status="online")
+                n1.shutdown.set()
+                off = await wb.expect("presence_update", user_id=a.id, status="offline",
+                                      wait=n1.settings.node_ttl)
+            assert off["payload"]["last_seen"]
+            r = await c2.http.get(f"/api/users/{a.id}", headers=b.headers)
+            assert r.json()["status"] == "offline" and r.json()["last_seen"]
+            await routable(n2, a.id, present=False)
+        await c1.aclose()
+        await c2.aclose()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_users_of_a_killed_node_go_offline_by_ttl(
+        cluster: Cluster, node_settings: NodeSettings, tmp_path: Path) -> None:
+    """A node killed with SIGKILL says nothing: its liveness key expires (node_ttl) and a
+    surviving node turns its users offline, persisting last_seen."""
+    with trio.fail_after(45):
+        n2 = await cluster.start("node-2")
+        s = node_settings("node-killed")
+        port = _free_port()
+        env = dict(os.environ, DATABASE_URL=s.database_url or "", REDIS_URL=s.redis_url or "",
+                   REDIS_PREFIX=s.redis_prefix, NODE_ID=s.node_id, HTTP_HOST="127.0.0.1",
+                   HTTP_PORT=str(port), GRPC_HOST="127.0.0.1", GRPC_PORT="0",
+                   JWT_SECRET=s.jwt_secret, BCRYPT_ROUNDS="4", PRESENCE_GRACE="0.2",
+                   NODE_HEARTBEAT_INTERVAL=str(s.node_heartbeat_interval),
+                   NODE_TTL=str(s.node_ttl), CONNECT_RETRY_DEADLINE="10")
+        log = (tmp_path / "node-killed.log").open("wb")
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "chatsrv", "serve"], env=env, stdout=log, stderr=log)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=url, timeout=2) as http:
+                while True:  # wait for it to serve
+                    assert proc.returncode is None, (tmp_path / "node-killed.log").read_text()
+                    try:
+                        if (await http.get("/readyz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await trio.sleep(0.1)
+            killed = Client(SimpleNamespace(url=url, ws_url=url.replace("http", "ws") + "/api/ws"))
+            c2 = n2.client()
+            a, b = await c2.register(), await c2.register()
+            await c2.conversation(a, b)
+            async with killed.ws(a):
+                with trio.fail_after(5):  # the killed node registered a in Redis
+                    while True:
+                        r = await c2.http.get(f"/api/users/{a.id}", headers=b.headers)
+                        if r.json()["status"] == "online":
+                            break
+                        await trio.sleep(0.05)
+                async with c2.ws(b) as wb:
+                    proc.send_signal(signal.SIGKILL)
+                    await proc.wait()
+                    killed_at = trio.current_time()
+                    # dead by TTL, noticed at node 2's next heartbeat
+                    off = await wb.expect("presence_update", user_id=a.id, status="offline",
+                                          wait=s.node_ttl + 2 * s.node_heartbeat_interval + 0.5)
+                    assert trio.current_time() - killed_at >= s.node_ttl * 0.5
+                    assert off["payload"]["last_seen"]
+                    r = await c2.http.get(f"/api/users/{a.id}", headers=b.headers)
+                    assert r.json()["status"] == "offline" and r.json()["last_seen"]
+            await killed.aclose()
+            await c2.aclose()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                with trio.move_on_after(5, shield=True):
+                    await proc.wait()
+            log.close()
+
+
+async def test_a_node_does_not_start_without_redis(node_settings: NodeSettings,
+                                                   aio_loop: None) -> None:
+    s = dataclasses.replace(node_settings("node-1"), redis_url="redis://127.0.0.1:1/0",
+                            connect_retry_deadline=0.5)
+    with trio.fail_after(10), pytest.raises(Unavailable, match="Redis not reachable"):
+        async with open_services(s):
+            pass
+
+
+async def test_cluster_mode_needs_postgres(tmp_path: Path) -> None:
+    s = Settings(redis_url="redis://127.0.0.1:6379/0", data_dir=tmp_path,
+                 jwt_secret="test-secret-" + "x" * 40, embedded=False)
+    with trio.fail_after(10), pytest.raises(ConfigError, match="DATABASE_URL"):
+        async with open_services(s):
+            pass
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        Settings.from_env({"REDIS_URL": "redis://cache:6379/0", "JWT_SECRET": "s" * 40})
+    with pytest.raises(ConfigError, match="NODE_TTL"):  # live nodes would be taken for dead
+        Settings.from_env({"REDIS_URL": "redis://cache:6379/0", "JWT_SECRET": "s" * 40,
+                           "DATABASE_URL": "postgresql://x@db/chat", "NODE_TTL": "5",
+                           "NODE_HEARTBEAT_INTERVAL": "5"})
+
+
+async def test_nodes_recover_when_redis_loses_everything(cluster: Cluster, redis_url: str,
+                                                         redis_prefix: str) -> None:
+    """Redis restarted empty (it holds nothing acknowledged): every key of the cluster is
+    gone and the nodes' connections are cut. The nodes re-register their users; live
+    delivery resumes, and what was missed meanwhile comes with `sync`."""
+    with trio.fail_after(30):
+        n1, n2 = await cluster.start("node-1"), await cluster.start("node-2")
+        c1, c2 = n1.client(), n2.client()
+        a, b = await c1.register(), await c1.register()
+        cid = await c1.conversation(a, b)
+        async with c2.ws(b) as wb:
+            async with c1.ws(a) as wa:
+                await routable(n1, b.id)
+                lose_everything(redis_url, redis_prefix)
+                await status_on(c2, b, a, "online")  # both nodes registered again
+                await status_on(c1, a, b, "online")
+                sent = []
+                with trio.fail_after(5):
+                    while True:  # a live event in the gap is missed (sync heals it)
+                        text = f"still here {len(sent)}"
+                        await wa.request("chat_message", {"conversation_id": cid,
+                                                          "content": text}, "message_ack")
+                        sent.append(text)
+                        with trio.move_on_after(0.5):
+                            await wb.expect("new_message", content=text)
+                            break
+                result = await wb.request("sync", {"conversations": {cid: 0}}, "sync_result")
+                assert [m["content"] for m in result["payload"]["messages"]] == sent
+            # and presence is right again: a leaves, b hears it, node 2 says offline (at
+            # once, or at node 1's next heartbeat if its last Redis call hit a cut connection)
+            await wb.expect("presence_update", user_id=a.id, status="offline")
+            await status_on(c2, b, a, "offline")
+        await c1.aclose()
+        await c2.aclose()
+
+
+async def status_on(client: Client, viewer: Account, user: Account, status: str) -> None:
+    """Wait until the client's node reports `user` with `status`."""
+    with trio.fail_after(5):
+        while True:
+            r = await client.http.get(f"/api/users/{user.id}", headers=viewer.headers)
+            if r.json()["status"] == status:
+                return
+            await trio.sleep(0.05)
+
+
+def lose_everything(redis_url: str, redis_prefix: str) -> None:
+    """What a Redis restart does to one cluster: its keys vanish, its connections drop."""
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(admin.scan_iter(f"{redis_prefix}:*"))
+        assert keys
+        admin.delete(*keys)
+        for conn in admin.client_list():
+            if conn["name"].startswith(f"{redis_prefix}."):
+                admin.client_kill_filter(_id=conn["id"])
+    finally:
+        admin.close()
+
+
+async def test_the_node_port_refuses_strangers(cluster: Cluster, redis_url: str,
+                                               redis_prefix: str) -> None:
+    from grpclib.client import Channel
+    from grpclib.const import Status
+    from grpclib.exceptions import GRPCError
+    from trio_asyncio import aio_as_trio
+
+    from chatsrv._pb.chatsrv.node.v1 import node_grpc, node_pb2
+    from chatsrv.adapters.peers import NODE_KEY_HEADER, node_key, split_address
+
+    with trio.fail_after(30):
+        n1 = await cluster.start("node-1")
+        c1 = n1.client()
+        a = await c1.register()
+        admin = redis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            (address,) = admin.hgetall(f"{redis_prefix}:nodes").values()
+        finally:
+            admin.close()
+        host, port = split_address(address)
+
+        async def channel() -> Channel:
+            return Channel(host, port)
+
+        ch = await aio_as_trio(channel)()
+        try:
+            stub = node_grpc.NodeStub(ch)
+            forged = '{"type":"new_message","payload":{"content":"forged"}}'
+            request = node_pb2.DeliverRequest(from_instance="x", events=[
+                node_pb2.Envelope(user_ids=[a.id], type="new_message", text=forged)])
+            async with c1.ws(a) as wa:
+                with pytest.raises(GRPCError) as refused:
+                    await aio_as_trio(stub.Deliver)(request, metadata={NODE_KEY_HEADER: "guess"})
+                assert refused.value.status is Status.UNAUTHENTICATED
+                await wa.nothing("new_message", within=0.3)
+                # a node of the cluster (same JWT_SECRET) is heard, and the text is sent as is
+                await aio_as_trio(stub.Deliver)(
+                    request, metadata={NODE_KEY_HEADER: node_key(n1.settings)})
+                got = await wa.expect("new_message")
+                assert got["payload"] == {"content": "forged"}
+        finally:
+            async def close() -> None:
+                ch.close()
+
+            await aio_as_trio(close)()
+        await c1.aclose()

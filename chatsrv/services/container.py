@@ -40,6 +40,13 @@ class Metrics:
             lines.append(f"chatsrv_connections {router.connection_count()}")
             lines.append("# TYPE chatsrv_users_connected gauge")
             lines.append(f"chatsrv_users_connected {router.user_count()}")
+        for name, value in sorted(getattr(router, "counters", {}).items()):
+            # cluster links: events sent to, or dropped for, other nodes
+            lines.append(f"# TYPE chatsrv_{name}_total counter")
+            lines.append(f"chatsrv_{name}_total {value}")
+        calls = svc.calls
+        lines.append("# TYPE chatsrv_calls_active gauge")
+        lines.append(f"chatsrv_calls_active {calls.active_calls()}")
         return "\n".join(lines) + "\n"
 
 

@@ -376,9 +376,14 @@ class RedisDirectory:
                 await p.execute()
 
     async def _aio_refresh(self) -> bool:
-        # XX: only if it still exists; gone means Redis lost this instance (re-register).
-        return bool(await self._r.set(self._keys.alive(self.instance), self.address,
-                                      px=self._ttl_ms, xx=True))
+        # XX: only if it still exists. Gone, or gone from the registry, means Redis lost this
+        # instance or another node reaped it after a stall (possibly while it re-registered):
+        # register again, so the others route to it and its users are listed again.
+        async with self._r.pipeline(transaction=True) as p:
+            p.set(self._keys.alive(self.instance), self.address, px=self._ttl_ms, xx=True)
+            p.hexists(self._keys.nodes, self.instance)
+            alive, listed = await p.execute()
+        return bool(alive) and bool(listed)
 
     async def _aio_deregister(self) -> None:
         k, me = self._keys, self.instance

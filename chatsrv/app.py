@@ -140,7 +140,7 @@ def hypercorn_config(settings: Settings, *, bind: str | None = None) -> Hypercor
     # Frames over max_frame_bytes get an error frame from us; only far larger ones (16x)
     # make Hypercorn close the socket with 1009.
     config.websocket_max_message_size = settings.max_frame_bytes * 16
-    config.graceful_timeout = settings.shutdown_deadline
+    config.graceful_timeout = min(settings.drain_timeout, settings.shutdown_deadline)
     config.backlog = 4096
     return config
 

@@ -103,6 +103,10 @@ class Settings:
     commit_batch: int = 128  # messages per group-commit transaction at most
     connect_retry_deadline: float = 60.0
     shutdown_deadline: float = 10.0
+    # After SIGTERM (WebSockets are closed at once with 1001), in-flight HTTP requests get
+    # this long. Hypercorn keeps each closed WebSocket's ping task until its next ping
+    # (up to heartbeat_interval), so waiting for "all connections gone" would take that long.
+    drain_timeout: float = 2.0
     embedded: bool = True
 
     @classmethod
@@ -171,6 +175,7 @@ class Settings:
             commit_batch=_int(env, "COMMIT_BATCH", cls.commit_batch),
             connect_retry_deadline=_float(env, "CONNECT_RETRY_DEADLINE", cls.connect_retry_deadline),
             shutdown_deadline=_float(env, "SHUTDOWN_DEADLINE", cls.shutdown_deadline),
+            drain_timeout=_float(env, "DRAIN_TIMEOUT", cls.drain_timeout),
             embedded=embedded,
         )
         settings.check_secret()

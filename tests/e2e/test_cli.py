@@ -51,7 +51,7 @@ def test_serve_answers_then_stops_promptly_on_sigterm(tmp_path: Path) -> None:
     import urllib.request
 
     env = {**os.environ, "CHATSRV_DATA_DIR": str(tmp_path), "HTTP_PORT": "0",
-           "SHUTDOWN_DEADLINE": "3"}
+           "SHUTDOWN_DEADLINE": "10", "BCRYPT_ROUNDS": "4"}
     proc = subprocess.Popen([sys.executable, "-m", "chatsrv", "serve"], env=env,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -66,10 +66,27 @@ def test_serve_answers_then_stops_promptly_on_sigterm(tmp_path: Path) -> None:
         assert url, "server did not report its address"
         with urllib.request.urlopen(f"{url}/healthz", timeout=5) as r:
             assert json.loads(r.read())["status"] == "ok"
+        body = json.dumps({"username": "sig_user", "email": "sig@example.com",
+                           "password": "password123"}).encode()
+        req = urllib.request.Request(f"{url}/api/auth/register", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            token = json.loads(r.read())["token"]
+        # a WebSocket that was open recently must not hold the shutdown up
+        import socket
+
+        host, port = url.removeprefix("http://").split(":")
+        ws = socket.create_connection((host, int(port)), timeout=5)
+        ws.sendall((f"GET /api/ws?token={token} HTTP/1.1\r\nHost: x\r\n"
+                    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        assert b"101" in ws.recv(4096).split(b"\r\n", 1)[0]
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
         assert time.monotonic() - started < 5
+        ws.close()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -180,7 +180,8 @@ class MessagingService:
             budget -= len(page)
             if page and page[-1].seq < last_seq:
                 has_more = True
-        watermarks = {cid: await self._store.watermarks(cid) for cid in start}
+        everywhere = await self._store.watermarks_of_my_conversations(user_id)
+        watermarks = {cid: everywhere.get(cid, {}) for cid in start}
         return SyncResult(messages=messages, has_more=has_more, watermarks=watermarks)
 
     async def typing(self, user_id: str, conversation_id: str, is_typing: bool, *,

@@ -519,6 +519,19 @@ class SqlStore:
 
         return await self.db.run(op(), write=False)
 
+    async def watermarks_of_my_conversations(
+        self, user_id: str
+    ) -> dict[str, dict[str, Watermarks]]:
+        def op() -> Op[dict[str, dict[str, Watermarks]]]:
+            found = yield rows(MEMBERS_OF_MY_CONVERSATIONS, user_id)
+            out: dict[str, dict[str, Watermarks]] = {}
+            for r in found:
+                out.setdefault(str(r["conversation_id"]), {})[str(r["user_id"])] = Watermarks(
+                    int(r["delivered_seq"]), int(r["read_seq"]))
+            return out
+
+        return await self.db.run(op(), write=False)
+
     async def ping(self) -> None:
         def op() -> Op[None]:
             yield val("SELECT 1")

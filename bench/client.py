@@ -1,0 +1,318 @@
+"""Clients of the server under test: REST set-up (accounts, conversations) and WebSocket
+sockets that speak chatsrv's frames with the schemas of chatsrv.transport.wire.
+
+Every socket is a trio-websocket connection over a TCP stream this module opens itself, so a
+scenario can cut it abruptly (RST) as a dropped mobile link would.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import msgspec
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    wrap_client_stream,
+)
+from wsproto.utilities import LocalProtocolError
+
+from chatsrv.transport import wire
+
+PASSWORD = "bench-password"
+CONNECT_DEADLINE = 30.0  # one socket: TCP connect + handshake + `ready`
+QUEUE = 256  # frames trio-websocket buffers per socket before it stops reading the TCP stream
+
+_encode = msgspec.json.Encoder().encode
+_envelope = msgspec.json.Decoder(wire.Envelope)
+
+
+# ---------------------------------------------------------------------------- frames
+# The server builds these from dicts; wire.py has schemas for what clients send and for REST
+# bodies, so the bench declares the server -> client payloads it reads (unknown fields are
+# ignored, as in wire.py). new_message and sync_result messages are wire.MessageOut.
+
+
+class AckOut(msgspec.Struct):
+    id: str
+    conversation_id: str
+    seq: int
+    client_msg_id: str | None = None
+    duplicate: bool = False
+
+
+class SyncResultOut(msgspec.Struct):
+    messages: list[wire.MessageOut]
+    has_more: bool
+
+
+class ErrorOut(msgspec.Struct):
+    code: str
+    message: str = ""
+
+
+decode_message = msgspec.json.Decoder(wire.MessageOut).decode
+decode_ack = msgspec.json.Decoder(AckOut).decode
+decode_sync = msgspec.json.Decoder(SyncResultOut).decode
+decode_error = msgspec.json.Decoder(ErrorOut).decode
+
+
+def decode_envelope(data: str | bytes) -> wire.Envelope:
+    return _envelope.decode(data)
+
+
+def chat_frame(conversation_id: str, content: str, *, ref: str | int,
+               client_msg_id: str) -> str:
+    return _encode({"type": "chat_message", "ref": ref, "payload": wire.ChatMessageIn(
+        conversation_id=conversation_id, content=content, client_msg_id=client_msg_id,
+    )}).decode()
+
+
+def sync_frame(positions: dict[str, int], *, ref: str | int) -> str:
+    return _encode({"type": "sync", "ref": ref,
+                    "payload": wire.SyncIn(conversations=positions)}).decode()
+
+
+def ping_frame(ref: str | int) -> str:
+    return _encode({"type": "ping", "ref": ref, "payload": {}}).decode()
+
+
+def stamped(t_ns: int, pad: int) -> str:
+    """Message content that carries its send time (perf_counter_ns: CLOCK_MONOTONIC, so it
+    is comparable across the generator's processes on this machine)."""
+    return f"{t_ns} {'x' * pad}"
+
+
+def stamp_of(content: str) -> int:
+    return int(content.partition(" ")[0])
+
+
+# ---------------------------------------------------------------------------- REST
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    name: str
+    token: str
+
+
+class Rest:
+    """REST set-up calls. Owns one httpx client; close with aclose()."""
+
+    def __init__(self, base_url: str, *, concurrency: int = 16) -> None:
+        self.http = httpx.AsyncClient(
+            base_url=base_url, timeout=60,
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        )
+        self._limit = trio.CapacityLimiter(concurrency)
+        self._prefix = f"b{uuid.uuid4().hex[:6]}"
+        self._count = 0
+        self.registered = 0
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def register_many(self, n: int) -> list[User]:
+        """Register n fresh accounts concurrently. Raises RuntimeError on a refusal."""
+        users: list[User | None] = [None] * n
+
+        async def one(i: int) -> None:
+            async with self._limit:
+                self._count += 1
+                name = f"{self._prefix}_{self._count}"
+                r = await self.http.post("/api/auth/register", json={
+                    "username": name, "email": f"{name}@bench.example.com",
+                    "password": PASSWORD, "display_name": name})
+                if r.status_code != 201:
+                    raise RuntimeError(f"register {name}: {r.status_code} {r.text[:200]}")
+                body = r.json()
+                users[i] = User(id=body["user"]["id"], name=name, token=body["token"])
+                self.registered += 1
+
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(one, i)
+        return [u for u in users if u is not None]
+
+    async def conversation(self, owner: User, others: Sequence[User], *,
+                           group: bool, name: str = "bench") -> str:
+        """Create a one_to_one (one other) or group conversation; returns its id."""
+        body: dict[str, Any] = {"type": "group", "name": name,
+                                "member_ids": [o.id for o in others]}
+        if not group:
+            body = {"type": "one_to_one", "member_ids": [others[0].id]}
+        async with self._limit:
+            r = await self.http.post("/api/conversations", json=body,
+                                     headers={"Authorization": f"Bearer {owner.token}"})
+        if r.status_code not in (200, 201):
+            raise RuntimeError(f"create conversation: {r.status_code} {r.text[:200]}")
+        return str(r.json()["id"])
+
+    async def pairs(self, users: Sequence[User]) -> list[str]:
+        """One one_to_one per consecutive pair (users[0]+users[1], ...), concurrently."""
+        cids: list[str] = [""] * (len(users) // 2)
+
+        async def one(i: int) -> None:
+            cids[i] = await self.conversation(users[2 * i], [users[2 * i + 1]], group=False)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(cids)):
+                nursery.start_soon(one, i)
+        return cids
+
+
+# ---------------------------------------------------------------------------- WebSocket
+
+
+class RejectedError(Exception):
+    """The server answered the handshake with something other than `ready`."""
+
+
+# what connecting a socket can raise (besides cancellation)
+CONNECT_FAILURES = (OSError, HandshakeError, ConnectionClosed, RejectedError, trio.TooSlowError)
+
+
+class Ws:
+    """One client socket. Its trio-websocket reader task lives in the nursery given to
+    `connect`; `close()` ends it gracefully, `cut()` abruptly."""
+
+    __slots__ = ("conn", "ready", "stream", "user")
+
+    def __init__(self, conn: WebSocketConnection, stream: trio.SocketStream, user: User,
+                 ready: dict[str, Any]) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.user = user
+        self.ready = ready
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.closed is not None
+
+    async def send(self, text: str) -> None:
+        await self.conn.send_message(text)
+
+    async def recv(self) -> tuple[wire.Envelope, int]:
+        """The next frame and its arrival time (perf_counter_ns). Raises ConnectionClosed."""
+        data = await self.conn.get_message()
+        return decode_envelope(data), time.perf_counter_ns()
+
+    async def close(self, deadline: float = 5.0) -> None:
+        """Close handshake, bounded; the TCP stream is closed whatever happens."""
+        with trio.move_on_after(deadline, shield=True):
+            await self.conn.aclose()
+        if not self.closed:
+            await self.stream.aclose()
+
+    async def cut(self) -> None:
+        """Drop the TCP connection with a RST, no close frame: what a dead link looks like
+        to the server."""
+        try:
+            self.stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass  # already closed
+        await self.stream.aclose()
+
+
+async def connect(nursery: trio.Nursery, host: str, port: int, user: User, *,
+                  queue: int = QUEUE) -> Ws:
+    """Open a socket for `user` and wait for its `ready` frame. The socket's tasks live in a
+    holder task started in `nursery`, which ends when the socket closes.
+
+    Raises OSError (TCP), trio_websocket.HandshakeError/ConnectionRejected (refused),
+    ConnectionClosed, RejectedError, or trio.TooSlowError after CONNECT_DEADLINE.
+    """
+    return await nursery.start(_hold, host, port, user, queue)  # type: ignore[no-any-return]
+
+
+async def _hold(host: str, port: int, user: User, queue: int, *,
+                task_status: trio.TaskStatus[Ws] = trio.TASK_STATUS_IGNORED) -> None:
+    """Own one socket: connect, hand the Ws to the starter, live until it closes.
+
+    trio-websocket 0.12 answers a ping that arrives while it is closing with a pong that
+    wsproto refuses (LocalProtocolError in its reader task); the socket is finished either
+    way, so that is dropped here rather than cancelling every other socket of the scenario.
+    """
+    failure: BaseException | None = None
+    stream: trio.SocketStream | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                with trio.fail_after(CONNECT_DEADLINE):
+                    stream = await trio.open_tcp_stream(host, port)
+                    conn = await wrap_client_stream(nursery, stream, host,
+                                                    f"/api/ws?token={user.token}",
+                                                    message_queue_size=queue)
+                    env = decode_envelope(await conn.get_message())
+                if env.type != "ready":
+                    raise RejectedError(f"first frame was {env.type!r}, not 'ready'")
+            except (OSError, HandshakeError, ConnectionClosed, RejectedError,
+                    trio.TooSlowError) as exc:
+                failure = exc
+                nursery.cancel_scope.cancel()
+            else:
+                task_status.started(Ws(conn, stream, user, msgspec.json.decode(env.payload)))
+    except* LocalProtocolError:
+        pass
+    finally:
+        if stream is not None and failure is not None:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+    if failure is not None:
+        raise failure
+
+
+async def connect_many(nursery: trio.Nursery, host: str, port: int, users: Sequence[User], *,
+                       concurrency: int = 200, queue: int = QUEUE,
+                       failures: dict[str, int] | None = None) -> list[Ws]:
+    """One socket per entry of `users`, `concurrency` handshakes at a time, in that order.
+    Without `failures` the first failure is raised (in an ExceptionGroup); with it, failures
+    are counted there by type and the sockets that did connect are returned."""
+    out: list[Ws | None] = [None] * len(users)
+    limit = trio.CapacityLimiter(concurrency)
+
+    async def one(i: int) -> None:
+        async with limit:
+            try:
+                out[i] = await connect(nursery, host, port, users[i], queue=queue)
+            except CONNECT_FAILURES as exc:
+                if failures is None:
+                    raise
+                failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
+
+    async with trio.open_nursery() as inner:
+        for i in range(len(users)):
+            inner.start_soon(one, i)
+    return [w for w in out if w is not None]
+
+
+async def close_many(socks: Sequence[Ws], *, concurrency: int = 500,
+                     deadline: float = 20.0) -> None:
+    """Close every socket gracefully, `concurrency` at a time, all within `deadline`
+    (whatever is still open then is closed abruptly)."""
+    limit = trio.CapacityLimiter(concurrency)
+
+    async def one(w: Ws) -> None:
+        async with limit:
+            await w.close()
+
+    with trio.move_on_after(deadline, shield=True):
+        async with trio.open_nursery() as nursery:
+            for w in socks:
+                nursery.start_soon(one, w)
+    for w in socks:
+        if not w.closed:
+            await w.stream.aclose()
+
+
+__all__ = ["ConnectionClosed", "Rest", "User", "Ws", "close_many", "connect", "connect_many"]

@@ -121,8 +121,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             await nursery.start(presence.run)
             if routing.watch_nodes is not None:
                 await nursery.start(routing.watch_nodes, presence.node_lost)
-            # SQLite has one writer anyway; PostgreSQL overlaps a few batches.
-            await nursery.start(partial(commits.run, writers=settings.db_writers
+            # one writer by default: live new_message frames then leave in seq order
+            await nursery.start(partial(commits.run, svc.messaging.announce,
+                                        writers=settings.db_writers
                                         if settings.database_url else 1))
             yield svc
             nursery.cancel_scope.cancel()

@@ -97,8 +97,8 @@ class Settings:
     # lifetimes
     db_timeout: float = 10.0
     db_pool_size: int = 10
-    # concurrent group-commit batches on PostgreSQL; 1 keeps the lock order trivial (a batch
-    # locks several conversation rows) and one batch is a single statement anyway
+    # concurrent group-commit batches on PostgreSQL. Keep 1: live new_message frames then
+    # leave in seq order (services/commit.py), and a batch is a single statement anyway
     db_writers: int = 1
     commit_batch: int = 128  # messages per group-commit transaction at most
     connect_retry_deadline: float = 60.0

@@ -1,5 +1,11 @@
 """Group commit: concurrent sends share one transaction, and each is acked after it.
 
+Committed messages are announced (fanned out) by the writer itself, in commit order, before
+their senders wake: live `new_message` frames of a conversation therefore leave in seq
+order. (Publishing from each sender's task after it wakes let tasks overtake each other:
+the bench saw 514 of 35,093 live frames out of order.) This holds with one writer, the
+default; several writers commit different batches concurrently and give that up.
+
 Senders hand a draft to `append` and wait; writer tasks take whatever is queued (up to
 `max_batch`), commit it in one transaction and wake each sender with its own outcome. With
 one sender the batch is one message and nothing waits for company: latency is one commit.
@@ -8,7 +14,9 @@ Under load, N senders cost one commit instead of N (one Trio↔database crossing
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -16,10 +24,13 @@ from chatsrv.domain.errors import ChatError, NotFound
 from chatsrv.domain.model import Message
 from chatsrv.domain.ports import Store
 
+Announce = Callable[[Message, Any], Awaitable[None]]
+
 
 @dataclass(eq=False, slots=True)
 class _Pending:
     draft: Message
+    origin: Any = None  # the connection that sent it: it gets an ack, not new_message
     done: trio.Event = field(default_factory=trio.Event)
     outcome: tuple[Message, bool] | ChatError | None = None
 
@@ -31,12 +42,12 @@ class GroupCommitter:
         # Bounded: when full, senders wait here (backpressure on the sending connections).
         self._send, self._recv = trio.open_memory_channel[_Pending](queue_size)
 
-    async def append(self, draft: Message) -> tuple[Message, bool]:
+    async def append(self, draft: Message, *, origin: Any = None) -> tuple[Message, bool]:
         """Commit one message; returns (message, created). Raises what the store raised
         for it (NotFound for an outsider, Unavailable...). If the caller is cancelled
         while waiting, the message may still be committed: a resend with the same
         client_msg_id finds it."""
-        pending = _Pending(draft)
+        pending = _Pending(draft, origin)
         await self._send.send(pending)
         await pending.done.wait()
         outcome = pending.outcome
@@ -45,15 +56,17 @@ class GroupCommitter:
         assert outcome is not None
         return outcome
 
-    async def run(self, *, writers: int = 1,
+    async def run(self, announce: Announce, *, writers: int = 1,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Forever: `writers` tasks commit batches. Owned by the services nursery."""
+        """Forever: `writers` tasks commit batches and `announce(message, origin)` each new
+        message in commit order. Owned by the services nursery."""
         async with trio.open_nursery() as nursery:
             for _ in range(writers):
-                nursery.start_soon(self._writer, self._recv.clone())
+                nursery.start_soon(self._writer, self._recv.clone(), announce)
             task_status.started()
 
-    async def _writer(self, recv: trio.MemoryReceiveChannel[_Pending]) -> None:
+    async def _writer(self, recv: trio.MemoryReceiveChannel[_Pending],
+                      announce: Announce) -> None:
         async with recv:
             async for first in recv:
                 batch = [first]
@@ -74,6 +87,12 @@ class GroupCommitter:
                 else:
                     for p, outcome in zip(batch, outcomes, strict=True):
                         p.outcome = outcome
+                    for p in batch:
+                        if isinstance(p.outcome, tuple) and p.outcome[1]:
+                            try:
+                                await announce(p.outcome[0], p.origin)
+                            except ChatError:
+                                pass  # members unknown right now: they get it by sync
                 finally:
                     for p in batch:
                         if p.outcome is None:  # a bug below us: fail the senders, not hang

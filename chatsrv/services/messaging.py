@@ -41,8 +41,8 @@ class MessagingService:
     async def send(self, user_id: str, *, conversation_id: str, content: str,
                    message_type: str = "text", client_msg_id: str | None = None,
                    origin: Subscriber | None = None) -> tuple[Message, bool]:
-        """Commit, then fan out `new_message` to every member's live connections except
-        `origin` (the connection that sent it gets `message_ack` instead).
+        """Commit; the committer then fans out `new_message` (see `announce`) to every
+        member's live connections except `origin`, which gets `message_ack` instead.
 
         Returns (message, created); a repeated client_msg_id returns the stored message and
         is not fanned out again. Raises Invalid, NotFound (not a member), Unavailable.
@@ -62,16 +62,18 @@ class MessagingService:
             id=new_id(), conversation_id=conversation_id, seq=0, sender_id=user_id,
             content=content, message_type=message_type, client_msg_id=client_msg_id,
             created_at=utcnow(),
-        ))
+        ), origin=origin)
         if message.conversation_id != conversation_id:
             # client_msg_id reused for another conversation: not the same message
             raise Invalid("client_msg_id was already used for another message",
                           code="duplicate_client_msg_id", field="client_msg_id")
-        if created:
-            members = await self._members.members(conversation_id)
-            self._router.publish(members, Event("new_message", message_payload(message)),
-                                 exclude=origin)
         return message, created
+
+    async def announce(self, message: Message, origin: Subscriber | None) -> None:
+        """Fan a committed message out; called by the group committer in commit order."""
+        members = await self._members.members(message.conversation_id)
+        self._router.publish(members, Event("new_message", message_payload(message)),
+                             exclude=origin)
 
     async def history(self, user_id: str, conversation_id: str, *, limit: int | None,
                       offset: int = 0, before_seq: int | None = None,

@@ -10,7 +10,7 @@ import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from tests.conftest import Server
-from tests.helpers import Client, pair
+from tests.helpers import Account, Client, pair
 
 
 async def test_ready_lists_conversations_with_last_seq_and_unread(client: Client) -> None:
@@ -386,3 +386,26 @@ async def test_message_survives_a_restart(server: Server) -> None:
             assert [m["id"] for m in res["payload"]["messages"]] == [ack["payload"]["id"]]
         await client.aclose()
         srv.shutdown.set()
+
+
+async def test_live_messages_arrive_in_seq_order_with_concurrent_senders(
+        client: Client) -> None:
+    senders = [await client.register() for _ in range(4)]
+    reader = await client.register()
+    cid = await client.conversation(senders[0], *senders[1:], reader, name="busy")
+    per_sender = 25
+    async with client.ws(reader) as wr:
+        async with trio.open_nursery() as nursery:
+            async def blast(who: Account) -> None:
+                async with client.ws(who) as ws:
+                    for i in range(per_sender):
+                        await ws.send("chat_message", {"conversation_id": cid,
+                                                       "content": f"{who.username} {i}"})
+                    for _ in range(per_sender):
+                        await ws.expect("message_ack")
+
+            for who in senders:
+                nursery.start_soon(blast, who)
+            seqs = [(await wr.expect("new_message"))["payload"]["seq"]
+                    for _ in range(per_sender * len(senders))]
+    assert seqs == sorted(seqs) == list(range(1, per_sender * len(senders) + 1))

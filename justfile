@@ -21,7 +21,7 @@ run *ARGS: install
 test *ARGS: install
     .ci/services
     {{py}} -m pytest {{ARGS}}
-    just lint
+    {{just_executable()}} lint
 
 # apply migrations to the configured database
 migrate: install

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from chatsrv.adapters.storage.base import Database, Op, Row, UniqueViolation, exec_, one, rows
-from chatsrv.adapters.storage.sql import _opt_ts, _ts
+from chatsrv.adapters.storage.rows import opt_ts, ts
 from chatsrv.domain.errors import Conflict
 from chatsrv.domain.model import CallRecord
 
@@ -27,8 +27,8 @@ def _call(r: Row) -> CallRecord:
         id=str(r["id"]), conversation_id=None if r["conversation_id"] is None
         else str(r["conversation_id"]), caller_id=str(r["caller_id"]),
         callee_id=str(r["callee_id"]), media=r["media"], status=r["status"],
-        end_reason=r["end_reason"], started_at=_ts(r["started_at"]),
-        answered_at=_opt_ts(r["answered_at"]), ended_at=_opt_ts(r["ended_at"]),
+        end_reason=r["end_reason"], started_at=ts(r["started_at"]),
+        answered_at=opt_ts(r["answered_at"]), ended_at=opt_ts(r["ended_at"]),
     )
 
 

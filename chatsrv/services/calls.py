@@ -25,7 +25,7 @@ import trio
 from chatsrv.domain.calls import CallSession, CallStatus, glare_winner
 from chatsrv.domain.errors import Conflict, Invalid, NotFound
 from chatsrv.domain.events import Event
-from chatsrv.domain.model import CallRecord, ConversationType, iso, new_id, parse_id, utcnow
+from chatsrv.domain.model import CallRecord, ConversationType, new_id, parse_id, utcnow
 from chatsrv.domain.ports import CallLog, Router, Store, Subscriber
 from chatsrv.services.membership import MembershipCache
 
@@ -320,17 +320,3 @@ class CallService:
 
     def active_calls(self) -> int:
         return len(self._calls)
-
-
-def render_call(c: CallRecord, me: str) -> dict[str, Any]:
-    duration = None
-    if c.answered_at and c.ended_at:
-        duration = round((c.ended_at - c.answered_at).total_seconds(), 3)
-    return {
-        "id": c.id, "call_id": c.id, "conversation_id": c.conversation_id,
-        "caller_id": c.caller_id, "callee_id": c.callee_id, "media": c.media,
-        "status": c.status, "end_reason": c.end_reason,
-        "direction": "outgoing" if c.caller_id == me else "incoming",
-        "started_at": iso(c.started_at), "answered_at": iso(c.answered_at),
-        "ended_at": iso(c.ended_at), "duration_seconds": duration,
-    }

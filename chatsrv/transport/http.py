@@ -20,12 +20,18 @@ from werkzeug.exceptions import HTTPException
 
 from chatsrv import __version__
 from chatsrv.domain.errors import ChatError, Invalid, NotFound, Unauthorized
-from chatsrv.domain.model import Conversation, ConversationSummary, Message, User, iso, parse_id
+from chatsrv.domain.model import Conversation, User, parse_id
 from chatsrv.domain.receipts import status_for
-from chatsrv.services.calls import render_call
 from chatsrv.services.container import Services
 from chatsrv.transport import wire
 from chatsrv.transport.errors import error_body, error_of, http_status
+from chatsrv.transport.render import (
+    auth_out,
+    render_call,
+    render_conversation,
+    render_message,
+    render_user,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,48 +41,6 @@ _encoder = msgspec.json.Encoder()
 
 def json_response(body: Any, status: int = 200) -> Response:
     return Response(_encoder.encode(body), status=status, content_type="application/json")
-
-
-# ---------------------------------------------------------------------------- rendering
-
-
-def render_user(u: User, *, status: str | None = None, private: bool = False) -> wire.UserOut:
-    return wire.UserOut(
-        id=u.id, username=u.username, display_name=u.display_name,
-        email=u.email if private else None, status=status, last_seen=iso(u.last_seen),
-        created_at=iso(u.created_at),
-    )
-
-
-def render_message(m: Message) -> wire.MessageOut:
-    return wire.MessageOut(
-        id=m.id, conversation_id=m.conversation_id, seq=m.seq, sender_id=m.sender_id,
-        content=m.content, message_type=m.message_type, client_msg_id=m.client_msg_id,
-        created_at=iso(m.created_at) or "",
-    )
-
-
-def render_conversation(c: Conversation, *, users: dict[str, User] | None = None,
-                        statuses: dict[str, str] | None = None,
-                        summary: ConversationSummary | None = None) -> wire.ConversationOut:
-    users = users or {}
-    statuses = statuses or {}
-    members = []
-    for m in c.members:
-        u = users.get(m.user_id)
-        members.append(wire.MemberOut(
-            user_id=m.user_id, role=m.role.value, delivered_seq=m.delivered_seq,
-            read_seq=m.read_seq, joined_at=iso(m.joined_at) or "",
-            username=u.username if u else None, display_name=u.display_name if u else None,
-            status=statuses.get(m.user_id), last_seen=iso(u.last_seen) if u else None,
-        ))
-    return wire.ConversationOut(
-        id=c.id, type=c.type.value, name=c.name, created_by=c.created_by,
-        created_at=iso(c.created_at) or "", last_seq=c.last_seq, members=members,
-        last_message=render_message(summary.last_message)
-        if summary and summary.last_message else None,
-        unread=summary.unread if summary else None,
-    )
 
 
 # ---------------------------------------------------------------------------- routing
@@ -234,7 +198,7 @@ def create_app(svc: Services) -> QuartTrio:
         b = await _body(wire.RegisterIn)
         s = await svc.auth.register(username=b.username, email=b.email, password=b.password,
                                     display_name=b.display_name)
-        return json_response(_auth_out(s), 201)
+        return json_response(auth_out(s), 201)
 
     @api.route("POST", "/api/auth/login", summary="Sign in by email or username", auth=False,
                body=wire.LoginIn, response=wire.AuthOut)
@@ -244,13 +208,13 @@ def create_app(svc: Services) -> QuartTrio:
         if not login:
             raise Invalid("give email or username", field="email")
         s = await svc.auth.login(login=login, password=b.password)
-        return json_response(_auth_out(s))
+        return json_response(auth_out(s))
 
     @api.route("POST", "/api/auth/refresh", summary="Rotate a refresh token", auth=False,
                body=wire.RefreshIn, response=wire.AuthOut)
     async def refresh() -> Response:
         b = await _body(wire.RefreshIn)
-        return json_response(_auth_out(await svc.auth.refresh(b.refresh_token)))
+        return json_response(auth_out(await svc.auth.refresh(b.refresh_token)))
 
     @api.route("POST", "/api/auth/logout", summary="Revoke a refresh token (and its family)",
                auth=False, body=wire.RefreshIn, status=204)
@@ -458,9 +422,3 @@ def create_app(svc: Services) -> QuartTrio:
 
     app.extensions["chatsrv_api"] = api
     return app
-
-
-def _auth_out(s: Any) -> wire.AuthOut:
-    return wire.AuthOut(token=s.token, refresh_token=s.refresh_token, expires_in=s.expires_in,
-                        user=render_user(s.user, private=True))
-

@@ -121,26 +121,27 @@ class RedisDirectory:
 
     async def set_online(self, user_id: str) -> bool:
         self._here.add(user_id)
-        async with self._lock:
-            if not self._dirty:
-                try:
-                    added, count = await self._call(self._aio_set_online, user_id)
-                    return bool(added) and count == 1
-                except Unavailable as exc:
-                    self._lost_redis(exc)
-        # Redis down: say what this node sees (a repeated "online" is harmless).
-        return True
+        # first instance anywhere to hold the user: announce online
+        return await self._transition(self._aio_set_online, user_id, left=1)
 
     async def set_offline(self, user_id: str) -> bool:
         self._here.discard(user_id)
+        # last instance let go (changed == 0 means a node watch took the user out, and
+        # announced it, already)
+        return await self._transition(self._aio_set_offline, user_id, left=0)
+
+    async def _transition(self, change: Callable[[str], Awaitable[tuple[int, int]]],
+                          user_id: str, *, left: int) -> bool:
+        """Apply this node's change for the user in Redis; True if it changed the user's
+        state cluster-wide (this node changed the set and `left` instances remain)."""
         async with self._lock:
             if not self._dirty:
                 try:
-                    removed, count = await self._call(self._aio_set_offline, user_id)
-                    # removed == 0: a node watch took the user out (and announced) already
-                    return bool(removed) and count == 0
+                    changed, count = await self._call(change, user_id)
+                    return bool(changed) and count == left
                 except Unavailable as exc:
                     self._lost_redis(exc)
+        # Redis down: say what this node sees (a repeated announcement is harmless).
         return True
 
     async def online(self, user_ids: Sequence[str]) -> set[str]:

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import NamedTuple
 
 import pytest
 import redis
@@ -18,6 +19,7 @@ import trio
 
 from chatsrv.config import Settings
 from tests.conftest import Server, _unreachable, start_server
+from tests.helpers import Account, Client
 
 REDIS_URL = os.environ.get("CHATSRV_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
@@ -85,6 +87,24 @@ class Cluster:
         srv = await start_server(self.nursery, self.node_settings(node_id))
         self.servers.append(srv)
         return srv
+
+    async def two_nodes_and_a_pair(self) -> TwoNodes:
+        """node-1 and node-2, a client of each, two users and their conversation."""
+        n1, n2 = await self.start("node-1"), await self.start("node-2")
+        c1, c2 = n1.client(), n2.client()
+        a, b = await c1.register(), await c1.register()
+        cid = await c1.conversation(a, b)
+        return TwoNodes(n1, n2, c1, c2, a, b, cid)
+
+
+class TwoNodes(NamedTuple):
+    n1: Server
+    n2: Server
+    c1: Client
+    c2: Client
+    a: Account
+    b: Account
+    cid: str
 
 
 @pytest.fixture

@@ -41,10 +41,7 @@ async def routable(server: Server, user_id: str, *, present: bool = True) -> Non
 
 async def test_messages_cross_nodes_in_order_and_reach_every_device(cluster: Cluster) -> None:
     with trio.fail_after(30):
-        n1, n2 = await cluster.start("node-1"), await cluster.start("node-2")
-        c1, c2 = n1.client(), n2.client()
-        a, b = await c1.register(), await c1.register()
-        cid = await c1.conversation(a, b)
+        n1, n2, c1, c2, a, b, cid = await cluster.two_nodes_and_a_pair()
         async with c1.ws(a) as a1, c2.ws(a) as a2, c2.ws(b) as wb:
             await routable(n1, a.id)
             await routable(n1, b.id)
@@ -103,10 +100,7 @@ async def test_a_node_that_joins_later_routes_to_users_already_online(cluster: C
 
 async def test_presence_and_status_across_nodes(cluster: Cluster) -> None:
     with trio.fail_after(30):
-        n1, n2 = await cluster.start("node-1"), await cluster.start("node-2")
-        c1, c2 = n1.client(), n2.client()
-        a, b = await c1.register(), await c1.register()
-        await c1.conversation(a, b)
+        n1, n2, c1, c2, a, b, cid = await cluster.two_nodes_and_a_pair()
         async with c2.ws(b) as wb:
             await routable(n1, b.id)
             async with c1.ws(a):
@@ -133,10 +127,7 @@ async def test_presence_and_status_across_nodes(cluster: Cluster) -> None:
 
 async def test_typing_across_nodes(cluster: Cluster) -> None:
     with trio.fail_after(30):
-        n1, n2 = await cluster.start("node-1"), await cluster.start("node-2")
-        c1, c2 = n1.client(), n2.client()
-        a, b = await c1.register(), await c1.register()
-        cid = await c1.conversation(a, b)
+        n1, n2, c1, c2, a, b, cid = await cluster.two_nodes_and_a_pair()
         async with c1.ws(a) as wa, c2.ws(b) as wb:
             await routable(n1, b.id)
             await wa.send("typing", {"conversation_id": cid, "is_typing": True})
@@ -150,10 +141,7 @@ async def test_typing_across_nodes(cluster: Cluster) -> None:
 
 async def test_users_of_a_stopped_node_go_offline_elsewhere(cluster: Cluster) -> None:
     with trio.fail_after(30):
-        n1, n2 = await cluster.start("node-1"), await cluster.start("node-2")
-        c1, c2 = n1.client(), n2.client()
-        a, b = await c1.register(), await c1.register()
-        await c1.conversation(a, b)
+        n1, n2, c1, c2, a, b, cid = await cluster.two_nodes_and_a_pair()
         async with c2.ws(b) as wb:
             await routable(n1, b.id)
             async with c1.ws(a):
@@ -264,10 +252,7 @@ async def test_nodes_recover_when_redis_loses_everything(cluster: Cluster, redis
     gone and the nodes' connections are cut. The nodes re-register their users; live
     delivery resumes, and what was missed meanwhile comes with `sync`."""
     with trio.fail_after(30):
-        n1, n2 = await cluster.start("node-1"), await cluster.start("node-2")
-        c1, c2 = n1.client(), n2.client()
-        a, b = await c1.register(), await c1.register()
-        cid = await c1.conversation(a, b)
+        n1, n2, c1, c2, a, b, cid = await cluster.two_nodes_and_a_pair()
         async with c2.ws(b) as wb:
             async with c1.ws(a) as wa:
                 await routable(n1, b.id)

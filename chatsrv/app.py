@@ -14,7 +14,6 @@ from typing import Any
 import trio
 import trio_asyncio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 from chatsrv.adapters.memory import LocalDirectory, LocalRouter
 from chatsrv.adapters.storage.base import Database
@@ -134,12 +133,12 @@ def hypercorn_config(settings: Settings, *, bind: str | None = None) -> Hypercor
     config.bind = [bind or f"{settings.http_host}:{settings.http_port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
-    # Liveness of WebSocket peers: Hypercorn pings every heartbeat_interval and the peer's
-    # pong counts as a read; a peer silent for heartbeat_timeout is dropped.
+    # WebSockets are served beside Hypercorn (transport/listener.py) with their own heartbeat;
+    # these apply to the rare upgrade Hypercorn serves (one on a kept-alive HTTP connection):
+    # a ping every heartbeat_interval, a peer silent for heartbeat_timeout is dropped.
     config.websocket_ping_interval = settings.heartbeat_interval
     config.read_timeout = int(settings.heartbeat_timeout)
-    # Frames over max_frame_bytes get an error frame from us; only far larger ones (16x)
-    # make Hypercorn close the socket with 1009.
+    # Frames over max_frame_bytes get an error frame; only far larger ones (16x) close with 1009.
     config.websocket_max_message_size = settings.max_frame_bytes * 16
     config.graceful_timeout = min(settings.drain_timeout, settings.shutdown_deadline)
     config.backlog = 4096
@@ -198,11 +197,13 @@ async def serve_node(settings: Settings, *, bind: str | None = None,
 
         async def trigger() -> None:
             await shutdown.wait()
-            # Hypercorn would wait graceful_timeout for open WebSockets: close them now
-            # with 1001 so clients reconnect elsewhere at once.
+            # close open WebSockets now with 1001 so clients reconnect elsewhere at once
+            # (rather than at the end of graceful_timeout)
             ws.close_all()
 
-        await serve(asgi, config, shutdown_trigger=trigger,
+        from chatsrv.transport.listener import serve
+
+        await serve(asgi, ws, config, shutdown_trigger=trigger,
                     task_status=_Started(task_status, svc))  # type: ignore[arg-type]
 
 

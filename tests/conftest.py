@@ -73,7 +73,7 @@ def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Se
         jwt_secret="test-secret-" + "x" * 40, bcrypt_rounds=4, presence_grace=0.2,
         typing_ttl=1.0, embedded=database_url is None, rate_per_second=1000.0,
         rate_burst=1000.0, connect_retry_deadline=5.0, shutdown_deadline=3.0,
-        # Hypercorn's ping task notices a closed socket only when it next wakes
+        # short: Hypercorn's ping task (sockets on its ASGI path) notices a close only when it wakes
         heartbeat_interval=1.0,
     )
 

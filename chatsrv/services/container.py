@@ -22,6 +22,7 @@ class Metrics:
     connections_opened: int = 0
     connections_closed: int = 0
     connections_evicted: int = 0
+    connections_timed_out: int = 0
     frames_in: int = 0
     frames_out: int = 0
     errors_sent: int = 0
@@ -31,7 +32,7 @@ class Metrics:
     def render(self, svc: Any) -> str:
         lines = []
         for name in ("connections_opened", "connections_closed", "connections_evicted",
-                     "frames_in", "frames_out", "errors_sent", "messages_sent"):
+                     "connections_timed_out", "frames_in", "frames_out", "errors_sent", "messages_sent"):
             lines.append(f"# TYPE chatsrv_{name}_total counter")
             lines.append(f"chatsrv_{name}_total {getattr(self, name)}")
         router = svc.router

@@ -1,13 +1,15 @@
 """The WebSocket endpoint /api/ws: one connection = one Trio nursery.
 
-Served as plain ASGI (beside the Quart app) so the handshake can be refused with HTTP 401
-and frames skip a framework layer. Per connection:
+Served on the raw stream (transport/websocket.py, picked by transport/listener.py before
+Hypercorn sees the connection), so the handshake can be refused with HTTP 401 and frames skip
+the ASGI layer; an upgrade on a kept-alive HTTP connection comes through ASGI instead and gets
+the same endpoint. Per connection:
 - the handler task is the reader: it parses frames and calls one service method per frame;
   frames of one connection are handled in order (acks come back in send order);
-- a writer task drains the bounded outbox into the socket;
+- a writer task drains the bounded outbox into the socket, everything queued in one write;
 - a typing task exists only while the user is typing somewhere (expiry);
-- liveness: Hypercorn pings every heartbeat_interval and drops a peer silent for
-  heartbeat_timeout (ASGI does not surface pongs, so the ping lives in the server layer).
+- liveness: one ticker for all sockets (`run_heartbeat`) pings a socket quiet for
+  heartbeat_interval and drops one silent for heartbeat_timeout.
 Closing the socket cancels the nursery; cleanup (presence, typing, calls) runs shielded with
 a deadline.
 """
@@ -31,6 +33,14 @@ from chatsrv.domain.typing_state import TypingBook
 from chatsrv.services.container import Services
 from chatsrv.transport import wire
 from chatsrv.transport.errors import error_body
+from chatsrv.transport.websocket import (
+    AsgiSocket,
+    Closing,
+    FrameSocket,
+    Handshake,
+    Outbox,
+    WsSocket,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +54,15 @@ SUBPROTOCOL = "chatsrv"
 class WsConnection:
     """One live socket: the router's Subscriber and the state its tasks share."""
 
-    __slots__ = ("_nursery", "_outbox", "_scope", "close_code", "close_reason", "metrics",
-                 "session_id", "typing", "typing_running", "user_id")
+    __slots__ = ("_nursery", "_scope", "close_code", "close_reason", "metrics", "outbox",
+                 "session_id", "sock", "typing", "typing_running", "user_id")
 
-    def __init__(self, user_id: str, outbox: trio.MemorySendChannel[Event], metrics: Any,
+    def __init__(self, user_id: str, sock: FrameSocket, outbox: Outbox, metrics: Any,
                  typing_ttl: float) -> None:
         self.user_id = user_id
         self.session_id = new_id()
-        self._outbox = outbox
+        self.sock = sock
+        self.outbox = outbox
         self._scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self.close_code: int | None = None
@@ -61,16 +72,11 @@ class WsConnection:
         self.typing_running = False
 
     def send_nowait(self, event: Event) -> None:
-        try:
-            self._outbox.send_nowait(event)
-        except trio.WouldBlock:
-            if event.droppable:
-                return  # typing goes first under backpressure
-            # A consumer that cannot keep up is cut; it reconnects and syncs, losing nothing.
+        if not self.outbox.put(event) and not event.droppable:
+            # typing goes first under backpressure; a consumer that cannot keep up with
+            # anything else is cut: it reconnects and syncs, losing nothing.
             self.metrics.connections_evicted += 1
             self.close(CLOSE_TRY_AGAIN_LATER, "outbox full: reconnect and sync")
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
 
     def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         """Run a task owned by this connection (a call leg): cancelled when it closes."""
@@ -86,13 +92,13 @@ class WsConnection:
             self._scope.cancel()
 
 
-def _token_from(scope: dict[str, Any]) -> tuple[str | None, str | None]:
+def _token_from(handshake: Handshake) -> tuple[str | None, str | None]:
     """(token, subprotocol to select). Token from ?token= or a Sec-WebSocket-Protocol value
     (`bearer.<jwt>` or the bare JWT), since browsers cannot set headers."""
-    protocols: list[str] = list(scope.get("subprotocols") or [])
+    protocols = handshake.subprotocols
     chosen = SUBPROTOCOL if SUBPROTOCOL in protocols else None
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    token = (query.get("token") or [None])[0]
+    tokens = parse_qs(handshake.query).get("token")
+    token = tokens[0] if tokens else None
     for p in protocols:
         candidate = p[len("bearer."):] if p.startswith("bearer.") else p
         if candidate.count(".") == 2 and token is None:
@@ -131,41 +137,57 @@ class WebSocketEndpoint:
 
     # ------------------------------------------------------------------ lifetime
 
+    async def serve_stream(self, stream: trio.abc.Stream, head: bytes) -> None:
+        """A connection whose first request (`head`, already read) is a WebSocket upgrade."""
+        sock = WsSocket(stream, max_message=self._settings.max_frame_bytes * 16)
+        try:
+            handshake = await sock.handshake(head)
+            if handshake is not None:
+                await self.serve(sock, handshake)
+        finally:
+            await sock.close(CLOSE_GOING_AWAY, "")
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """ASGI: an upgrade on a kept-alive HTTP connection that Hypercorn serves."""
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        if scope.get("path") != PATH:
-            await _refuse(send, 404, error_body("not_found", f"no WebSocket at {scope.get('path')}"))
+        handshake = Handshake(scope.get("path", ""),
+                              scope.get("query_string", b"").decode("latin-1"),
+                              list(scope.get("subprotocols") or []))
+        sock = AsgiSocket(receive, send)
+        await self.serve(sock, handshake)
+
+    async def serve(self, sock: FrameSocket, handshake: Handshake) -> None:
+        if handshake.path != PATH:
+            await sock.refuse(404, error_body("not_found", f"no WebSocket at {handshake.path}"))
             return
         if self._closing:
-            await _refuse(send, 503, error_body("unavailable", "server shutting down"))
+            await sock.refuse(503, error_body("unavailable", "server shutting down"))
             return
-        token, subprotocol = _token_from(scope)
+        token, subprotocol = _token_from(handshake)
         try:
             if not token:
                 raise Unauthorized("missing token: use ?token=<jwt>", code="missing_token")
             user_id = self._svc.auth.authenticate(token)
         except Unauthorized as exc:
-            await _refuse(send, 401, error_body(exc.code, exc.message))
+            await sock.refuse(401, error_body(exc.code, exc.message))
             return
         try:
             positions = await self._svc.store.conversation_positions(user_id)
         except Unavailable as exc:
-            await _refuse(send, 503, error_body(exc.code, exc.message))
+            await sock.refuse(503, error_body(exc.code, exc.message))
             return
-        await self._serve(user_id, positions, scope, receive, send, subprotocol)
+        await sock.accept(subprotocol)
+        await self._serve(user_id, positions, sock, handshake)
 
     async def _serve(self, user_id: str, positions: dict[str, tuple[int, Watermarks]],
-                     scope: dict[str, Any], receive: Any, send: Any,
-                     subprotocol: str | None) -> None:
+                     sock: FrameSocket, handshake: Handshake) -> None:
         svc, settings = self._svc, self._settings
-        outbox_send, outbox_recv = trio.open_memory_channel[Event](settings.outbox_size)
-        conn = WsConnection(user_id, outbox_send, svc.metrics, settings.typing_ttl)
-        accept: dict[str, Any] = {"type": "websocket.accept"}
-        if subprotocol:
-            accept["subprotocol"] = subprotocol
-        await send(accept)
+        outbox = Outbox(settings.outbox_size)
+        if isinstance(sock, WsSocket):
+            sock.outbox = outbox
+        conn = WsConnection(user_id, sock, outbox, svc.metrics, settings.typing_ttl)
         svc.metrics.connections_opened += 1
         self._live.add(conn)
         disconnected = False
@@ -173,7 +195,7 @@ class WebSocketEndpoint:
             async with trio.open_nursery() as nursery:
                 conn._scope = nursery.cancel_scope
                 conn._nursery = nursery
-                nursery.start_soon(self._writer, outbox_recv, send)
+                nursery.start_soon(self._writer, conn)
                 conn.send_nowait(Event("ready", {
                     "user_id": user_id, "session_id": conn.session_id,
                     "server_time": iso(utcnow()), "node_id": settings.node_id,
@@ -186,20 +208,22 @@ class WebSocketEndpoint:
                 }))
                 # attach after `ready` is queued: live events follow it, never precede it
                 await svc.presence.connected(conn)
-                since = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("since")
+                since = parse_qs(handshake.query).get("since")
                 if since is not None:
                     await self._initial_sync(conn, since[0])
-                disconnected = await self._reader(conn, nursery, receive)
+                disconnected = await self._reader(conn, nursery)
                 nursery.cancel_scope.cancel()
         finally:
             self._live.discard(conn)
+            outbox.close()
             svc.metrics.connections_closed += 1
             with trio.move_on_after(2, shield=True):
                 await self._cleanup(conn)
                 if not disconnected:
-                    code = conn.close_code or CLOSE_GOING_AWAY
-                    await send({"type": "websocket.close", "code": code,
-                                "reason": conn.close_reason})
+                    try:
+                        await sock.close(conn.close_code or CLOSE_GOING_AWAY, conn.close_reason)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
 
     async def _cleanup(self, conn: WsConnection) -> None:
         svc = self._svc
@@ -211,25 +235,51 @@ class WebSocketEndpoint:
             await self._publish_typing(conn, cid, False)
         # calls end by themselves: their legs were tasks in this connection's nursery
 
-    async def _writer(self, outbox: trio.MemoryReceiveChannel[Event], send: Any) -> None:
+    async def _writer(self, conn: WsConnection) -> None:
         metrics = self._svc.metrics
-        async with outbox:
-            async for event in outbox:
-                await send({"type": "websocket.send", "text": event.text})
-                metrics.frames_out += 1
+        try:
+            while batch := await conn.outbox.take():
+                await conn.sock.send(batch)
+                metrics.frames_out += len(batch)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            conn.close(CLOSE_GOING_AWAY, "peer gone")
 
-    async def _reader(self, conn: WsConnection, nursery: trio.Nursery, receive: Any) -> bool:
+    async def run_heartbeat(self, *,
+                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """One ticker for every socket: ping the quiet ones, drop the silent ones.
+
+        A socket that sent nothing (not even a pong) for heartbeat_interval gets a ping; one
+        silent for heartbeat_timeout is closed. Costs one pass over the live set per half
+        interval instead of a task and a timer per socket.
+        """
+        interval = self._settings.heartbeat_interval
+        timeout = self._settings.heartbeat_timeout
+        task_status.started()
+        while True:
+            await trio.sleep(interval / 2)
+            now = trio.current_time()
+            for conn in list(self._live):
+                quiet = now - conn.sock.last_read
+                if quiet >= timeout:
+                    self._svc.metrics.connections_timed_out += 1
+                    conn.close(CLOSE_GOING_AWAY, "heartbeat timeout")
+                elif quiet >= interval and (ping := conn.sock.ping()) is not None:
+                    conn.outbox.put(ping)
+
+    async def _reader(self, conn: WsConnection, nursery: trio.Nursery) -> bool:
         """Handle frames until the peer disconnects (returns True) or the connection is
         closed by us (cancelled)."""
         max_frame = self._settings.max_frame_bytes
         metrics = self._svc.metrics
+        sock = conn.sock
         while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                return True
-            data = message.get("text")
+            try:
+                data = await sock.receive()
+            except Closing as exc:
+                conn.close(exc.code, exc.reason)
+                return False
             if data is None:
-                data = message.get("bytes") or b""
+                return True
             metrics.frames_in += 1
             ref = None
             try:
@@ -349,10 +399,3 @@ class WebSocketEndpoint:
 
     async def _call(self, type_: str, conn: WsConnection, p: Any, ref: Any) -> None:
         await self._svc.calls.handle(conn, type_, p, ref)
-
-
-async def _refuse(send: Any, status: int, body: dict[str, Any]) -> None:
-    """Deny the handshake with an HTTP response (ASGI websocket.http.response extension)."""
-    await send({"type": "websocket.http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "websocket.http.response.body", "body": json.dumps(body).encode()})

@@ -1,0 +1,323 @@
+"""WebSocket connections on a Trio stream (wsproto), the /api/ws hot path without ASGI.
+
+What it buys over serving the socket through Hypercorn's ASGI layer, per frame out: no ASGI
+message dict, no send lock and shielded scope, no per-frame wsproto encode (server frames are
+unmasked, so an event fanned out to N sockets is framed once, see `frame_of`), and one
+`send_all` for everything queued (the writer takes the whole outbox). Per frame in: no
+timeout scope per read (liveness is one ticker for all sockets, see `Heartbeat`). Per socket:
+no ping task and no protocol task.
+
+`WsSocket` is the transport-neutral face the endpoint (ws.py) talks to; `AsgiSocket` is the
+same face over ASGI, for the rare upgrade that arrives on a kept-alive HTTP connection that
+Hypercorn already owns.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, Protocol, cast
+from urllib.parse import unquote
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    Pong,
+    RejectConnection,
+    RejectData,
+    Request,
+)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from chatsrv.domain.events import Event
+
+MAX_RECV = 65536
+CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_PROTOCOL_ERROR = 1002
+# A batch the peer does not take within this long marks it dead (its kernel buffer is full
+# and it stopped reading); the send is shielded until then so a frame is never cut in half.
+SEND_STALL = 5.0
+# After our close frame, how long to wait for the peer's before dropping the TCP connection.
+CLOSE_WAIT = 1.0
+PING_FRAME = b"\x89\x00"
+
+
+def text_frame(data: bytes) -> bytes:
+    """A final, unmasked server text frame (RFC 6455 §5.2)."""
+    n = len(data)
+    if n < 126:
+        return bytes((0x81, n)) + data
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + data
+    return struct.pack("!BBQ", 0x81, 127, n) + data
+
+
+def frame_of(event: Event) -> bytes:
+    """The event's frame, built once however many sockets it goes to."""
+    cache = event.__dict__
+    frame = cache.get("ws_frame")
+    if frame is None:
+        frame = cache["ws_frame"] = text_frame(event.text.encode())
+    return frame
+
+
+class Closing(Exception):
+    """The peer broke the protocol: the connection ends with this close code."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+class Handshake:
+    """What the endpoint needs from an upgrade request."""
+
+    __slots__ = ("path", "query", "subprotocols")
+
+    def __init__(self, path: str, query: str, subprotocols: list[str]) -> None:
+        self.path, self.query, self.subprotocols = path, query, subprotocols
+
+
+class FrameSocket(Protocol):
+    """A WebSocket as the endpoint sees it (wsproto on a Trio stream, or ASGI)."""
+
+    last_read: float
+
+    async def accept(self, subprotocol: str | None) -> None: ...
+    async def refuse(self, status: int, body: dict[str, Any]) -> None: ...
+    async def receive(self) -> str | bytes | None: ...
+    async def send(self, frames: list[Event | bytes]) -> None: ...
+    def ping(self) -> bytes | None: ...
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class Outbox:
+    """A connection's bounded queue of frames; the writer takes everything at once.
+
+    Cheaper than a memory channel for this one-consumer case: a put is an append (and a wake
+    only if the writer is parked); a take hands over the whole backlog for one send_all.
+    """
+
+    __slots__ = ("_closed", "_items", "_lot", "capacity")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: deque[Event | bytes] = deque()
+        self._lot = trio.lowlevel.ParkingLot()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: Event | bytes) -> bool:
+        """Queue `item`; False when full (the caller decides: drop or evict)."""
+        if self._closed:
+            return True
+        if len(self._items) >= self.capacity:
+            return False
+        self._items.append(item)
+        if self._lot:
+            self._lot.unpark()
+        return True
+
+    def close(self) -> None:
+        self._closed = True
+        self._lot.unpark_all()
+
+    async def take(self) -> list[Event | bytes]:
+        """Everything queued (waits for at least one); [] once closed."""
+        while not self._items:
+            if self._closed:
+                return []
+            await self._lot.park()
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+
+def _frames(items: Iterable[Event | bytes]) -> bytes:
+    return b"".join(item if isinstance(item, bytes) else frame_of(item) for item in items)
+
+
+class WsSocket:
+    """A server WebSocket on a Trio stream; `head` is the request bytes already read."""
+
+    __slots__ = ("_closed_by_peer", "_pending", "_ws", "broken", "last_read", "max_message",
+                 "outbox", "stream")
+
+    def __init__(self, stream: trio.abc.Stream, max_message: int) -> None:
+        self.stream = stream
+        self.max_message = max_message
+        self._ws = WSConnection(ConnectionType.SERVER)
+        self._pending: deque[Any] = deque()
+        self._closed_by_peer: CloseConnection | None = None
+        self.broken = False
+        self.last_read = trio.current_time()
+        # set by the endpoint: pongs go out through the writer, the only task that sends
+        self.outbox: Outbox | None = None
+
+    async def handshake(self, head: bytes) -> Handshake | None:
+        """Parse the upgrade request (head + whatever completes it); None if it is not a
+        valid WebSocket request (a 400 has been sent)."""
+        ws = self._ws
+        try:
+            ws.receive_data(head)
+            while True:
+                for event in ws.events():
+                    if isinstance(event, Request):
+                        path, _, query = event.target.partition("?")
+                        return Handshake(unquote(path), query, list(event.subprotocols))
+                data = await self._receive_some()
+                if not data:
+                    return None
+                ws.receive_data(data)
+        except RemoteProtocolError as exc:
+            await self._send_raw(ws.send(exc.event_hint) if exc.event_hint else b"")
+            return None
+
+    async def accept(self, subprotocol: str | None) -> None:
+        await self._send_raw(self._ws.send(AcceptConnection(subprotocol=subprotocol)))
+
+    async def refuse(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        head = self._ws.send(RejectConnection(
+            status_code=status, has_body=True,
+            headers=[(b"content-type", b"application/json"),
+                     (b"content-length", str(len(data)).encode())]))
+        await self._send_raw(head + self._ws.send(RejectData(data=data)))
+
+    async def receive(self) -> str | bytes | None:
+        """The next whole message; None once the peer has closed or gone. Pings are
+        answered (through the outbox), pongs only count as life. Raises Closing for a message
+        over max_message (1009) or a protocol violation (1002)."""
+        parts: list[Any] = []
+        size = 0
+        pending = self._pending
+        while True:
+            while pending:
+                event = pending.popleft()
+                if isinstance(event, Message):
+                    size += len(event.data)
+                    if size > self.max_message:
+                        raise Closing(CLOSE_MESSAGE_TOO_BIG, "message too big")
+                    if event.message_finished and not parts:
+                        return event.data  # type: ignore[no-any-return]
+                    parts.append(event.data)
+                    if event.message_finished:
+                        joiner = b"" if isinstance(event, BytesMessage) else ""
+                        return joiner.join(parts)  # type: ignore[no-any-return]
+                elif isinstance(event, Ping):
+                    if self.outbox is not None:
+                        self.outbox.put(self._ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    self._closed_by_peer = event
+                    return None
+                elif not isinstance(event, Pong):
+                    continue
+            try:
+                data = await self._receive_some()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            self.last_read = trio.current_time()
+            try:
+                self._ws.receive_data(data or None)
+                pending.extend(self._ws.events())
+            except RemoteProtocolError as exc:
+                raise Closing(CLOSE_PROTOCOL_ERROR, f"protocol error: {exc}") from None
+
+    async def send(self, frames: list[Event | bytes]) -> None:
+        """Send queued frames in one write (only the connection's writer calls this)."""
+        await self._send_raw(_frames(frames))
+
+    def ping(self) -> bytes | None:
+        return PING_FRAME
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close handshake (answer the peer's close, or send ours and wait briefly for the
+        reply), then drop the TCP connection. Safe to call more than once."""
+        ws = self._ws
+        try:
+            if self._closed_by_peer is not None:
+                if ws.state.name == "REMOTE_CLOSING":
+                    await self._send_raw(ws.send(self._closed_by_peer.response()))
+            elif ws.state.name == "OPEN" and not self.broken:
+                await self._send_raw(ws.send(CloseConnection(code=code, reason=reason)))
+                with trio.move_on_after(CLOSE_WAIT):
+                    while not self.broken:
+                        data = await self._receive_some()
+                        if not data:
+                            break
+                        ws.receive_data(data)
+                        if any(isinstance(e, CloseConnection) for e in ws.events()):
+                            break
+        except (trio.BrokenResourceError, trio.ClosedResourceError, LocalProtocolError,
+                RemoteProtocolError):
+            pass
+        finally:
+            self.broken = True
+            await trio.aclose_forcefully(self.stream)
+
+    async def _receive_some(self) -> bytes:
+        return cast(bytes, await self.stream.receive_some(MAX_RECV))  # bytes on a socket
+
+    async def _send_raw(self, data: bytes) -> None:
+        if self.broken or not data:
+            return
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + SEND_STALL
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.broken = True
+        if scope.cancelled_caught:
+            self.broken = True  # a frame may be cut: nothing more can go on this stream
+        if self.broken:
+            raise trio.BrokenResourceError("peer gone")
+
+
+class AsgiSocket:
+    """The same face over ASGI (Hypercorn): pings are Hypercorn's, frames go one by one."""
+
+    __slots__ = ("_receive", "_send", "last_read")
+
+    def __init__(self, receive: Any, send: Any) -> None:
+        self._receive, self._send = receive, send
+        self.last_read = trio.current_time()
+
+    async def accept(self, subprotocol: str | None) -> None:
+        message: dict[str, Any] = {"type": "websocket.accept"}
+        if subprotocol:
+            message["subprotocol"] = subprotocol
+        await self._send(message)
+
+    async def refuse(self, status: int, body: dict[str, Any]) -> None:
+        await self._send({"type": "websocket.http.response.start", "status": status,
+                          "headers": [(b"content-type", b"application/json")]})
+        await self._send({"type": "websocket.http.response.body",
+                          "body": json.dumps(body).encode()})
+
+    async def receive(self) -> str | bytes | None:
+        message = await self._receive()
+        self.last_read = trio.current_time()
+        if message["type"] == "websocket.disconnect":
+            return None
+        text = message.get("text")
+        return text if text is not None else (message.get("bytes") or b"")
+
+    async def send(self, frames: list[Event | bytes]) -> None:
+        for item in frames:
+            if isinstance(item, Event):
+                await self._send({"type": "websocket.send", "text": item.text})
+
+    def ping(self) -> bytes | None:
+        return None  # Hypercorn pings these itself (websocket_ping_interval)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._send({"type": "websocket.close", "code": code, "reason": reason})

@@ -23,6 +23,7 @@ from chatsrv.adapters.storage.sql import SqlStore
 from chatsrv.config import Settings
 from chatsrv.domain.ports import Directory, Router
 from chatsrv.services.auth import AuthService
+from chatsrv.services.batching import Coalescer
 from chatsrv.services.calls import CallService
 from chatsrv.services.commit import GroupCommitter
 from chatsrv.services.container import Services
@@ -111,6 +112,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                                        history_default_limit=settings.history_default_limit,
                                        sync_page_size=settings.sync_page_size),
             presence=presence,
+            arrivals=Coalescer(store.arrivals, max_batch=settings.commit_batch),
             calls=CallService(store, SqlCallLog(db), router, members,
                               ring_timeout=settings.ring_timeout, stun_urls=settings.stun_urls,
                               turn_urls=settings.turn_urls, turn_secret=settings.turn_secret,
@@ -118,6 +120,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(presence.run)
+            await nursery.start(svc.arrivals.run)
             if routing.watch_nodes is not None:
                 await nursery.start(routing.watch_nodes, presence.node_lost)
             # one writer by default: live new_message frames then leave in seq order

@@ -107,6 +107,15 @@ class Watermarks:
 
 
 @dataclass(frozen=True, slots=True)
+class Arrival:
+    """What a connecting user needs: conversation id -> (last_seq, the user's watermarks)
+    for every membership, and the users who share a conversation with them (presence)."""
+
+    positions: dict[str, tuple[int, Watermarks]]
+    contacts: list[str]
+
+
+@dataclass(frozen=True, slots=True)
 class RefreshGrant:
     user_id: str
     family_id: str

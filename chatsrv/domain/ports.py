@@ -9,6 +9,7 @@ from typing import Protocol
 from chatsrv.domain.errors import NotFound
 from chatsrv.domain.events import Event
 from chatsrv.domain.model import (
+    Arrival,
     CallRecord,
     Conversation,
     ConversationSummary,
@@ -65,6 +66,9 @@ class Store(Protocol):
         ...
     async def conversation_positions(self, user_id: str) -> dict[str, tuple[int, Watermarks]]:
         """conversation id -> (last_seq, this member's watermarks), for every membership."""
+        ...
+    async def arrivals(self, user_ids: Sequence[str]) -> dict[str, Arrival]:
+        """Positions and contacts of several connecting users at once (every id is a key)."""
         ...
 
     # messages

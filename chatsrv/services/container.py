@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chatsrv.config import Settings
+from chatsrv.domain.model import Arrival
 from chatsrv.domain.ports import Router, Store
 from chatsrv.services.auth import AuthService
+from chatsrv.services.batching import Coalescer
 from chatsrv.services.calls import CallService
 from chatsrv.services.conversations import ConversationService
 from chatsrv.services.membership import MembershipCache
@@ -62,4 +64,7 @@ class Services:
     messaging: MessagingService
     presence: PresenceService
     calls: CallService
+    # what a connecting user needs (positions for `ready`, contacts for presence), fetched
+    # for concurrent connects together
+    arrivals: Coalescer[str, Arrival]
     metrics: Metrics = field(default_factory=Metrics)

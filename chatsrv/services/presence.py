@@ -30,14 +30,15 @@ class PresenceService:
         self._book = PresenceBook(grace=grace)
         self._wakeup = trio.Event()
 
-    async def connected(self, sub: Subscriber) -> None:
-        """Attach a connection for delivery; the user turns online on its first one."""
+    async def connected(self, sub: Subscriber, contacts: Sequence[str] | None = None) -> None:
+        """Attach a connection for delivery; the user turns online on its first one.
+        `contacts`, when the caller has them already, spare a lookup for the announcement."""
         self._router.attach(sub)
         # The directory says whether the user was offline on every node (cluster: a user
         # already online elsewhere is not announced again).
         if self._book.connect(sub.user_id, sub.session_id) and \
                 await self._directory.set_online(sub.user_id):
-            await self._announce(sub.user_id, Status.ONLINE, last_seen=None)
+            await self._announce(sub.user_id, Status.ONLINE, last_seen=None, contacts=contacts)
 
     def disconnected(self, sub: Subscriber) -> None:
         """Detach at once; the user turns offline after the grace period (see run)."""
@@ -84,14 +85,16 @@ class PresenceService:
             log.warning("could not persist last_seen for %s: storage unavailable", user_id)
         await self._announce(user_id, Status.OFFLINE, last_seen=iso(now))
 
-    async def _announce(self, user_id: str, status: Status, *, last_seen: str | None) -> None:
-        try:
-            contacts = await self._store.contacts(user_id)
-        except Unavailable:
-            # Storage down: only the user's own devices hear it; others see it on their
-            # next GET /api/users or presence change.
-            log.warning("presence of %s not announced: storage unavailable", user_id)
-            contacts = []
+    async def _announce(self, user_id: str, status: Status, *, last_seen: str | None,
+                        contacts: Sequence[str] | None = None) -> None:
+        if contacts is None:
+            try:
+                contacts = await self._store.contacts(user_id)
+            except Unavailable:
+                # Storage down: only the user's own devices hear it; others see it on their
+                # next GET /api/users or presence change.
+                log.warning("presence of %s not announced: storage unavailable", user_id)
+                contacts = []
         now = utcnow()
         event = Event("presence_update", {
             "user_id": user_id, "status": status.value, "timestamp": int(now.timestamp()),

@@ -27,7 +27,7 @@ import trio
 
 from chatsrv.domain.errors import ChatError, Invalid, RateLimited, Unauthorized, Unavailable
 from chatsrv.domain.events import Event, message_payload
-from chatsrv.domain.model import Watermarks, iso, new_id, parse_id, utcnow
+from chatsrv.domain.model import Arrival, iso, new_id, parse_id, utcnow
 from chatsrv.domain.ratelimit import TokenBucket
 from chatsrv.domain.typing_state import TypingBook
 from chatsrv.services.container import Services
@@ -174,15 +174,15 @@ class WebSocketEndpoint:
             await sock.refuse(401, error_body(exc.code, exc.message))
             return
         try:
-            positions = await self._svc.store.conversation_positions(user_id)
+            arrival = await self._svc.arrivals.get(user_id)
         except Unavailable as exc:
             await sock.refuse(503, error_body(exc.code, exc.message))
             return
         await sock.accept(subprotocol)
-        await self._serve(user_id, positions, sock, handshake)
+        await self._serve(user_id, arrival, sock, handshake)
 
-    async def _serve(self, user_id: str, positions: dict[str, tuple[int, Watermarks]],
-                     sock: FrameSocket, handshake: Handshake) -> None:
+    async def _serve(self, user_id: str, arrival: Arrival, sock: FrameSocket,
+                     handshake: Handshake) -> None:
         svc, settings = self._svc, self._settings
         outbox = Outbox(settings.outbox_size)
         if isinstance(sock, WsSocket):
@@ -203,11 +203,11 @@ class WebSocketEndpoint:
                     "conversations": {
                         cid: {"last_seq": last, "unread": max(0, last - marks.read_seq),
                               "delivered_seq": marks.delivered_seq, "read_seq": marks.read_seq}
-                        for cid, (last, marks) in positions.items()
+                        for cid, (last, marks) in arrival.positions.items()
                     },
                 }))
                 # attach after `ready` is queued: live events follow it, never precede it
-                await svc.presence.connected(conn)
+                await svc.presence.connected(conn, arrival.contacts)
                 since = parse_qs(handshake.query).get("since")
                 if since is not None:
                     await self._initial_sync(conn, since[0])

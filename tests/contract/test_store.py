@@ -203,6 +203,26 @@ async def test_members_contacts_and_positions(store: SqlStore) -> None:
                                    at=utcnow()) == [c.id]
 
 
+async def test_arrivals_of_several_users_in_one_call(store: SqlStore) -> None:
+    a, b, c, lone = (await make_user(store), await make_user(store), await make_user(store),
+                     await make_user(store))
+    group = await make_conversation(store, a, b, c, group=True)
+    direct = await make_conversation(store, a, b)
+    await send(store, group, b)
+    await send(store, group, b)
+    await store.advance_watermarks(group, a.id, delivered_to=1, read_to=1)
+    got = await store.arrivals([a.id, c.id, lone.id])
+    assert set(got) == {a.id, c.id, lone.id}
+    assert got[a.id].positions == {group: (2, Watermarks(1, 1)), direct: (0, Watermarks(0, 0))}
+    assert sorted(got[a.id].contacts) == sorted([b.id, c.id])
+    assert got[c.id].positions == {group: (2, Watermarks(0, 0))}
+    assert sorted(got[c.id].contacts) == sorted([a.id, b.id])
+    assert got[lone.id].positions == {} and got[lone.id].contacts == []
+    # the same answers as the one-user lookups
+    assert got[a.id].positions == await store.conversation_positions(a.id)
+    assert sorted(got[a.id].contacts) == sorted(await store.contacts(a.id))
+
+
 async def test_last_seen_persists(store: SqlStore) -> None:
     u = await make_user(store)
     at = utcnow()

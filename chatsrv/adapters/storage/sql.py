@@ -23,6 +23,7 @@ from chatsrv.adapters.storage.rows import (
 )
 from chatsrv.domain.errors import Conflict
 from chatsrv.domain.model import (
+    Arrival,
     Conversation,
     ConversationSummary,
     ConversationType,
@@ -76,6 +77,12 @@ WHERE m.user_id = $1 AND o.user_id <> $1"""
 POSITIONS = """SELECT c.id, c.last_seq, m.delivered_seq, m.read_seq
 FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id
 WHERE m.user_id = $1"""
+POSITIONS_MANY_PG = """SELECT m.user_id, c.id, c.last_seq, m.delivered_seq, m.read_seq
+FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id
+WHERE m.user_id = ANY($1::uuid[])"""
+CONTACTS_MANY_PG = """SELECT DISTINCT m.user_id, o.user_id AS contact FROM conversation_members m
+JOIN conversation_members o ON o.conversation_id = m.conversation_id
+WHERE m.user_id = ANY($1::uuid[]) AND o.user_id <> m.user_id"""
 
 def _like(query: str) -> str:
     escaped = query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -288,11 +295,24 @@ class SqlStore(MessageStore):
     async def conversation_positions(self, user_id: str) -> dict[str, tuple[int, Watermarks]]:
         def op() -> Op[dict[str, tuple[int, Watermarks]]]:
             found = yield rows(POSITIONS, user_id)
-            return {
-                str(r["id"]): (int(r["last_seq"]),
-                               Watermarks(int(r["delivered_seq"]), int(r["read_seq"])))
-                for r in found
-            }
+            return {str(r["id"]): _position(r) for r in found}
+
+        return await self.db.run(op(), write=False)
+
+    async def arrivals(self, user_ids: Sequence[str]) -> dict[str, Arrival]:
+        def op() -> Op[dict[str, Arrival]]:
+            positions: dict[str, dict[str, tuple[int, Watermarks]]] = {u: {} for u in user_ids}
+            contacts: dict[str, list[str]] = {u: [] for u in user_ids}
+            if self.db.dialect == "postgres":  # two statements whatever the number of users
+                for r in (yield rows(POSITIONS_MANY_PG, list(user_ids))):
+                    positions[str(r["user_id"])][str(r["id"])] = _position(r)
+                for r in (yield rows(CONTACTS_MANY_PG, list(user_ids))):
+                    contacts[str(r["user_id"])].append(str(r["contact"]))
+            else:  # in-process: per-user statements are cheap
+                for u in user_ids:
+                    positions[u] = {str(r["id"]): _position(r) for r in (yield rows(POSITIONS, u))}
+                    contacts[u] = [str(r["user_id"]) for r in (yield rows(CONTACTS, u))]
+            return {u: Arrival(positions[u], contacts[u]) for u in user_ids}
 
         return await self.db.run(op(), write=False)
 
@@ -301,6 +321,10 @@ class SqlStore(MessageStore):
             yield val("SELECT 1")
 
         await self.db.run(op(), write=False)
+
+
+def _position(r: Row) -> tuple[int, Watermarks]:
+    return int(r["last_seq"]), Watermarks(int(r["delivered_seq"]), int(r["read_seq"]))
 
 
 def _with_members(row: Row) -> Op[Conversation]:

@@ -96,7 +96,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         store = SqlStore(db)
         router, directory = routing.router, routing.directory
         members = MembershipCache(store)
-        commits = GroupCommitter(store, max_batch=settings.commit_batch)
+        # SQLite has one writer anyway (its write lock)
+        commits = GroupCommitter(store, max_batch=settings.commit_batch,
+                                 writers=settings.db_writers if settings.database_url else 1)
         presence = PresenceService(store, router, directory, grace=settings.presence_grace)
         svc = Services(
             settings=settings, store=store, router=router, members=members,
@@ -112,6 +114,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                                        history_default_limit=settings.history_default_limit,
                                        sync_page_size=settings.sync_page_size),
             presence=presence,
+            commits=commits,
             arrivals=Coalescer(store.arrivals, max_batch=settings.commit_batch),
             calls=CallService(store, SqlCallLog(db), router, members,
                               ring_timeout=settings.ring_timeout, stun_urls=settings.stun_urls,
@@ -123,10 +126,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             await nursery.start(svc.arrivals.run)
             if routing.watch_nodes is not None:
                 await nursery.start(routing.watch_nodes, presence.node_lost)
-            # one writer by default: live new_message frames then leave in seq order
-            await nursery.start(partial(commits.run, svc.messaging.announce,
-                                        writers=settings.db_writers
-                                        if settings.database_url else 1))
+            await nursery.start(partial(commits.run, svc.messaging.announce))
             yield svc
             nursery.cancel_scope.cancel()
 

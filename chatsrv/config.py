@@ -97,9 +97,9 @@ class Settings:
     # lifetimes
     db_timeout: float = 10.0
     db_pool_size: int = 10
-    # concurrent group-commit batches on PostgreSQL. Keep 1: live new_message frames then
-    # leave in seq order (services/commit.py), and a batch is a single statement anyway
-    db_writers: int = 1
+    # group-commit lanes on PostgreSQL: batches of different conversations commit
+    # concurrently; one conversation stays on one lane, in order (services/commit.py)
+    db_writers: int = 4
     commit_batch: int = 128  # messages per group-commit transaction at most
     connect_retry_deadline: float = 60.0
     shutdown_deadline: float = 10.0

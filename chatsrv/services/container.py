@@ -11,6 +11,7 @@ from chatsrv.domain.ports import Router, Store
 from chatsrv.services.auth import AuthService
 from chatsrv.services.batching import Coalescer
 from chatsrv.services.calls import CallService
+from chatsrv.services.commit import GroupCommitter
 from chatsrv.services.conversations import ConversationService
 from chatsrv.services.membership import MembershipCache
 from chatsrv.services.messaging import MessagingService
@@ -47,6 +48,12 @@ class Metrics:
             # cluster links: events sent to, or dropped for, other nodes
             lines.append(f"# TYPE chatsrv_{name}_total counter")
             lines.append(f"chatsrv_{name}_total {value}")
+        commits = svc.commits
+        for name, value in (("commit_batches", commits.batches),
+                            ("commit_messages", commits.batched),
+                            ("commit_store_seconds", round(commits.store_seconds, 6))):
+            lines.append(f"# TYPE chatsrv_{name}_total counter")
+            lines.append(f"chatsrv_{name}_total {value}")
         calls = svc.calls
         lines.append("# TYPE chatsrv_calls_active gauge")
         lines.append(f"chatsrv_calls_active {calls.active_calls()}")
@@ -64,6 +71,7 @@ class Services:
     messaging: MessagingService
     presence: PresenceService
     calls: CallService
+    commits: GroupCommitter
     # what a connecting user needs (positions for `ready`, contacts for presence), fetched
     # for concurrent connects together
     arrivals: Coalescer[str, Arrival]

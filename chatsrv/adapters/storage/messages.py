@@ -37,8 +37,9 @@ WHERE conversation_id = $1 AND user_id = $2 AND read_seq < $3"""
 GET_MESSAGE = f"SELECT {MESSAGE_COLS} FROM messages WHERE id = $1"
 
 # PostgreSQL group commit: a batch of messages in one statement. Senders outside their
-# conversation are filtered out (they get NotFound); each conversation's last_seq moves by
-# its number of messages under the row lock, and the new seqs are numbered in batch order.
+# conversation and messages stored already (same sender and client_msg_id) are filtered out;
+# each conversation's last_seq moves by its number of messages under the row lock, and the
+# new seqs are numbered in batch order.
 FIND_BY_CLIENT_IDS_PG = f"""SELECT {MESSAGE_COLS} FROM messages
 WHERE (sender_id, client_msg_id) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))"""
 APPEND_BATCH_PG = """WITH input AS (
@@ -50,6 +51,9 @@ APPEND_BATCH_PG = """WITH input AS (
     SELECT i.* FROM input i
     WHERE EXISTS (SELECT 1 FROM conversation_members cm
                   WHERE cm.conversation_id = i.conversation_id AND cm.user_id = i.sender_id)
+      AND (i.client_msg_id IS NULL OR NOT EXISTS (
+            SELECT 1 FROM messages m
+            WHERE m.sender_id = i.sender_id AND m.client_msg_id = i.client_msg_id))
 ), counts AS (
     SELECT conversation_id, count(*) AS n FROM allowed GROUP BY conversation_id
 ), bumped AS (
@@ -232,30 +236,29 @@ def _append(d: Message) -> Op[tuple[Message, bool] | NotFound]:
 
 
 def _append_batch_pg(drafts: Sequence[Message]) -> Op[list[tuple[Message, bool] | NotFound]]:
+    """One statement in the usual case. Drafts already stored (a resend of the same
+    client_msg_id) and outsiders' drafts are left out by the statement; only if some draft
+    was left out does a second query tell which were resends."""
+    inserted = yield rows(
+        APPEND_BATCH_PG, [d.id for d in drafts], [d.conversation_id for d in drafts],
+        [d.sender_id for d in drafts], [d.content for d in drafts],
+        [d.message_type for d in drafts], [d.client_msg_id for d in drafts],
+        [d.created_at for d in drafts])
+    seqs = {str(r["id"]): int(r["seq"]) for r in inserted}
     stored: dict[tuple[str, str], Message] = {}
-    keyed = [d for d in drafts if d.client_msg_id is not None]
-    if keyed:
-        found = yield rows(FIND_BY_CLIENT_IDS_PG, [d.sender_id for d in keyed],
-                           [d.client_msg_id for d in keyed])
+    left_out = [d for d in drafts if d.id not in seqs and d.client_msg_id is not None]
+    if left_out:
+        found = yield rows(FIND_BY_CLIENT_IDS_PG, [d.sender_id for d in left_out],
+                           [d.client_msg_id for d in left_out])
         for r in found:
             m = message_of(r)
             stored[(m.sender_id, m.client_msg_id or "")] = m
-    fresh = [d for d in drafts if (d.sender_id, d.client_msg_id or "") not in stored
-             or d.client_msg_id is None]
-    seqs: dict[str, int] = {}
-    if fresh:
-        inserted = yield rows(
-            APPEND_BATCH_PG, [d.id for d in fresh], [d.conversation_id for d in fresh],
-            [d.sender_id for d in fresh], [d.content for d in fresh],
-            [d.message_type for d in fresh], [d.client_msg_id for d in fresh],
-            [d.created_at for d in fresh])
-        seqs = {str(r["id"]): int(r["seq"]) for r in inserted}
     out: list[tuple[Message, bool] | NotFound] = []
     for d in drafts:
-        if d.client_msg_id is not None and (d.sender_id, d.client_msg_id) in stored:
-            out.append((stored[(d.sender_id, d.client_msg_id)], False))
-        elif d.id in seqs:
+        if d.id in seqs:
             out.append((replace(d, seq=seqs[d.id]), True))
+        elif d.client_msg_id is not None and (d.sender_id, d.client_msg_id) in stored:
+            out.append((stored[(d.sender_id, d.client_msg_id)], False))
         else:
             out.append(NotFound("conversation not found"))
     return out

@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from bench import report
+from bench import client, report
 from bench.runner import QUICK, Progress, Scale, override, run_scenarios
 from bench.scenarios import REGISTRY, SCENARIOS
 from bench.server import ServerInfo, TargetError, started_server, target_server
@@ -40,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
                    help="tiny counts, a few seconds per scenario (the CI smoke)")
     p.add_argument("--scenario", action="append", choices=SCENARIOS, metavar="NAME",
                    help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}")
+    p.add_argument("--client", choices=client.CLIENTS, default="lean",
+                   help="the generator's WebSocket client: lean (bench/lean.py, default: "
+                        "little CPU per received frame) or trio-websocket")
     p.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both",
                    help="storage of the server the bench starts (default both, PostgreSQL "
                         "first)")
@@ -139,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.server_pid and not args.target:
         print("error: --server-pid goes with --target", file=sys.stderr)
         return 2
+    client.client_kind = args.client
     names = [n for n in SCENARIOS if not args.scenario or n in args.scenario]
     out: Path = args.out or Path("bench/out") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -153,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             "dir": str((args.server_src or Path.cwd()).resolve()),
             "sha256_16": source_digest(args.server_src or Path.cwd())},
         "quick": args.quick,
+        "client": args.client,
         "scale": dataclasses.asdict(scale),
         "backends": {},
     }

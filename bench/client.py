@@ -1,8 +1,10 @@
 """Clients of the server under test: REST set-up (accounts, conversations) and WebSocket
 sockets that speak chatsrv's frames with the schemas of chatsrv.transport.wire.
 
-Every socket is a trio-websocket connection over a TCP stream this module opens itself, so a
-scenario can cut it abruptly (RST) as a dropped mobile link would.
+Every socket runs over a TCP stream this module opens itself, so a scenario can cut it
+abruptly (RST) as a dropped mobile link would. Two clients speak the same frames: the lean
+one (bench/lean.py, the default: far less generator CPU per received frame) and a
+trio-websocket connection (`--client trio-websocket`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import msgspec
@@ -26,11 +28,14 @@ from trio_websocket import (
 )
 from wsproto.utilities import LocalProtocolError
 
+from bench.lean import LeanWs
 from chatsrv.transport import wire
 
 PASSWORD = "bench-password"
 CONNECT_DEADLINE = 30.0  # one socket: TCP connect + handshake + `ready`
 QUEUE = 256  # frames trio-websocket buffers per socket before it stops reading the TCP stream
+CLIENTS = ("lean", "trio-websocket")
+client_kind = "lean"  # set from --client
 
 _encode = msgspec.json.Encoder().encode
 _envelope = msgspec.json.Decoder(wire.Envelope)
@@ -182,9 +187,25 @@ class RejectedError(Exception):
 CONNECT_FAILURES = (OSError, HandshakeError, ConnectionClosed, RejectedError, trio.TooSlowError)
 
 
-class Ws:
-    """One client socket. Its trio-websocket reader task lives in the nursery given to
-    `connect`; `close()` ends it gracefully, `cut()` abruptly."""
+class Ws(Protocol):
+    """One client socket, whichever client: `close()` ends it gracefully, `cut()` abruptly."""
+
+    user: User
+    ready: dict[str, Any]
+    stream: trio.SocketStream
+
+    @property
+    def closed(self) -> bool: ...
+    async def send(self, text: str) -> None: ...
+    async def recv(self) -> tuple[wire.Envelope, int]:
+        """The next frame and its arrival time (perf_counter_ns). Raises ConnectionClosed."""
+        ...
+    async def close(self, deadline: float = 5.0) -> None: ...
+    async def cut(self) -> None: ...
+
+
+class TrioWs:
+    """A trio-websocket socket. Its reader task lives in the nursery given to `connect`."""
 
     __slots__ = ("conn", "ready", "stream", "user")
 
@@ -226,13 +247,35 @@ class Ws:
 
 async def connect(nursery: trio.Nursery, host: str, port: int, user: User, *,
                   queue: int = QUEUE) -> Ws:
-    """Open a socket for `user` and wait for its `ready` frame. The socket's tasks live in a
-    holder task started in `nursery`, which ends when the socket closes.
+    """Open a socket for `user` and wait for its `ready` frame. A trio-websocket socket's
+    tasks live in a holder task started in `nursery`, which ends when the socket closes
+    (the lean client has no task).
 
     Raises OSError (TCP), trio_websocket.HandshakeError/ConnectionRejected (refused),
     ConnectionClosed, RejectedError, or trio.TooSlowError after CONNECT_DEADLINE.
     """
+    if client_kind == "lean":
+        return await _connect_lean(host, port, user)
     return await nursery.start(_hold, host, port, user, queue)  # type: ignore[no-any-return]
+
+
+async def _connect_lean(host: str, port: int, user: User) -> LeanWs:
+    stream: trio.SocketStream | None = None
+    try:
+        with trio.fail_after(CONNECT_DEADLINE):
+            stream = await trio.open_tcp_stream(host, port)
+            ws = LeanWs(stream, user)
+            await ws.handshake(host, f"/api/ws?token={user.token}")
+            env, _ = await ws.recv()
+        if env.type != "ready":
+            raise RejectedError(f"first frame was {env.type!r}, not 'ready'")
+        ws.ready = msgspec.json.decode(env.payload)
+        return ws
+    except BaseException:
+        if stream is not None:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+        raise
 
 
 async def _hold(host: str, port: int, user: User, queue: int, *,
@@ -261,7 +304,7 @@ async def _hold(host: str, port: int, user: User, queue: int, *,
                 failure = exc
                 nursery.cancel_scope.cancel()
             else:
-                task_status.started(Ws(conn, stream, user, msgspec.json.decode(env.payload)))
+                task_status.started(TrioWs(conn, stream, user, msgspec.json.decode(env.payload)))
     except* LocalProtocolError:
         pass
     finally:

@@ -45,8 +45,10 @@ class RawWs:
     async def handshake(self, target: str) -> Any:
         await self._send(self.ws.send(Request(host="localhost", target=target)))
         while True:
-            for event in await self._more():
+            events = await self._more()
+            for i, event in enumerate(events):
                 if isinstance(event, AcceptConnection | RejectConnection):
+                    self.events = events[i + 1:]  # frames that came in the same read
                     return event
 
     async def send(self, frame: dict[str, Any] | str, *, finished: bool = True) -> None:
@@ -56,16 +58,18 @@ class RawWs:
     async def frame(self, *, answer_pings: bool = False) -> dict[str, Any] | None:
         """The next whole text frame; None when the server closed the connection."""
         while True:
-            for event in await self._more():
-                if isinstance(event, Ping):
-                    self.pings += 1
-                    if answer_pings:
-                        await self._send(self.ws.send(event.response()))
-                elif isinstance(event, CloseConnection):
-                    self.closed = event
-                    return None
-                elif isinstance(event, Message):
-                    return json.loads(event.data)  # type: ignore[no-any-return]
+            if not self.events:
+                self.events = await self._more()
+            event = self.events.pop(0)
+            if isinstance(event, Ping):
+                self.pings += 1
+                if answer_pings:
+                    await self._send(self.ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                self.closed = event
+                return None
+            elif isinstance(event, Message):
+                return json.loads(event.data)  # type: ignore[no-any-return]
 
     async def expect(self, type_: str) -> dict[str, Any]:
         """The next frame of this type (others, e.g. presence, are skipped)."""
@@ -75,9 +79,6 @@ class RawWs:
         raise AssertionError(f"closed while waiting for {type_}: {self.closed}")
 
     async def _more(self) -> list[Any]:
-        if self.events:
-            events, self.events = self.events, []
-            return events
         data = await self.stream.receive_some(65536)
         self.ws.receive_data(data or None)
         return list(self.ws.events())

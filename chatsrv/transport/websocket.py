@@ -15,6 +15,7 @@ Hypercorn already owns.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections import deque
 from collections.abc import Iterable
@@ -149,11 +150,12 @@ def _frames(items: Iterable[Event | bytes]) -> bytes:
 class WsSocket:
     """A server WebSocket on a Trio stream; `head` is the request bytes already read."""
 
-    __slots__ = ("_closed_by_peer", "_pending", "_ws", "broken", "last_read", "max_message",
-                 "outbox", "stream")
+    __slots__ = ("_closed_by_peer", "_fd", "_pending", "_ws", "broken", "last_read",
+                 "max_message", "outbox", "stream")
 
-    def __init__(self, stream: trio.abc.Stream, max_message: int) -> None:
+    def __init__(self, stream: trio.SocketStream, max_message: int) -> None:
         self.stream = stream
+        self._fd = stream.socket.fileno()
         self.max_message = max_message
         self._ws = WSConnection(ConnectionType.SERVER)
         self._pending: deque[Any] = deque()
@@ -268,12 +270,24 @@ class WsSocket:
         return cast(bytes, await self.stream.receive_some(MAX_RECV))  # bytes on a socket
 
     async def _send_raw(self, data: bytes) -> None:
+        """Write `data` whole. What the kernel takes at once is written directly (the usual
+        case: no scheduling, no cancel scope); the rest, if its buffer is full, under a
+        shield so a cancelled connection never leaves half a frame on the wire."""
         if self.broken or not data:
+            return
+        try:
+            sent = os.write(self._fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.broken = True
+            raise trio.BrokenResourceError("peer gone") from None
+        if sent == len(data):
             return
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + SEND_STALL
             try:
-                await self.stream.send_all(data)
+                await self.stream.send_all(memoryview(data)[sent:])
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.broken = True
         if scope.cancelled_caught:

@@ -137,7 +137,7 @@ class WebSocketEndpoint:
 
     # ------------------------------------------------------------------ lifetime
 
-    async def serve_stream(self, stream: trio.abc.Stream, head: bytes) -> None:
+    async def serve_stream(self, stream: trio.SocketStream, head: bytes) -> None:
         """A connection whose first request (`head`, already read) is a WebSocket upgrade."""
         sock = WsSocket(stream, max_message=self._settings.max_frame_bytes * 16)
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import gc
 import hashlib
 import os
 import platform
@@ -143,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --server-pid goes with --target", file=sys.stderr)
         return 2
     client.client_kind = args.client
+    # as in the server (chatsrv.app._tune_gc): with thousands of sockets, the default
+    # cadence of full collections stalls the generator's reads for tens of milliseconds
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     names = [n for n in SCENARIOS if not args.scenario or n in args.scenario]
     out: Path = args.out or Path("bench/out") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import resource
 import signal
@@ -239,7 +240,18 @@ async def _main(settings: Settings) -> None:
         nursery.cancel_scope.deadline = trio.current_time() + settings.shutdown_deadline + 2
 
 
+def _tune_gc() -> None:
+    """Fewer, cheaper cyclic collections: objects alive at start-up (modules, the app) are
+    frozen out of them, and the youngest generation collects every 50,000 allocations
+    instead of 700. A full collection walks every live object (per connection: socket,
+    outbox, tasks), so at thousands of sockets the default cadence stalls delivery by tens
+    of milliseconds. Refcounting frees everything else as usual."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def main(settings: Settings) -> None:
     """Run one node until SIGINT/SIGTERM."""
     _raise_fd_limit()
+    _tune_gc()
     trio.run(_main, settings)

@@ -17,6 +17,7 @@ never touch the same conversation rows, so they cannot deadlock on them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,15 +28,30 @@ from chatsrv.domain.errors import ChatError, NotFound
 from chatsrv.domain.model import Message
 from chatsrv.domain.ports import Store
 
+log = logging.getLogger(__name__)
+
 Announce = Callable[[Message, Any], Awaitable[None]]
 
 
 @dataclass(eq=False, slots=True)
-class _Pending:
+class Pending:
+    """A message handed to the committer. `done` is set once `outcome` is known; then
+    `on_done` (if any) is called, synchronously, in commit order."""
+
     draft: Message
     origin: Any = None  # the connection that sent it: it gets an ack, not new_message
+    on_done: Callable[[], None] | None = None
     done: trio.Event = field(default_factory=trio.Event)
     outcome: tuple[Message, bool] | ChatError | None = None
+
+    def result(self) -> tuple[Message, bool]:
+        """(message, created) once done; raises what the store raised for it."""
+        outcome = self.outcome
+        if isinstance(outcome, ChatError):
+            raise outcome
+        if outcome is None:
+            raise RuntimeError("not committed yet")
+        return outcome
 
 
 class GroupCommitter:
@@ -44,7 +60,7 @@ class GroupCommitter:
         self._store = store
         self._max_batch = max_batch
         # Bounded: when full, senders wait here (backpressure on the sending connections).
-        self._lanes = [trio.open_memory_channel[_Pending](queue_size) for _ in range(writers)]
+        self._lanes = [trio.open_memory_channel[Pending](queue_size) for _ in range(writers)]
         # for /metrics: batches committed, messages in them, seconds spent storing them
         self.batches = 0
         self.batched = 0
@@ -55,15 +71,19 @@ class GroupCommitter:
         for it (NotFound for an outsider, Unavailable...). If the caller is cancelled
         while waiting, the message may still be committed: a resend with the same
         client_msg_id finds it."""
-        pending = _Pending(draft, origin)
+        pending = await self.submit(draft, origin=origin)
+        await pending.done.wait()
+        return pending.result()
+
+    async def submit(self, draft: Message, *, origin: Any = None,
+                     on_done: Callable[[], None] | None = None) -> Pending:
+        """Queue one message without waiting for its commit (waits only while the lane is
+        full). Messages of one conversation submitted one after another commit in that
+        order."""
+        pending = Pending(draft, origin, on_done)
         send, _ = self._lanes[hash(draft.conversation_id) % len(self._lanes)]
         await send.send(pending)
-        await pending.done.wait()
-        outcome = pending.outcome
-        if isinstance(outcome, ChatError):
-            raise outcome
-        assert outcome is not None
-        return outcome
+        return pending
 
     async def run(self, announce: Announce, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -74,7 +94,7 @@ class GroupCommitter:
                 nursery.start_soon(self._writer, recv, announce)
             task_status.started()
 
-    async def _writer(self, recv: trio.MemoryReceiveChannel[_Pending],
+    async def _writer(self, recv: trio.MemoryReceiveChannel[Pending],
                       announce: Announce) -> None:
         async with recv:
             async for first in recv:
@@ -111,3 +131,9 @@ class GroupCommitter:
                         if p.outcome is None:  # a bug below us: fail the senders, not hang
                             p.outcome = ChatError("could not store the message", code="internal")
                         p.done.set()
+                    for p in batch:
+                        if p.on_done is not None:
+                            try:
+                                p.on_done()
+                            except Exception:
+                                log.exception("on_done of a committed message failed")

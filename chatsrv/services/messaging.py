@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from chatsrv.domain.errors import Invalid, NotFound
 from chatsrv.domain.events import Event, message_payload
 from chatsrv.domain.model import Message, Watermarks, new_id, parse_id, utcnow
 from chatsrv.domain.ports import Router, Store, Subscriber
-from chatsrv.services.commit import GroupCommitter
+from chatsrv.services.commit import GroupCommitter, Pending
 from chatsrv.services.membership import MembershipCache
 
 MESSAGE_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -47,6 +47,18 @@ class MessagingService:
         Returns (message, created); a repeated client_msg_id returns the stored message and
         is not fanned out again. Raises Invalid, NotFound (not a member), Unavailable.
         """
+        pending = await self.submit(user_id, conversation_id=conversation_id, content=content,
+                                    message_type=message_type, client_msg_id=client_msg_id,
+                                    origin=origin)
+        await pending.done.wait()
+        return self.result(pending)
+
+    async def submit(self, user_id: str, *, conversation_id: str, content: str,
+                     message_type: str = "text", client_msg_id: str | None = None,
+                     origin: Subscriber | None = None,
+                     on_done: Callable[[], None] | None = None) -> Pending:
+        """`send` without waiting for the commit: validates (raises Invalid at once) and
+        queues; `result(pending)` once `pending.done` is set (or in `on_done`)."""
         conversation_id = parse_id(conversation_id, "conversation_id")
         if not content or not content.strip():
             raise Invalid("content must not be empty", field="content")
@@ -58,12 +70,17 @@ class MessagingService:
         if client_msg_id is not None and not 1 <= len(client_msg_id) <= MAX_CLIENT_MSG_ID:
             raise Invalid(f"client_msg_id must be 1-{MAX_CLIENT_MSG_ID} characters",
                           field="client_msg_id")
-        message, created = await self._commits.append(Message(
+        return await self._commits.submit(Message(
             id=new_id(), conversation_id=conversation_id, seq=0, sender_id=user_id,
             content=content, message_type=message_type, client_msg_id=client_msg_id,
             created_at=utcnow(),
-        ), origin=origin)
-        if message.conversation_id != conversation_id:
+        ), origin=origin, on_done=on_done)
+
+    @staticmethod
+    def result(pending: Pending) -> tuple[Message, bool]:
+        """The outcome of a submitted message: (message, created), or the error."""
+        message, created = pending.result()
+        if message.conversation_id != pending.draft.conversation_id:
             # client_msg_id reused for another conversation: not the same message
             raise Invalid("client_msg_id was already used for another message",
                           code="duplicate_client_msg_id", field="client_msg_id")

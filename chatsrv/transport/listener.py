@@ -138,6 +138,7 @@ async def serve(app: Any, endpoint: WebSocketEndpoint, config: Config, *,
                 binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
             async with trio.open_nursery() as accepting:
                 await accepting.start(endpoint.run_heartbeat)
+                await accepting.start(endpoint.flusher.run)
                 accepting.start_soon(partial(trio.serve_listeners,
                                              partial(_connection, http, endpoint), listeners,
                                              handler_nursery=connections))

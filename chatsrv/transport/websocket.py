@@ -18,7 +18,7 @@ import json
 import os
 import struct
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, cast
 from urllib.parse import unquote
 
@@ -99,34 +99,93 @@ class FrameSocket(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
 
+class Flusher:
+    """One task that writes every outbox that got frames since it last ran: one write per
+    socket however many frames a socket got meanwhile (a commit batch fanned out to a
+    group is one write per member, not one per message), and no writer task woken while
+    the kernel takes the data. What a socket does not take goes to its writer."""
+
+    def __init__(self) -> None:
+        self._dirty: list[Outbox] = []
+        self._lot = trio.lowlevel.ParkingLot()
+        self.running = False
+
+    def mark(self, outbox: Outbox) -> None:
+        self._dirty.append(outbox)
+        if self._lot:
+            self._lot.unpark()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.running = True
+        task_status.started()
+        try:
+            while True:
+                if self._dirty:
+                    await trio.lowlevel.checkpoint()  # marked while flushing: let others run
+                while not self._dirty:
+                    await self._lot.park()
+                dirty, self._dirty = self._dirty, []
+                for outbox in dirty:
+                    outbox.flush()
+        finally:
+            self.running = False
+            for outbox in self._dirty:  # back to their writers
+                outbox.flush()
+
+
 class Outbox:
     """A connection's bounded queue of frames; the writer takes everything at once.
 
     Cheaper than a memory channel for this one-consumer case: a put is an append (and a wake
     only if the writer is parked); a take hands over the whole backlog for one send_all.
+    With a running `flusher` and `write_now` (a socket that can write without blocking), a
+    put that finds the writer parked leaves the frames to the flusher instead: written at
+    the end of the burst of puts, with no task switch to the writer.
     """
 
-    __slots__ = ("_closed", "_items", "_lot", "capacity")
+    __slots__ = ("_closed", "_items", "_lot", "_marked", "capacity", "flusher", "write_now")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
+        self.write_now: Callable[[bytes], int] | None = None
+        self.flusher: Flusher | None = None
         self._items: deque[Event | bytes] = deque()
         self._lot = trio.lowlevel.ParkingLot()
         self._closed = False
+        self._marked = False
 
     def __len__(self) -> int:
         return len(self._items)
 
     def put(self, item: Event | bytes) -> bool:
-        """Queue `item`; False when full (the caller decides: drop or evict)."""
+        """Queue `item` for sending; False when full (the caller decides: drop or evict)."""
         if self._closed:
             return True
         if len(self._items) >= self.capacity:
             return False
         self._items.append(item)
-        if self._lot:
-            self._lot.unpark()
+        if self._lot and not self._marked:  # the writer is parked: wake someone to send
+            flusher = self.flusher
+            if flusher is not None and flusher.running and self.write_now is not None:
+                self._marked = True
+                flusher.mark(self)
+            else:
+                self._lot.unpark()
         return True
+
+    def flush(self) -> None:
+        """The flusher's turn: write what is queued if the writer is idle and the kernel
+        takes it; otherwise (or for the rest) wake the writer."""
+        self._marked = False
+        if not self._items or not self._lot or self.write_now is None:
+            return  # sent already, or the writer has it in hand
+        data = _frames(self._items)
+        self._items.clear()
+        written = self.write_now(data)
+        if written == len(data):
+            return
+        self._items.append(data[written:] if written > 0 else data)
+        self._lot.unpark()
 
     def close(self) -> None:
         self._closed = True
@@ -265,6 +324,18 @@ class WsSocket:
         finally:
             self.broken = True
             await trio.aclose_forcefully(self.stream)
+
+    def write_now(self, data: bytes) -> int:
+        """Write without waiting: bytes the kernel took (0 if its buffer is full, -1 if the
+        peer is gone). Only for the flusher, when no write of the writer is in progress."""
+        if self.broken:
+            return -1
+        try:
+            return os.write(self._fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            return -1  # the writer's own send meets the error and ends the connection
 
     async def _receive_some(self) -> bytes:
         return cast(bytes, await self.stream.receive_some(MAX_RECV))  # bytes on a socket

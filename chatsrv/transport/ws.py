@@ -5,8 +5,12 @@ Hypercorn sees the connection), so the handshake can be refused with HTTP 401 an
 the ASGI layer; an upgrade on a kept-alive HTTP connection comes through ASGI instead and gets
 the same endpoint. Per connection:
 - the handler task is the reader: it parses frames and calls one service method per frame;
-  frames of one connection are handled in order (acks come back in send order);
+  chat_messages are queued for commit without waiting (up to MAX_IN_FLIGHT), so one
+  connection's messages commit in shared batches; their acks leave in send order, and any
+  other frame waits for the messages before it (as if handled one by one);
 - a writer task drains the bounded outbox into the socket, everything queued in one write;
+  while it is idle, one flusher task for all sockets writes instead (one write per socket
+  per burst of events, no task switch per socket);
 - a typing task exists only while the user is typing somewhere (expiry);
 - liveness: one ticker for all sockets (`run_heartbeat`) pings a socket quiet for
   heartbeat_interval and drops one silent for heartbeat_timeout.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -30,12 +35,14 @@ from chatsrv.domain.events import Event, message_payload
 from chatsrv.domain.model import Arrival, iso, new_id, parse_id, utcnow
 from chatsrv.domain.ratelimit import TokenBucket
 from chatsrv.domain.typing_state import TypingBook
+from chatsrv.services.commit import Pending
 from chatsrv.services.container import Services
 from chatsrv.transport import wire
 from chatsrv.transport.errors import error_body
 from chatsrv.transport.websocket import (
     AsgiSocket,
     Closing,
+    Flusher,
     FrameSocket,
     Handshake,
     Outbox,
@@ -45,6 +52,9 @@ from chatsrv.transport.websocket import (
 log = logging.getLogger(__name__)
 
 PATH = "/api/ws"
+# chat_messages of one connection committing at once; at most a quarter of the outbox, so
+# their acks, which may leave in one burst, never crowd it out
+MAX_IN_FLIGHT = 32
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_UNAUTHORIZED = 4401
@@ -54,8 +64,8 @@ SUBPROTOCOL = "chatsrv"
 class WsConnection:
     """One live socket: the router's Subscriber and the state its tasks share."""
 
-    __slots__ = ("_nursery", "_scope", "close_code", "close_reason", "metrics", "outbox",
-                 "session_id", "sock", "typing", "typing_running", "user_id")
+    __slots__ = ("_nursery", "_scope", "close_code", "close_reason", "in_flight", "metrics",
+                 "outbox", "session_id", "sock", "typing", "typing_running", "user_id")
 
     def __init__(self, user_id: str, sock: FrameSocket, outbox: Outbox, metrics: Any,
                  typing_ttl: float) -> None:
@@ -70,9 +80,13 @@ class WsConnection:
         self.metrics = metrics
         self.typing = TypingBook(ttl=typing_ttl)
         self.typing_running = False
+        # chat_messages queued for commit and not acked yet, in the order they were read
+        self.in_flight: deque[tuple[Pending, Any]] = deque()
 
     def send_nowait(self, event: Event) -> None:
-        if not self.outbox.put(event) and not event.droppable:
+        if self.outbox.put(event):
+            self.metrics.frames_out += 1
+        elif not event.droppable:
             # typing goes first under backpressure; a consumer that cannot keep up with
             # anything else is cut: it reconnects and syncs, losing nothing.
             self.metrics.connections_evicted += 1
@@ -112,8 +126,10 @@ class WebSocketEndpoint:
         self._svc = svc
         self._settings = svc.settings
         self._live: set[WsConnection] = set()
+        self.flusher = Flusher()  # run by the listener, beside the heartbeat
         self._buckets: dict[str, TokenBucket] = {}
         self._closing = False
+        self._max_in_flight = max(1, min(MAX_IN_FLIGHT, svc.settings.outbox_size // 4))
         self._handlers: dict[str, Callable[[WsConnection, Any, Any], Any]] = {
             "chat_message": self._chat_message,
             "typing": self._typing,
@@ -187,6 +203,8 @@ class WebSocketEndpoint:
         outbox = Outbox(settings.outbox_size)
         if isinstance(sock, WsSocket):
             sock.outbox = outbox
+            outbox.write_now = sock.write_now
+            outbox.flusher = self.flusher
         conn = WsConnection(user_id, sock, outbox, svc.metrics, settings.typing_ttl)
         svc.metrics.connections_opened += 1
         self._live.add(conn)
@@ -236,11 +254,9 @@ class WebSocketEndpoint:
         # calls end by themselves: their legs were tasks in this connection's nursery
 
     async def _writer(self, conn: WsConnection) -> None:
-        metrics = self._svc.metrics
         try:
             while batch := await conn.outbox.take():
                 await conn.sock.send(batch)
-                metrics.frames_out += len(batch)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             conn.close(CLOSE_GOING_AWAY, "peer gone")
 
@@ -287,13 +303,17 @@ class WebSocketEndpoint:
                     raise wire.FrameError(f"frame over {max_frame} bytes", code="frame_too_large")
                 type_, payload, ref = wire.decode_frame(data)
                 self._rate_limit(conn)
+                if type_ != "chat_message":
+                    await self._settle(conn)
                 await self._handlers[type_](conn, payload, ref)
                 if conn.typing.next_deadline() is not None and not conn.typing_running:
                     conn.typing_running = True
                     nursery.start_soon(self._expire_typing, conn)
             except wire.FrameError as exc:
+                await self._settle(conn)
                 self._error(conn, exc, exc.ref)
             except ChatError as exc:
+                await self._settle(conn)
                 self._error(conn, exc, ref)
             except Exception:
                 # The frame boundary is this connection's edge (like an HTTP 500): a bug in
@@ -337,16 +357,42 @@ class WebSocketEndpoint:
     # ------------------------------------------------------------------ frames
 
     async def _chat_message(self, conn: WsConnection, p: wire.ChatMessageIn, ref: Any) -> None:
-        msg, created = await self._svc.messaging.send(
+        """Queue the message for commit and go on reading: up to MAX_IN_FLIGHT messages of
+        a connection commit together; their acks leave in the order they were sent."""
+        pending = await self._svc.messaging.submit(
             conn.user_id, conversation_id=p.conversation_id, content=p.content,
             message_type=p.message_type, client_msg_id=p.client_msg_id, origin=conn,
+            on_done=partial(self._flush_acks, conn),
         )
-        self._svc.metrics.messages_sent += created
-        conn.send_nowait(Event("message_ack", {
-            "id": msg.id, "message_id": msg.id, "conversation_id": msg.conversation_id,
-            "seq": msg.seq, "client_msg_id": msg.client_msg_id,
-            "created_at": message_payload(msg)["created_at"], "duplicate": not created,
-        }, ref=ref))
+        conn.in_flight.append((pending, ref))
+        if len(conn.in_flight) >= self._max_in_flight:
+            await conn.in_flight[0][0].done.wait()
+            self._flush_acks(conn)
+
+    def _flush_acks(self, conn: WsConnection) -> None:
+        """Ack (or refuse) the committed messages at the head of the connection's queue.
+        Called by the committer after each commit, and by the reader; idempotent."""
+        in_flight = conn.in_flight
+        while in_flight and in_flight[0][0].done.is_set():
+            pending, ref = in_flight.popleft()
+            try:
+                msg, created = self._svc.messaging.result(pending)
+            except ChatError as exc:
+                self._error(conn, exc, ref)
+                continue
+            self._svc.metrics.messages_sent += created
+            conn.send_nowait(Event("message_ack", {
+                "id": msg.id, "message_id": msg.id, "conversation_id": msg.conversation_id,
+                "seq": msg.seq, "client_msg_id": msg.client_msg_id,
+                "created_at": message_payload(msg)["created_at"], "duplicate": not created,
+            }, ref=ref))
+
+    async def _settle(self, conn: WsConnection) -> None:
+        """Wait until every chat_message read so far is acked: any other frame is handled
+        after them, as if frames were handled strictly one by one."""
+        while conn.in_flight:
+            await conn.in_flight[0][0].done.wait()
+            self._flush_acks(conn)
 
     async def _typing(self, conn: WsConnection, p: wire.TypingIn, ref: Any) -> None:
         if p.is_typing:

@@ -409,3 +409,32 @@ async def test_live_messages_arrive_in_seq_order_with_concurrent_senders(
             seqs = [(await wr.expect("new_message"))["payload"]["seq"]
                     for _ in range(per_sender * len(senders))]
     assert seqs == sorted(seqs) == list(range(1, per_sender * len(senders) + 1))
+
+
+async def test_pipelined_messages_are_acked_in_send_order_and_other_frames_wait(
+        client: Client) -> None:
+    """A connection's chat_messages commit without waiting for each other, but their acks
+    (and errors) come back in the order sent, and a later frame of another type is answered
+    after all of them."""
+    a, b = await client.register(), await client.register()
+    c = await client.register()
+    cids = [await client.conversation(a, b), await client.conversation(a, c)]
+    async with client.ws(a) as wa:
+        for i in range(40):
+            content = "" if i == 17 else f"m{i}"  # one refused in the middle
+            await wa.send("chat_message", {"conversation_id": cids[i % 2], "content": content},
+                          ref=f"r{i}")
+        await wa.send("ping", {}, ref="last")
+        answers = []
+        while True:
+            frame = await wa.recv()
+            if frame["type"] in ("message_ack", "error", "pong"):
+                answers.append(frame)
+                if frame["type"] == "pong":
+                    break
+    assert [f["ref"] for f in answers] == [f"r{i}" for i in range(40)] + ["last"]
+    assert answers[17]["type"] == "error" and answers[17]["payload"]["code"] == "invalid_request"
+    for cid in cids:  # seq follows send order within each conversation
+        seqs = [f["payload"]["seq"] for f in answers
+                if f["type"] == "message_ack" and f["payload"]["conversation_id"] == cid]
+        assert seqs == list(range(1, len(seqs) + 1))

@@ -31,6 +31,7 @@ from wsproto.events import CloseConnection, Pong, TextMessage
 from chatsrv.transport import wire
 
 MAX_RECV = 262144
+EAGER_READS = 16  # reads in a row without yielding to other tasks
 _envelope = msgspec.json.Decoder(wire.Envelope).decode
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -38,11 +39,14 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 class LeanWs:
     """One client socket (see the module doc). `closed` once either side closed it."""
 
-    __slots__ = ("_buf", "_conn", "_done", "_frames", "_parts", "_reading", "_sending",
-                 "close_reason", "ready", "stream", "user")
+    __slots__ = ("_buf", "_conn", "_done", "_drained", "_eager", "_fd", "_frames", "_parts", "_reading",
+                 "_sending", "close_reason", "ready", "stream", "user")
 
     def __init__(self, stream: trio.SocketStream, user: Any) -> None:
         self.stream = stream
+        self._fd = stream.socket.fileno()
+        self._eager = 0
+        self._drained = False  # the last read emptied the socket
         self.user = user
         self.ready: dict[str, Any] = {}
         self._conn = Connection(ConnectionType.CLIENT)
@@ -85,13 +89,32 @@ class LeanWs:
     async def send(self, text: str) -> None:
         if self.close_reason is not None:
             raise ConnectionClosed(self.close_reason)
-        data = self._conn.send(TextMessage(data=text))
-        async with self._sending:
-            try:
+        try:
+            await self._write(self._conn.send(TextMessage(data=text)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._gone(1006, "send failed")
+            raise ConnectionClosed(self.close_reason) from None
+
+    async def _write(self, data: bytes) -> None:
+        """Write `data` whole: straight to the socket when no other write is under way and
+        the kernel takes it (no scheduling), else through trio."""
+        try:
+            self._sending.acquire_nowait()
+        except trio.WouldBlock:
+            async with self._sending:
                 await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._gone(1006, "send failed")
-                raise ConnectionClosed(self.close_reason) from None
+            return
+        try:
+            try:
+                sent = os.write(self._fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise trio.BrokenResourceError(str(exc)) from None
+            if sent < len(data):
+                await self.stream.send_all(memoryview(data)[sent:])
+        finally:
+            self._sending.release()
 
     async def recv(self) -> tuple[wire.Envelope, int]:
         """The next frame and when it was read (perf_counter_ns). Raises ConnectionClosed."""
@@ -103,13 +126,7 @@ class LeanWs:
         while not self._frames:
             if self.close_reason is not None:
                 raise ConnectionClosed(self.close_reason)
-            self._reading = True
-            try:
-                data = await self.stream.receive_some(MAX_RECV)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            finally:
-                self._reading = False
+            data = await self._read()
             if not data:
                 self._gone(1006, "connection lost")
                 continue
@@ -117,19 +134,46 @@ class LeanWs:
             await self._parse_and_answer(time.perf_counter_ns())
         return self._frames.popleft()
 
+    async def _read(self) -> bytes:
+        """What the socket has (b"" once it is closed). Read straight from the socket while
+        it has data, yielding to the other tasks every EAGER_READS reads; after a read that
+        emptied it, wait for trio's word before the next (no read that is bound to fail)."""
+        self._reading = True
+        try:
+            while True:
+                if self._drained:
+                    await trio.lowlevel.wait_readable(self._fd)
+                    self._eager = 0
+                try:
+                    data = os.read(self._fd, MAX_RECV)
+                except BlockingIOError:
+                    self._drained = True
+                    continue
+                except OSError:
+                    return b""
+                self._drained = len(data) < MAX_RECV
+                if not self._drained:
+                    self._eager += 1
+                    if self._eager >= EAGER_READS:
+                        self._eager = 0
+                        await trio.lowlevel.checkpoint()
+                return data
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+        finally:
+            self._reading = False
+
     async def _parse_and_answer(self, t: int) -> None:
         for opcode, payload in self._parse(t):
             if opcode == 0x9:  # ping
-                async with self._sending:
-                    await self.stream.send_all(self._conn.send(Pong(payload=payload)))
+                await self._write(self._conn.send(Pong(payload=payload)))
             elif opcode == 0x8:  # close: answer it, then the socket is done
                 code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
                 reason = payload[2:].decode("utf-8", "replace")
                 if self._conn.state is ConnectionState.OPEN:  # else it answers ours
                     with trio.move_on_after(1):
-                        async with self._sending:
-                            await self.stream.send_all(self._conn.send(
-                                CloseConnection(code=1000 if code == 1005 else code)))
+                        await self._write(self._conn.send(
+                            CloseConnection(code=1000 if code == 1005 else code)))
                 self._gone(code, reason)
                 await self.stream.aclose()
 
@@ -181,8 +225,7 @@ class LeanWs:
         with trio.move_on_after(deadline, shield=True):
             try:
                 if self.close_reason is None:
-                    async with self._sending:
-                        await self.stream.send_all(self._conn.send(CloseConnection(code=1000)))
+                    await self._write(self._conn.send(CloseConnection(code=1000)))
                 if self._reading:  # another task reads: it will see the server's close
                     await self._done.wait()
                 while self.close_reason is None:

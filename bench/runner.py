@@ -194,24 +194,35 @@ class Ctx:
         presence grace (PRESENCE_GRACE, 2 s by default), which then persists last_seen and
         tells their contacts: after a scenario that closed many sockets (closed_many) this
         waits that out first; then for CPU under idle_pct for 1 s (0.5 s for --quick).
-        Without a pid to watch, it waits 3 s."""
+        The PostgreSQL processes of the run's database count as well. Without a pid to
+        watch, it waits 3 s."""
         if not self.server.pid:
             await trio.sleep(3)
             return
-        self.status("waiting for the server to go idle")
+        self.status("waiting for the server (and its PostgreSQL) to go idle")
         if self._grace_due:
             self._grace_due = False
             await trio.sleep(2.5)
         end = trio.current_time() + deadline
         needed = 2 if self.quick else 4
         quiet = 0
-        last = proc.cpu_seconds(self.server.pid)
+        database = self.server.database
+
+        def busy() -> tuple[float | None, float]:
+            # PostgreSQL too: autovacuum and checkpoints after a scenario that wrote 100k
+            # rows would otherwise run during the next one
+            return (proc.cpu_seconds(self.server.pid),
+                    proc.postgres_cpu_seconds(database) if database else 0.0)
+
+        last = busy()
         while trio.current_time() < end and quiet < needed:
             await trio.sleep(0.25)
-            now = proc.cpu_seconds(self.server.pid)
-            if now is None or last is None:
+            now = busy()
+            if now[0] is None or last[0] is None:
                 return
-            quiet = quiet + 1 if (now - last) / 0.25 * 100 < idle_pct else 0
+            idle = all((b - a) / 0.25 * 100 < idle_pct
+                       for a, b in ((last[0], now[0]), (last[1], now[1])))
+            quiet = quiet + 1 if idle else 0
             last = now
 
     async def monitor(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -246,15 +246,15 @@ class TrioWs:
 
 
 async def connect(nursery: trio.Nursery, host: str, port: int, user: User, *,
-                  queue: int = QUEUE) -> Ws:
+                  queue: int = QUEUE, kind: str | None = None) -> Ws:
     """Open a socket for `user` and wait for its `ready` frame. A trio-websocket socket's
     tasks live in a holder task started in `nursery`, which ends when the socket closes
-    (the lean client has no task).
+    (the lean client has no task). `kind` overrides the --client choice.
 
     Raises OSError (TCP), trio_websocket.HandshakeError/ConnectionRejected (refused),
     ConnectionClosed, RejectedError, or trio.TooSlowError after CONNECT_DEADLINE.
     """
-    if client_kind == "lean":
+    if (kind or client_kind) == "lean":
         return await _connect_lean(host, port, user)
     return await nursery.start(_hold, host, port, user, queue)  # type: ignore[no-any-return]
 
@@ -316,7 +316,7 @@ async def _hold(host: str, port: int, user: User, queue: int, *,
 
 
 async def connect_many(nursery: trio.Nursery, host: str, port: int, users: Sequence[User], *,
-                       concurrency: int = 200, queue: int = QUEUE,
+                       concurrency: int = 200, queue: int = QUEUE, kind: str | None = None,
                        failures: dict[str, int] | None = None) -> list[Ws]:
     """One socket per entry of `users`, `concurrency` handshakes at a time, in that order.
     Without `failures` the first failure is raised (in an ExceptionGroup); with it, failures
@@ -327,7 +327,7 @@ async def connect_many(nursery: trio.Nursery, host: str, port: int, users: Seque
     async def one(i: int) -> None:
         async with limit:
             try:
-                out[i] = await connect(nursery, host, port, users[i], queue=queue)
+                out[i] = await connect(nursery, host, port, users[i], queue=queue, kind=kind)
             except CONNECT_FAILURES as exc:
                 if failures is None:
                     raise

@@ -509,8 +509,11 @@ async def idle_connections(ctx: Ctx) -> dict[str, Any]:
 
             with ctx.status_during(show):
                 t0 = time.perf_counter_ns()
+                # trio-websocket whatever --client says: its reader task answers the
+                # server's heartbeat pings while the socket idles, as a real client does
                 socks += await connect_many(nursery, ctx.host, ctx.port, users, queue=4,
-                                            concurrency=100, failures=failures)
+                                            concurrency=100, failures=failures,
+                                            kind="trio-websocket")
                 connect_s = (time.perf_counter_ns() - t0) / 1e9
             rows.append(await _idle_hold(ctx, n, socks, accounts, failures, rss0, connect_s,
                                          len(users)))

@@ -96,7 +96,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             log.info("migrations applied: %s", ", ".join(applied))
         store = SqlStore(db)
         router, directory = routing.router, routing.directory
-        members = MembershipCache(store)
+        members = MembershipCache(store, notify=directory.members_changed)
+        directory.on_members_changed(members.invalidate)
         # SQLite has one writer anyway (its write lock)
         commits = GroupCommitter(store, max_batch=settings.commit_batch,
                                  writers=settings.db_writers if settings.database_url else 1)

@@ -6,7 +6,7 @@ the cluster adapters build on the router for their local deliveries.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import trio
 
@@ -73,3 +73,9 @@ class LocalDirectory:
     async def online(self, user_ids: Sequence[str]) -> set[str]:
         await trio.lowlevel.checkpoint()
         return self._online.intersection(user_ids)
+
+    async def members_changed(self, conversation_id: str) -> None:
+        await trio.lowlevel.checkpoint()  # no other node to tell
+
+    def on_members_changed(self, callback: Callable[[str], None]) -> None:
+        pass  # no other node to hear from

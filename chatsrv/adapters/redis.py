@@ -10,7 +10,8 @@ a node: NODE_ID plus a random suffix (see peers.new_instance_id).
     user:{user_id}:nodes     set     instances where the user has a connection
     node:{instance}:reap     string  lock (SET NX PX node_ttl): the one node turning a dead
                                      instance's users offline
-    events                   channel {"op": "up"|"down"|"on"|"off", "node", "address", "users"}
+    events                   channel {"op": "up"|"down"|"on"|"off"|"members", "node", "address",
+                                      "users", "conversation"}
 
 An entry user -> instance counts only while the instance's `alive` key exists, so a node that
 stops heartbeating drops out by TTL (node_ttl) even before anyone cleans up after it. The
@@ -74,12 +75,14 @@ class Keys:
 
 
 class Note(msgspec.Struct, omit_defaults=True):
-    """One pub/sub message: a node came up or left, or users came online/offline on it."""
+    """One pub/sub message: a node came up or left, users came online/offline on it, or it
+    changed a conversation's members (op "members": drop cached members)."""
 
     op: str
     node: str
     address: str = ""
     users: list[str] = []
+    conversation: str = ""
 
 
 _encode = msgspec.json.Encoder().encode
@@ -116,6 +119,7 @@ class RedisDirectory:
         self._lock = trio.Lock()
         # instances the node watch found without a liveness key once (see _watch_once)
         self._suspects: set[str] = set()
+        self._members_changed: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------ Directory port
 
@@ -155,6 +159,16 @@ class RedisDirectory:
             except Unavailable as exc:
                 self._lost_redis(exc)
         return here | self._router.remote_online(ids)
+
+    async def members_changed(self, conversation_id: str) -> None:
+        try:
+            await self._call(self._aio_publish, self._note("members", conversation=conversation_id))
+        except Unavailable as exc:
+            # the other nodes' caches expire by themselves (MembershipCache ttl)
+            self._lost_redis(exc)
+
+    def on_members_changed(self, callback: Callable[[str], None]) -> None:
+        self._members_changed = callback
 
     # ------------------------------------------------------------------ lifetime
 
@@ -294,7 +308,10 @@ class RedisDirectory:
             return
         if note.node == self.instance:
             return
-        if note.op == "down":
+        if note.op == "members":
+            if self._members_changed is not None and note.conversation:
+                self._members_changed(note.conversation)
+        elif note.op == "down":
             self._router.drop_node(note.node)
         elif note.op == "up":
             self._router.set_node(note.node, note.address)
@@ -311,11 +328,15 @@ class RedisDirectory:
                 self._router.set_node(note.node, *known)
             self._router.users_changed(note.node, note.users, online=note.op == "on")
 
-    def _note(self, op: str, *, users: Sequence[str] = ()) -> bytes:
-        return _encode(Note(op=op, node=self.instance, address=self.address, users=list(users)))
+    def _note(self, op: str, *, users: Sequence[str] = (), conversation: str = "") -> bytes:
+        return _encode(Note(op=op, node=self.instance, address=self.address, users=list(users),
+                            conversation=conversation))
 
     # ------------------------------------------------------------------ asyncio side
     # Each runs as one asyncio coroutine (one trio-asyncio crossing) through _call.
+
+    async def _aio_publish(self, note: bytes) -> None:
+        await self._r.publish(self._keys.events, note)
 
     async def _aio_set_online(self, user_id: str) -> tuple[int, int]:
         k, me = self._keys, self.instance

@@ -90,7 +90,7 @@ class ConversationService:
             raise Invalid("unknown user id(s)", code="unknown_user", field="member_ids")
         added = await self._store.add_members(conv.id, [(m, Role.MEMBER) for m in ids],
                                               at=utcnow())
-        self._members.invalidate(conv.id)
+        await self._members.changed(conv.id)
         updated = await self.get(user_id, conv.id)
         if added:
             self._router.publish(
@@ -113,7 +113,7 @@ class ConversationService:
         if conv.member(member_id) is None:
             raise NotFound("not a member of this conversation")
         await self._store.remove_member(conv.id, member_id)
-        self._members.invalidate(conv.id)
+        await self._members.changed(conv.id)
         self._router.publish(
             [m.user_id for m in conv.members],
             Event("member_removed", {"conversation_id": conv.id, "user_id": member_id,

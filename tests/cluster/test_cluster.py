@@ -80,6 +80,35 @@ async def test_messages_cross_nodes_in_order_and_reach_every_device(cluster: Clu
         await c2.aclose()
 
 
+async def test_a_member_removed_through_one_node_gets_no_more_live_events_from_others(
+        cluster: Cluster) -> None:
+    """Node 2 caches the group's members for its fan-out; removing a member through node 1
+    must reach that cache at once (over Redis), not when it expires."""
+    with trio.fail_after(30):
+        n1, n2, c1, c2, a, b, _ = await cluster.two_nodes_and_a_pair()
+        r = await c1.register()
+        cid = await c1.conversation(a, b, r, name="group")
+        cache = n2.services.members
+        async with c2.ws(b) as wb, c1.ws(r) as wr:
+            await routable(n2, r.id)
+            await wb.request("chat_message", {"conversation_id": cid, "content": "before"},
+                             "message_ack")
+            await wr.expect("new_message", content="before")
+            assert r.id in await cache.members(cid)  # node 2 has the members cached
+            gone = await c1.http.delete(f"/api/conversations/{cid}/members/{r.id}",
+                                        headers=a.headers)
+            assert gone.status_code == 204, gone.text
+            await wr.expect("member_removed")
+            with trio.fail_after(3):  # well inside the cache's 5 s lifetime
+                while cid in cache._entries:
+                    await trio.sleep(0.01)
+            await wb.request("chat_message", {"conversation_id": cid, "content": "after"},
+                             "message_ack")
+            await wr.nothing("new_message", within=1.0)
+        await c1.aclose()
+        await c2.aclose()
+
+
 async def test_a_node_that_joins_later_routes_to_users_already_online(cluster: Cluster) -> None:
     with trio.fail_after(30):
         n1 = await cluster.start("node-1")

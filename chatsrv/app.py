@@ -58,6 +58,8 @@ class Routing:
     directory: Directory
     # cluster only: the task that turns the users of a node that stopped heartbeating offline
     watch_nodes: Callable[..., Awaitable[None]] | None = None
+    # cluster only: registers who announces users back online after this node was reaped
+    on_users_back: Callable[[Callable[[list[str]], Awaitable[None]]], None] | None = None
 
 
 @asynccontextmanager
@@ -79,7 +81,7 @@ async def open_routing(settings: Settings) -> AsyncIterator[Routing]:
         # exit order: leave the cluster, flush what is queued for the others, stop serving
         async with open_cluster_router(settings, local) as router, \
                 open_redis_directory(redis, settings, router, address=address) as directory:
-            yield Routing(router, directory, directory.watch_nodes)
+            yield Routing(router, directory, directory.watch_nodes, directory.on_users_back)
         nursery.cancel_scope.cancel()
 
 
@@ -102,6 +104,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         commits = GroupCommitter(store, max_batch=settings.commit_batch,
                                  writers=settings.db_writers if settings.database_url else 1)
         presence = PresenceService(store, router, directory, grace=settings.presence_grace)
+        if routing.on_users_back is not None:
+            routing.on_users_back(presence.users_back)
         svc = Services(
             settings=settings, store=store, router=router, members=members,
             auth=AuthService(store, secret=settings.jwt_secret,

@@ -120,6 +120,7 @@ class RedisDirectory:
         # instances the node watch found without a liveness key once (see _watch_once)
         self._suspects: set[str] = set()
         self._members_changed: Callable[[str], None] | None = None
+        self._users_back: Callable[[list[str]], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------------ Directory port
 
@@ -170,17 +171,26 @@ class RedisDirectory:
     def on_members_changed(self, callback: Callable[[str], None]) -> None:
         self._members_changed = callback
 
+    def on_users_back(self, callback: Callable[[list[str]], Awaitable[None]]) -> None:
+        """`callback(user_ids)` after a re-registration found users of this node on no
+        instance (they may have been announced offline meanwhile)."""
+        self._users_back = callback
+
     # ------------------------------------------------------------------ lifetime
 
     async def register(self) -> None:
         """Write this instance and all its users to Redis: at start, and again when Redis
         lost them (restart, expiry) or missed changes. Raises Unavailable."""
         async with self._lock:
-            await self._call(self._aio_register)
+            back = await self._call(self._aio_register)
             if self._dirty:
                 log.info("Redis reachable again: instance %s re-registered with %d users",
                          self.instance, len(self._here))
             self._dirty = False
+        if back and self._users_back is not None:
+            # on no instance until now: the others may have announced them offline (this
+            # node stalled and was reaped), so say they are online
+            await self._users_back(back)
 
     async def deregister(self) -> None:
         """Leave the cluster (shutdown): the others stop routing here at once. Users still
@@ -371,7 +381,8 @@ class RedisDirectory:
         alive = {i for i, flag in zip(instances, flags, strict=True) if flag is not None}
         return {uid for uid, nodes in zip(user_ids, where, strict=True) if nodes & alive}
 
-    async def _aio_register(self) -> None:
+    async def _aio_register(self) -> list[str]:
+        """Returns this node's users that were on no instance before (back online)."""
         k, me = self._keys, self.instance
         here = sorted(self._here)
         stale = sorted(cast(set[str], await self._r.smembers(k.node_users(me))) - self._here)
@@ -382,13 +393,18 @@ class RedisDirectory:
             await p.execute()
         # Every user of ours is (re)written, not only those missing: a node watch may have
         # reaped this instance in between (it stalled past NODE_TTL).
+        back: list[str] = []
         for chunk in _chunks(here):
             async with self._r.pipeline(transaction=True) as p:
                 for uid in chunk:
                     p.sadd(k.user_nodes(uid), me)
+                    p.scard(k.user_nodes(uid))
                 p.sadd(k.node_users(me), *chunk)
                 p.publish(k.events, self._note("on", users=chunk))
-                await p.execute()
+                replies = (await p.execute())[:2 * len(chunk)]  # (added, count) per user
+            back += [uid for uid, added, count in zip(chunk, replies[0::2], replies[1::2],
+                                                      strict=True)
+                     if added and count == 1]
         for chunk in _chunks(stale):
             async with self._r.pipeline(transaction=True) as p:
                 for uid in chunk:
@@ -396,6 +412,7 @@ class RedisDirectory:
                 p.srem(k.node_users(me), *chunk)
                 p.publish(k.events, self._note("off", users=chunk))
                 await p.execute()
+        return back
 
     async def _aio_refresh(self) -> bool:
         # XX: only if it still exists. Gone, or gone from the registry, means Redis lost this

@@ -71,6 +71,14 @@ class PresenceService:
             if not self._book.is_online(user_id):
                 await self._went_offline(user_id)
 
+    async def users_back(self, user_ids: Sequence[str]) -> None:
+        """Cluster: users of this node that the others had taken for gone (this node stalled
+        past the node TTL and was reaped, which announced them offline). Still connected
+        here: announce them online again."""
+        for user_id in user_ids:
+            if self._book.is_online(user_id):
+                await self._announce(user_id, Status.ONLINE, last_seen=None)
+
     async def _go_offline(self, user_id: str) -> None:
         # Offline here; announced only if the user has no connection on another node either.
         if await self._directory.set_offline(user_id):

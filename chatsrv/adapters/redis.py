@@ -28,9 +28,9 @@ re-registers them when Redis answers again.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import msgspec
 import redis.asyncio as aredis
@@ -39,6 +39,7 @@ import trio
 from trio_asyncio import aio_as_trio
 
 from chatsrv.adapters.peers import ClusterRouter
+from chatsrv.adapters.redis_ops import Keys, RedisOps, decoder
 from chatsrv.config import Settings
 from chatsrv.domain.errors import Unavailable
 
@@ -49,49 +50,6 @@ T = TypeVar("T")
 # Redis down, unreachable or too slow; anything else (ResponseError...) is a bug and raises.
 _DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
          trio.TooSlowError)
-# users per pipeline when reaping or re-registering (one MULTI per chunk)
-_CHUNK = 500
-
-
-class Keys:
-    """Key names of one cluster (one prefix)."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.nodes = f"{prefix}:nodes"
-        self.events = f"{prefix}:events"
-
-    def alive(self, instance: str) -> str:
-        return f"{self.prefix}:node:{instance}:alive"
-
-    def node_users(self, instance: str) -> str:
-        return f"{self.prefix}:node:{instance}:users"
-
-    def reap(self, instance: str) -> str:
-        return f"{self.prefix}:node:{instance}:reap"
-
-    def user_nodes(self, user_id: str) -> str:
-        return f"{self.prefix}:user:{user_id}:nodes"
-
-
-class Note(msgspec.Struct, omit_defaults=True):
-    """One pub/sub message: a node came up or left, users came online/offline on it, or it
-    changed a conversation's members (op "members": drop cached members)."""
-
-    op: str
-    node: str
-    address: str = ""
-    users: list[str] = []
-    conversation: str = ""
-
-
-_encode = msgspec.json.Encoder().encode
-_decoder = msgspec.json.Decoder(Note)
-
-
-def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
 
 
 class RedisDirectory:
@@ -107,7 +65,8 @@ class RedisDirectory:
         self.instance = router.instance
         self.address = address
         self._keys = Keys(settings.redis_prefix)
-        self._ttl_ms = max(1, int(settings.node_ttl * 1000))
+        self._ops = RedisOps(client, self._keys, instance=self.instance, address=address,
+                             ttl_ms=max(1, int(settings.node_ttl * 1000)))
         self._interval = settings.node_heartbeat_interval
         self._timeout = settings.redis_timeout
         # Users with a connection here: what Redis is made to match after an outage.
@@ -127,13 +86,13 @@ class RedisDirectory:
     async def set_online(self, user_id: str) -> bool:
         self._here.add(user_id)
         # first instance anywhere to hold the user: announce online
-        return await self._transition(self._aio_set_online, user_id, left=1)
+        return await self._transition(self._ops.set_online, user_id, left=1)
 
     async def set_offline(self, user_id: str) -> bool:
         self._here.discard(user_id)
         # last instance let go (changed == 0 means a node watch took the user out, and
         # announced it, already)
-        return await self._transition(self._aio_set_offline, user_id, left=0)
+        return await self._transition(self._ops.set_offline, user_id, left=0)
 
     async def _transition(self, change: Callable[[str], Awaitable[tuple[int, int]]],
                           user_id: str, *, left: int) -> bool:
@@ -156,14 +115,14 @@ class RedisDirectory:
             return here
         if not self._dirty:
             try:
-                return here | await self._call(self._aio_online, ids)
+                return here | await self._call(self._ops.online, ids)
             except Unavailable as exc:
                 self._lost_redis(exc)
         return here | self._router.remote_online(ids)
 
     async def members_changed(self, conversation_id: str) -> None:
         try:
-            await self._call(self._aio_publish, self._note("members", conversation=conversation_id))
+            await self._call(self._ops.publish, self._ops.note("members", conversation=conversation_id))
         except Unavailable as exc:
             # the other nodes' caches expire by themselves (MembershipCache ttl)
             self._lost_redis(exc)
@@ -182,7 +141,7 @@ class RedisDirectory:
         """Write this instance and all its users to Redis: at start, and again when Redis
         lost them (restart, expiry) or missed changes. Raises Unavailable."""
         async with self._lock:
-            back = await self._call(self._aio_register)
+            back = await self._call(self._ops.register, set(self._here))
             if self._dirty:
                 log.info("Redis reachable again: instance %s re-registered with %d users",
                          self.instance, len(self._here))
@@ -196,7 +155,7 @@ class RedisDirectory:
         """Leave the cluster (shutdown): the others stop routing here at once. Users still
         registered here (presence could not finish) are turned offline by the others' node
         watch. Raises Unavailable."""
-        await self._call(self._aio_deregister)
+        await self._call(self._ops.deregister)
 
     async def run_heartbeat(
             self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -206,7 +165,7 @@ class RedisDirectory:
         while True:
             await trio.sleep(self._interval)
             try:
-                refreshed = await self._call(self._aio_refresh)
+                refreshed = await self._call(self._ops.refresh)
                 if not refreshed:
                     log.warning("instance %s was gone from Redis (Redis restarted, or this node "
                                 "stalled past NODE_TTL): registering again", self.instance)
@@ -234,7 +193,7 @@ class RedisDirectory:
                     if message["type"] == "subscribe":
                         # Subscribed (again): load the view; messages from here on apply on
                         # top of it (each sets one fact, so replaying older ones converges).
-                        self._router.replace_view(await self._call(self._aio_view))
+                        self._router.replace_view(await self._call(self._ops.view))
                         if not started:
                             started = True
                             task_status.started()
@@ -269,7 +228,7 @@ class RedisDirectory:
 
     async def _watch_once(self, on_lost: Callable[[list[str]], Awaitable[None]]) -> None:
         known = self._router.nodes()
-        registry, alive = await self._call(self._aio_nodes)
+        registry, alive = await self._call(self._ops.nodes)
         # Stop routing to an instance missing twice in a row: after a Redis restart every
         # instance is missing until its next heartbeat re-registers it. (A dead instance's
         # users are reaped on its TTL alone, below.)
@@ -279,10 +238,10 @@ class RedisDirectory:
             self._router.drop_node(instance)
         self._suspects = gone - self._suspects
         for instance in alive - self._router.nodes() - {self.instance}:
-            users = await self._call(self._aio_node_users, instance)
+            users = await self._call(self._ops.node_users, instance)
             self._router.set_node(instance, registry[instance], users)
         for instance in registry.keys() - alive - {self.instance}:
-            lost = await self._call(self._aio_reap, instance)
+            lost = await self._call(self._ops.reap, instance)
             if lost is None:
                 continue  # another node is reaping it
             log.info("reaped dead instance %s: %d users offline", instance, len(lost))
@@ -312,7 +271,7 @@ class RedisDirectory:
 
     async def _apply(self, data: str | bytes) -> None:
         try:
-            note = _decoder.decode(data)
+            note = decoder.decode(data)
         except msgspec.DecodeError:
             log.warning("ignoring a malformed cluster event: %r", data[:200])
             return
@@ -329,7 +288,7 @@ class RedisDirectory:
             if note.node not in self._router.nodes():
                 # Not in the view (it was dropped, or joined unseen): load it whole first.
                 try:
-                    known = await self._call(self._aio_node, note.node)
+                    known = await self._call(self._ops.node, note.node)
                 except Unavailable as exc:
                     self._lost_redis(exc)
                     return
@@ -337,158 +296,6 @@ class RedisDirectory:
                     return
                 self._router.set_node(note.node, *known)
             self._router.users_changed(note.node, note.users, online=note.op == "on")
-
-    def _note(self, op: str, *, users: Sequence[str] = (), conversation: str = "") -> bytes:
-        return _encode(Note(op=op, node=self.instance, address=self.address, users=list(users),
-                            conversation=conversation))
-
-    # ------------------------------------------------------------------ asyncio side
-    # Each runs as one asyncio coroutine (one trio-asyncio crossing) through _call.
-
-    async def _aio_publish(self, note: bytes) -> None:
-        await self._r.publish(self._keys.events, note)
-
-    async def _aio_set_online(self, user_id: str) -> tuple[int, int]:
-        k, me = self._keys, self.instance
-        async with self._r.pipeline(transaction=True) as p:
-            p.sadd(k.user_nodes(user_id), me)
-            p.sadd(k.node_users(me), user_id)
-            p.scard(k.user_nodes(user_id))
-            p.publish(k.events, self._note("on", users=[user_id]))
-            added, _, count, _ = await p.execute()
-        return added, count
-
-    async def _aio_set_offline(self, user_id: str) -> tuple[int, int]:
-        k, me = self._keys, self.instance
-        async with self._r.pipeline(transaction=True) as p:
-            p.srem(k.user_nodes(user_id), me)
-            p.srem(k.node_users(me), user_id)
-            p.scard(k.user_nodes(user_id))
-            p.publish(k.events, self._note("off", users=[user_id]))
-            removed, _, count, _ = await p.execute()
-        return removed, count
-
-    async def _aio_online(self, user_ids: list[str]) -> set[str]:
-        k = self._keys
-        async with self._r.pipeline(transaction=False) as p:
-            for uid in user_ids:
-                p.smembers(k.user_nodes(uid))
-            where: list[set[str]] = await p.execute()
-        instances = list(set().union(*where))
-        if not instances:
-            return set()
-        flags = await self._r.mget([k.alive(i) for i in instances])
-        alive = {i for i, flag in zip(instances, flags, strict=True) if flag is not None}
-        return {uid for uid, nodes in zip(user_ids, where, strict=True) if nodes & alive}
-
-    async def _aio_register(self) -> list[str]:
-        """Returns this node's users that were on no instance before (back online)."""
-        k, me = self._keys, self.instance
-        here = sorted(self._here)
-        stale = sorted(cast(set[str], await self._r.smembers(k.node_users(me))) - self._here)
-        async with self._r.pipeline(transaction=True) as p:
-            p.hset(k.nodes, me, self.address)
-            p.set(k.alive(me), self.address, px=self._ttl_ms)
-            p.publish(k.events, self._note("up"))
-            await p.execute()
-        # Every user of ours is (re)written, not only those missing: a node watch may have
-        # reaped this instance in between (it stalled past NODE_TTL).
-        back: list[str] = []
-        for chunk in _chunks(here):
-            async with self._r.pipeline(transaction=True) as p:
-                for uid in chunk:
-                    p.sadd(k.user_nodes(uid), me)
-                    p.scard(k.user_nodes(uid))
-                p.sadd(k.node_users(me), *chunk)
-                p.publish(k.events, self._note("on", users=chunk))
-                replies = (await p.execute())[:2 * len(chunk)]  # (added, count) per user
-            back += [uid for uid, added, count in zip(chunk, replies[0::2], replies[1::2],
-                                                      strict=True)
-                     if added and count == 1]
-        for chunk in _chunks(stale):
-            async with self._r.pipeline(transaction=True) as p:
-                for uid in chunk:
-                    p.srem(k.user_nodes(uid), me)
-                p.srem(k.node_users(me), *chunk)
-                p.publish(k.events, self._note("off", users=chunk))
-                await p.execute()
-        return back
-
-    async def _aio_refresh(self) -> bool:
-        # XX: only if it still exists. Gone, or gone from the registry, means Redis lost this
-        # instance or another node reaped it after a stall (possibly while it re-registered):
-        # register again, so the others route to it and its users are listed again.
-        async with self._r.pipeline(transaction=True) as p:
-            p.set(self._keys.alive(self.instance), self.address, px=self._ttl_ms, xx=True)
-            p.hexists(self._keys.nodes, self.instance)
-            alive, listed = await p.execute()
-        return bool(alive) and bool(listed)
-
-    async def _aio_deregister(self) -> None:
-        k, me = self._keys, self.instance
-        left = await self._r.scard(k.node_users(me))
-        async with self._r.pipeline(transaction=True) as p:
-            p.delete(k.alive(me))
-            if not left:
-                p.hdel(k.nodes, me)
-                p.delete(k.node_users(me))
-            p.publish(k.events, self._note("down"))
-            await p.execute()
-
-    async def _aio_nodes(self) -> tuple[dict[str, str], set[str]]:
-        """(registry instance -> address, the instances whose liveness key exists)."""
-        k = self._keys
-        registry = cast(dict[str, str], await self._r.hgetall(k.nodes))
-        instances = list(registry)
-        if not instances:
-            return registry, set()
-        flags = await self._r.mget([k.alive(i) for i in instances])
-        return registry, {i for i, flag in zip(instances, flags, strict=True) if flag is not None}
-
-    async def _aio_node_users(self, instance: str) -> set[str]:
-        return cast(set[str], await self._r.smembers(self._keys.node_users(instance)))
-
-    async def _aio_node(self, instance: str) -> tuple[str, set[str]] | None:
-        """(address, users) of a live instance, or None."""
-        address = cast(str | None, await self._r.get(self._keys.alive(instance)))
-        if address is None:
-            return None
-        return address, await self._aio_node_users(instance)
-
-    async def _aio_view(self) -> dict[str, tuple[str, set[str]]]:
-        """Every other live instance: address and users."""
-        k = self._keys
-        registry, alive = await self._aio_nodes()
-        live = sorted(alive - {self.instance})
-        async with self._r.pipeline(transaction=False) as p:
-            for instance in live:
-                p.smembers(k.node_users(instance))
-            users: list[set[str]] = await p.execute()
-        return {i: (registry[i], set(u)) for i, u in zip(live, users, strict=True)}
-
-    async def _aio_reap(self, instance: str) -> list[str] | None:
-        """Take a dead instance out of every user's set; the users left with no instance.
-        None if another node holds the reap lock."""
-        k = self._keys
-        if not await self._r.set(k.reap(instance), self.instance, nx=True, px=self._ttl_ms):
-            return None
-        users = sorted(cast(set[str], await self._r.smembers(k.node_users(instance))))
-        lost: list[str] = []
-        for chunk in _chunks(users):
-            async with self._r.pipeline(transaction=True) as p:
-                for uid in chunk:
-                    p.srem(k.user_nodes(uid), instance)
-                    p.scard(k.user_nodes(uid))
-                replies = await p.execute()
-            # removed by us and nothing left: this node announces the user offline
-            lost += [uid for uid, removed, left in zip(chunk, replies[::2], replies[1::2],
-                                                       strict=True) if removed and not left]
-        async with self._r.pipeline(transaction=True) as p:
-            p.delete(k.node_users(instance))
-            p.hdel(k.nodes, instance)
-            p.publish(k.events, _encode(Note(op="down", node=instance)))
-            await p.execute()
-        return lost
 
 
 async def _connect(url: str, name: str) -> aredis.Redis:

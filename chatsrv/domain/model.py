@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -9,13 +12,31 @@ from enum import StrEnum
 
 from chatsrv.domain.errors import Invalid
 
+_CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_random = threading.local()  # per thread: a buffer of os.urandom bytes
+
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID string. Same randomness as uuid.uuid4(), but the kernel is
+    asked for 4 KiB at a time instead of 16 bytes per id (a syscall each: 8% of the event
+    loop at 2,700 messages/s)."""
+    buf: bytes = getattr(_random, "buf", b"")
+    pos: int = getattr(_random, "pos", 0)
+    if pos + 16 > len(buf):
+        buf, pos = os.urandom(4096), 0
+        _random.buf = buf
+    raw = bytearray(buf[pos:pos + 16])
+    _random.pos = pos + 16
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def parse_id(value: str, what: str = "id") -> str:
     """Canonical form of a UUID string; raises Invalid for anything else."""
+    if isinstance(value, str) and _CANONICAL.fullmatch(value):
+        return value  # already canonical (what this server hands out)
     try:
         return str(uuid.UUID(value))
     except (ValueError, TypeError, AttributeError):

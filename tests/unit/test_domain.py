@@ -96,3 +96,17 @@ def test_ids_and_times() -> None:
         parse_id("x")
     from datetime import UTC, datetime
     assert iso(datetime(2024, 1, 1, 12, tzinfo=UTC)) == "2024-01-01T12:00:00.000Z"
+
+
+def test_new_ids_are_distinct_version_4_uuids_in_canonical_form() -> None:
+    import uuid
+
+    from chatsrv.domain.model import new_id, parse_id
+
+    ids = [new_id() for _ in range(2000)]  # several refills of the random buffer
+    assert len(set(ids)) == len(ids)
+    for i in ids:
+        u = uuid.UUID(i)
+        assert u.version == 4 and u.variant == uuid.RFC_4122 and str(u) == i
+        assert parse_id(i) == i
+    assert parse_id(ids[0].upper()) == ids[0]  # other spellings are made canonical

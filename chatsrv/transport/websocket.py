@@ -24,6 +24,7 @@ from urllib.parse import unquote
 
 import trio
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -48,6 +49,7 @@ SEND_STALL = 5.0
 # After our close frame, how long to wait for the peer's before dropping the TCP connection.
 CLOSE_WAIT = 1.0
 PING_FRAME = b"\x89\x00"
+MAX_CLOSE_REASON = 120  # bytes: a close frame's payload is at most 125 with the code
 
 
 def text_frame(data: bytes) -> bytes:
@@ -278,6 +280,10 @@ class WsSocket:
                     if self.outbox is not None:
                         self.outbox.put(self._ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
+                    if self._ws.state is ConnectionState.OPEN:
+                        # not a close frame: wsproto refused a frame (bad UTF-8, unmasked,
+                        # reserved bits...); we close with its code (1002, 1007)
+                        raise Closing(event.code, event.reason or "protocol error")
                     self._closed_by_peer = event
                     return None
                 elif not isinstance(event, Pong):
@@ -309,6 +315,7 @@ class WsSocket:
                 if ws.state.name == "REMOTE_CLOSING":
                     await self._send_raw(ws.send(self._closed_by_peer.response()))
             elif ws.state.name == "OPEN" and not self.broken:
+                reason = reason.encode()[:MAX_CLOSE_REASON].decode("utf-8", "ignore")
                 await self._send_raw(ws.send(CloseConnection(code=code, reason=reason)))
                 with trio.move_on_after(CLOSE_WAIT):
                     while not self.broken:

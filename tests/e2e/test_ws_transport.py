@@ -5,6 +5,7 @@ connection (served through Hypercorn's ASGI path rather than the front's)."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -164,6 +165,34 @@ async def test_a_message_far_over_the_cap_closes_with_1009(client: Client,
             await _until_closed(ws, answer_pings=True)
         assert ws.closed is not None and ws.closed.code == 1009
     # the server goes on
+    async with raw_ws(server, a.token) as ws:
+        await ws.send({"type": "ping", "payload": {}})
+        await ws.expect("pong")
+
+
+def _masked(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True) -> bytes:
+    """A client frame built by hand (for frames a well-behaved library will not send)."""
+    assert len(payload) < 126
+    key = os.urandom(4) if mask else b""
+    body = bytes(c ^ key[i % 4] for i, c in enumerate(payload)) if mask else payload
+    return bytes([(0x80 if fin else 0) | opcode, (0x80 if mask else 0) | len(payload)]) + key + body
+
+
+async def test_protocol_violations_close_with_1002_or_1007_and_the_server_goes_on(
+        client: Client, server: Server) -> None:
+    a = await client.register()
+    cases = [
+        (_masked(0x1, b'{"type":"ping","payload":{"x":"\xff"}}'), 1007),  # invalid UTF-8
+        (_masked(0x1, b'{"type":"ping","payload":{}}', mask=False), 1002),  # unmasked
+        (_masked(0x3, b"x"), 1002),  # reserved opcode
+        (_masked(0x9, b"x", fin=False), 1002),  # fragmented control frame
+    ]
+    for frame, code in cases:
+        async with raw_ws(server, a.token) as ws:
+            await ws.stream.send_all(frame)
+            with trio.fail_after(5):
+                await _until_closed(ws, answer_pings=True)
+            assert ws.closed is not None and ws.closed.code == code, (frame, ws.closed)
     async with raw_ws(server, a.token) as ws:
         await ws.send({"type": "ping", "payload": {}})
         await ws.expect("pong")

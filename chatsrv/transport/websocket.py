@@ -3,9 +3,9 @@
 What it buys over serving the socket through Hypercorn's ASGI layer, per frame out: no ASGI
 message dict, no send lock and shielded scope, no per-frame wsproto encode (server frames are
 unmasked, so an event fanned out to N sockets is framed once, see `frame_of`), and one
-`send_all` for everything queued (the writer takes the whole outbox). Per frame in: no
-timeout scope per read (liveness is one ticker for all sockets, see `Heartbeat`). Per socket:
-no ping task and no protocol task.
+write for everything queued (`Flusher`, or the writer when the kernel buffer is full). Per
+frame in: no timeout scope per read (liveness is one ticker for all sockets, the endpoint's
+`run_heartbeat`). Per socket: no ping task and no protocol task.
 
 `WsSocket` is the transport-neutral face the endpoint (ws.py) talks to; `AsgiSocket` is the
 same face over ASGI, for the rare upgrade that arrives on a kept-alive HTTP connection that
@@ -141,8 +141,8 @@ class Outbox:
     Cheaper than a memory channel for this one-consumer case: a put is an append (and a wake
     only if the writer is parked); a take hands over the whole backlog for one send_all.
     With a running `flusher` and `write_now` (a socket that can write without blocking), a
-    put that finds the writer parked leaves the frames to the flusher instead: written at
-    the end of the burst of puts, with no task switch to the writer.
+    put that finds the writer parked leaves the frames to the flusher instead: written once
+    the burst of puts is over, with no task switch to the writer.
     """
 
     __slots__ = ("_closed", "_items", "_lot", "_marked", "capacity", "flusher", "write_now")
@@ -155,9 +155,6 @@ class Outbox:
         self._lot = trio.lowlevel.ParkingLot()
         self._closed = False
         self._marked = False
-
-    def __len__(self) -> int:
-        return len(self._items)
 
     def put(self, item: Event | bytes) -> bool:
         """Queue `item` for sending; False when full (the caller decides: drop or evict)."""
@@ -209,7 +206,8 @@ def _frames(items: Iterable[Event | bytes]) -> bytes:
 
 
 class WsSocket:
-    """A server WebSocket on a Trio stream; `head` is the request bytes already read."""
+    """A server WebSocket on a Trio stream: `handshake` (given the request head the listener
+    read), then `receive` in the reader task; everything it sends goes through the outbox."""
 
     __slots__ = ("_closed_by_peer", "_fd", "_pending", "_ws", "broken", "last_read",
                  "max_message", "outbox", "stream")
@@ -223,7 +221,7 @@ class WsSocket:
         self._closed_by_peer: CloseConnection | None = None
         self.broken = False
         self.last_read = trio.current_time()
-        # set by the endpoint: pongs go out through the writer, the only task that sends
+        # set by the endpoint: pongs go out through the outbox (the reader never writes)
         self.outbox: Outbox | None = None
 
     async def handshake(self, head: bytes) -> Handshake | None:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
@@ -246,31 +247,43 @@ async def _seen_online(c2: Client, a: Account, b: Account) -> None:
             await trio.sleep(0.05)
 
 
+@asynccontextmanager
+async def watching_a_user_of_a_node_process(
+        cluster: Cluster, node_settings: NodeSettings, tmp_path: Path,
+        name: str) -> AsyncIterator[tuple[trio.Process, Account, Account, Client, Any]]:
+    """node-2 in this process and `name` in its own; user a connected to `name` (seen online
+    by node-2), user b, a's contact, connected to node-2. Yields (the process, a, b, node-2's
+    client, b's socket)."""
+    n2 = await cluster.start("node-2")
+    async with node_process(node_settings, tmp_path, name) as (proc, other):
+        c2 = n2.client()
+        a, b = await c2.register(), await c2.register()
+        await c2.conversation(a, b)
+        async with other.ws(a):
+            await _seen_online(c2, a, b)
+            async with c2.ws(b) as wb:
+                yield proc, a, b, c2, wb
+        await c2.aclose()
+
+
 async def test_users_of_a_killed_node_go_offline_by_ttl(
         cluster: Cluster, node_settings: NodeSettings, tmp_path: Path) -> None:
     """A node killed with SIGKILL says nothing: its liveness key expires (node_ttl) and a
     surviving node turns its users offline, persisting last_seen."""
     s = node_settings("node-killed")
     with trio.fail_after(45):
-        n2 = await cluster.start("node-2")
-        async with node_process(node_settings, tmp_path, "node-killed") as (proc, killed):
-            c2 = n2.client()
-            a, b = await c2.register(), await c2.register()
-            await c2.conversation(a, b)
-            async with killed.ws(a):
-                await _seen_online(c2, a, b)
-                async with c2.ws(b) as wb:
-                    proc.send_signal(signal.SIGKILL)
-                    await proc.wait()
-                    killed_at = trio.current_time()
-                    # dead by TTL, noticed at node 2's next heartbeat
-                    off = await wb.expect("presence_update", user_id=a.id, status="offline",
-                                          wait=s.node_ttl + 2 * s.node_heartbeat_interval + 0.5)
-                    assert trio.current_time() - killed_at >= s.node_ttl * 0.5
-                    assert off["payload"]["last_seen"]
-                    r = await c2.http.get(f"/api/users/{a.id}", headers=b.headers)
-                    assert r.json()["status"] == "offline" and r.json()["last_seen"]
-            await c2.aclose()
+        async with watching_a_user_of_a_node_process(
+                cluster, node_settings, tmp_path, "node-killed") as (proc, a, b, c2, wb):
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+            killed_at = trio.current_time()
+            # dead by TTL, noticed at node 2's next heartbeat
+            off = await wb.expect("presence_update", user_id=a.id, status="offline",
+                                  wait=s.node_ttl + 2 * s.node_heartbeat_interval + 0.5)
+            assert trio.current_time() - killed_at >= s.node_ttl * 0.5
+            assert off["payload"]["last_seen"]
+            r = await c2.http.get(f"/api/users/{a.id}", headers=b.headers)
+            assert r.json()["status"] == "offline" and r.json()["last_seen"]
 
 
 async def test_a_stalled_node_that_was_reaped_announces_its_users_online_again(
@@ -280,25 +293,18 @@ async def test_a_stalled_node_that_was_reaped_announces_its_users_online_again(
     online again."""
     s = node_settings("node-stalled")
     with trio.fail_after(45):
-        n2 = await cluster.start("node-2")
-        async with node_process(node_settings, tmp_path, "node-stalled") as (proc, stalled):
-            c2 = n2.client()
-            a, b = await c2.register(), await c2.register()
-            await c2.conversation(a, b)
-            async with stalled.ws(a):
-                await _seen_online(c2, a, b)
-                async with c2.ws(b) as wb:
-                    proc.send_signal(signal.SIGSTOP)
-                    try:
-                        await wb.expect("presence_update", user_id=a.id, status="offline",
-                                        wait=s.node_ttl + 2 * s.node_heartbeat_interval + 0.5)
-                    finally:
-                        proc.send_signal(signal.SIGCONT)
-                    await wb.expect("presence_update", user_id=a.id, status="online",
-                                    wait=5 * s.node_heartbeat_interval + 2)
-                    r = await c2.http.get(f"/api/users/{a.id}", headers=b.headers)
-                    assert r.json()["status"] == "online"
-            await c2.aclose()
+        async with watching_a_user_of_a_node_process(
+                cluster, node_settings, tmp_path, "node-stalled") as (proc, a, b, c2, wb):
+            proc.send_signal(signal.SIGSTOP)
+            try:
+                await wb.expect("presence_update", user_id=a.id, status="offline",
+                                wait=s.node_ttl + 2 * s.node_heartbeat_interval + 0.5)
+            finally:
+                proc.send_signal(signal.SIGCONT)
+            await wb.expect("presence_update", user_id=a.id, status="online",
+                            wait=5 * s.node_heartbeat_interval + 2)
+            r = await c2.http.get(f"/api/users/{a.id}", headers=b.headers)
+            assert r.json()["status"] == "online"
 
 
 async def test_a_node_does_not_start_without_redis(node_settings: NodeSettings,

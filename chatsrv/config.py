@@ -1,186 +1,240 @@
-"""Settings: every port, URL, timeout, limit and queue size, read once from the environment."""
+"""Settings: every port, URL, timeout, limit and queue size, read once from the environment.
+
+One declarative table: each setting is a field of `Settings` with its environment variable,
+its default, its group and one line of documentation (`setting(...)`). `from_env` parses
+every field by its type; `check-config` prints the effective values and the README's
+configuration table is generated from the same fields (`markdown_table`, checked by a test).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import secrets
-from collections.abc import Mapping
+import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 SEED_DEFAULT_SECRET = "change-in-production"
 MIN_SECRET_BYTES = 32
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message says which variable and why."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-
-
-def _list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    return tuple(item.strip() for item in raw.split(",") if item.strip())
+def setting(env: str, default: Any, doc: str, *, group: str, minimum: float | None = None,
+            secret: bool = False, shown: str | None = None) -> Any:
+    """A field of Settings: read from `env`; `minimum` (inclusive) is checked at start;
+    `secret` values are masked; `shown` replaces the default in the documentation."""
+    return field(default=default, repr=not secret, metadata={
+        "env": env, "doc": doc, "group": group, "minimum": minimum, "secret": secret,
+        "shown": shown,
+    })
 
 
 @dataclass(frozen=True)
 class Settings:
-    # network
-    http_host: str = "127.0.0.1"
-    http_port: int = 8080
-    grpc_host: str = "127.0.0.1"
-    grpc_port: int = 9090
-    # backends: no database_url -> SQLite in data_dir; no redis_url -> single node
-    database_url: str | None = None
-    redis_url: str | None = None
-    node_id: str = "node-1"
-    node_address: str | None = None  # how peers reach this node's gRPC port (host:port)
-    data_dir: Path = Path("data")
-    # auth
-    jwt_secret: str = field(default="", repr=False)
-    access_token_ttl: float = 3600.0
-    refresh_token_ttl: float = 30 * 24 * 3600.0
-    bcrypt_rounds: int = 12
-    # limits
-    max_body_bytes: int = 64 * 1024
-    max_frame_bytes: int = 64 * 1024
-    max_content_chars: int = 4000
-    history_max_limit: int = 100
-    history_default_limit: int = 50
-    sync_page_size: int = 200
-    max_group_members: int = 5000
-    # realtime
-    outbox_size: int = 512  # frames queued per connection before it is evicted (it will resync)
-    heartbeat_interval: float = 25.0
-    heartbeat_timeout: float = 60.0
-    typing_ttl: float = 6.0
-    presence_grace: float = 2.0
-    rate_per_second: float = 30.0
-    rate_burst: float = 60.0
-    # calls
-    ring_timeout: float = 45.0
-    stun_urls: tuple[str, ...] = ("stun:stun.l.google.com:19302",)
-    turn_urls: tuple[str, ...] = ()
-    turn_secret: str = field(default="", repr=False)
-    turn_ttl: float = 3600.0
-    # cluster
-    node_heartbeat_interval: float = 5.0
-    node_ttl: float = 15.0
-    redis_prefix: str = "chatsrv"  # namespace of every Redis key and channel of this cluster
-    redis_timeout: float = 5.0  # one Redis round trip; slower counts as Redis unavailable
-    peer_queue_size: int = 4096  # events queued per remote node before they are dropped
-    peer_batch_size: int = 256  # events per node-to-node RPC at most
-    peer_batch_linger: float = 0.002  # how long a batch waits for more events
-    peer_rpc_timeout: float = 5.0  # one node-to-node RPC; slower drops the batch
-    # lifetimes
-    db_timeout: float = 10.0
-    db_pool_size: int = 10
-    # group-commit lanes on PostgreSQL: batches of different conversations commit
-    # concurrently; one conversation stays on one lane, in order (services/commit.py)
-    db_writers: int = 4
-    commit_batch: int = 128  # messages per group-commit transaction at most
-    connect_retry_deadline: float = 60.0
-    shutdown_deadline: float = 10.0
-    # After SIGTERM (WebSockets are closed at once with 1001), in-flight HTTP requests get
-    # this long. Hypercorn keeps each closed WebSocket's ping task until its next ping
-    # (up to heartbeat_interval), so waiting for "all connections gone" would take that long.
-    drain_timeout: float = 2.0
+    # ---- network
+    http_host: str = setting("HTTP_HOST", "127.0.0.1", "REST, WebSocket and web client address "
+                             "(containers set 0.0.0.0)", group="network")
+    http_port: int = setting("HTTP_PORT", 8080, "HTTP port (0: any free port)", group="network",
+                             minimum=0)
+    grpc_host: str = setting("GRPC_HOST", "127.0.0.1", "node-to-node gRPC address (cluster)",
+                             group="network")
+    grpc_port: int = setting("GRPC_PORT", 9090, "node-to-node gRPC port (cluster)",
+                             group="network", minimum=0)
+    node_id: str = setting("NODE_ID", "node-1", "this node's name in the cluster",
+                           group="network")
+    node_address: str | None = setting("NODE_ADDRESS", None, "how peers reach this node's gRPC "
+                                       "port (host:port); default GRPC_HOST and the bound port",
+                                       group="network")
+    # ---- backends: no database_url -> SQLite in data_dir; no redis_url -> single node
+    database_url: str | None = setting(
+        "DATABASE_URL", None, "`postgresql://…`; unset: SQLite in the data directory (the "
+        "seed's `DB_HOST`, `DB_PORT`, `DB_USER`, `DB_PASSWORD`, `DB_NAME` build it too)",
+        group="storage", secret=True)
+    redis_url: str | None = setting(
+        "REDIS_URL", None, "cluster mode (`redis://…`; or the seed's `REDIS_HOST`, "
+        "`REDIS_PORT`)", group="cluster", secret=True)
+    data_dir: Path = setting("CHATSRV_DATA_DIR", Path("data"),  # noqa: RUF009 (immutable) "SQLite file and the generated "
+                             "JWT secret", group="storage")
+    # ---- auth
+    jwt_secret: str = setting("JWT_SECRET", "", "≥ 32 bytes, required with PostgreSQL or "
+                              "Redis; embedded mode generates one into the data directory",
+                              group="auth", secret=True, shown="generated")
+    access_token_ttl: float = setting("ACCESS_TOKEN_TTL", 3600.0, "seconds an access token "
+                                      "lives", group="auth", minimum=1)
+    refresh_token_ttl: float = setting("REFRESH_TOKEN_TTL", 30 * 24 * 3600.0, "seconds a "
+                                       "refresh token lives", group="auth", minimum=1)
+    bcrypt_rounds: int = setting("BCRYPT_ROUNDS", 12, "bcrypt cost (~230 ms per hash at 12 "
+                                 "here)", group="auth", minimum=4)
+    # ---- limits
+    max_body_bytes: int = setting("MAX_BODY_BYTES", 64 * 1024, "REST request body cap (413)",
+                                  group="limits", minimum=1024)
+    max_frame_bytes: int = setting("MAX_FRAME_BYTES", 64 * 1024, "WebSocket frame cap "
+                                   "(`frame_too_large`; 16 times that closes with 1009)", group="limits",
+                                   minimum=1024)
+    max_content_chars: int = setting("MAX_CONTENT_CHARS", 4000, "characters per message",
+                                     group="limits", minimum=1)
+    history_max_limit: int = setting("HISTORY_MAX_LIMIT", 100, "messages per history page at "
+                                     "most", group="limits", minimum=1)
+    history_default_limit: int = setting("HISTORY_DEFAULT_LIMIT", 50, "messages per history "
+                                         "page by default", group="limits", minimum=1)
+    sync_page_size: int = setting("SYNC_PAGE_SIZE", 200, "messages per `sync_result` page",
+                                  group="limits", minimum=1)
+    max_group_members: int = setting("MAX_GROUP_MEMBERS", 5000, "members per group",
+                                     group="limits", minimum=2)
+    # ---- realtime
+    outbox_size: int = setting("WS_OUTBOX_SIZE", 512, "frames queued per connection before "
+                               "it is cut with 1013 (it resyncs)", group="realtime", minimum=8)
+    heartbeat_interval: float = setting("HEARTBEAT_INTERVAL", 25.0, "WebSocket ping after "
+                                        "this long quiet", group="realtime", minimum=0.1)
+    heartbeat_timeout: float = setting("HEARTBEAT_TIMEOUT", 60.0, "a socket silent this long "
+                                       "is dropped", group="realtime", minimum=0.1)
+    typing_ttl: float = setting("TYPING_TTL", 6.0, "seconds a typing state lives without a "
+                                "refresh", group="realtime", minimum=0.1)
+    presence_grace: float = setting("PRESENCE_GRACE", 2.0, "seconds after the last socket "
+                                    "closes before a user is offline", group="realtime",
+                                    minimum=0)
+    rate_per_second: float = setting("RATE_PER_SECOND", 30.0, "WebSocket frames per second "
+                                     "per user", group="realtime", minimum=0.1)
+    rate_burst: float = setting("RATE_BURST", 60.0, "WebSocket frame burst per user",
+                                group="realtime", minimum=1)
+    member_cache_ttl: float = setting("MEMBER_CACHE_TTL", 5.0, "seconds a conversation's "
+                                      "cached member list lives", group="realtime", minimum=0)
+    # ---- calls
+    ring_timeout: float = setting("RING_TIMEOUT", 45.0, "seconds a call rings before it is "
+                                  "missed", group="calls", minimum=1)
+    stun_urls: tuple[str, ...] = setting("STUN_URLS", ("stun:stun.l.google.com:19302",),
+                                         "comma list of STUN URLs", group="calls")
+    turn_urls: tuple[str, ...] = setting("TURN_URLS", (), "comma list of TURN URLs",
+                                         group="calls")
+    turn_secret: str = setting("TURN_SECRET", "", "coturn `use-auth-secret` secret: TURN REST "
+                               "credentials", group="calls", secret=True)
+    turn_ttl: float = setting("TURN_TTL", 3600.0, "seconds TURN credentials live",
+                              group="calls", minimum=60)
+    # ---- cluster
+    node_heartbeat_interval: float = setting("NODE_HEARTBEAT_INTERVAL", 5.0, "seconds between "
+                                             "a node's liveness refreshes", group="cluster",
+                                             minimum=0.05)
+    node_ttl: float = setting("NODE_TTL", 15.0, "a node silent this long is dead and its users "
+                              "offline", group="cluster", minimum=0.1)
+    redis_prefix: str = setting("REDIS_PREFIX", "chatsrv", "namespace of every Redis key and "
+                                "channel of this cluster", group="cluster")
+    redis_timeout: float = setting("REDIS_TIMEOUT", 5.0, "one Redis round trip; slower counts "
+                                   "as Redis unavailable", group="cluster", minimum=0.01)
+    peer_queue_size: int = setting("PEER_QUEUE_SIZE", 4096, "events queued per remote node "
+                                   "before they are dropped", group="cluster", minimum=2)
+    peer_batch_size: int = setting("PEER_BATCH_SIZE", 256, "events per node-to-node RPC at "
+                                   "most", group="cluster", minimum=1)
+    peer_batch_linger: float = setting("PEER_BATCH_LINGER", 0.002, "seconds a batch waits for "
+                                       "more events", group="cluster", minimum=0)
+    peer_rpc_timeout: float = setting("PEER_RPC_TIMEOUT", 5.0, "one node-to-node RPC; slower "
+                                      "drops the batch", group="cluster", minimum=0.01)
+    # ---- storage
+    db_timeout: float = setting("DB_TIMEOUT", 5.0, "deadline of every storage operation; "
+                                "slower is `unavailable`", group="storage", minimum=0.01)
+    db_pool_size: int = setting("DB_POOL_SIZE", 10, "PostgreSQL connections", group="storage",
+                                minimum=2)
+    db_writers: int = setting("DB_WRITERS", 4, "group-commit lanes (PostgreSQL; SQLite has one "
+                              "writer)", group="storage", minimum=1)
+    commit_batch: int = setting("COMMIT_BATCH", 128, "messages per group-commit transaction at "
+                                "most", group="storage", minimum=1)
+    commit_queue_size: int = setting("COMMIT_QUEUE_SIZE", 4096, "messages waiting per commit "
+                                     "lane; senders wait when it is full", group="storage",
+                                     minimum=1)
+    # ---- lifetimes
+    connect_retry_deadline: float = setting(
+        "CONNECT_RETRY_DEADLINE", 60.0, "start-up: how long an unreachable PostgreSQL or Redis "
+        "is retried (permanent errors fail at once)", group="lifetimes", minimum=0)
+    shutdown_deadline: float = setting("SHUTDOWN_DEADLINE", 10.0, "SIGTERM: everything stops "
+                                       "within this", group="lifetimes", minimum=0.1)
+    drain_timeout: float = setting(
+        "DRAIN_TIMEOUT", 2.0, "SIGTERM: HTTP requests in flight get this long (WebSockets "
+        "close at once with 1001)", group="lifetimes", minimum=0)
+    cleanup_deadline: float = setting("CLEANUP_DEADLINE", 2.0, "shielded clean-up after a "
+                                      "socket or call ends (presence, typing, call history)",
+                                      group="lifetimes", minimum=0.01)
+    head_timeout: float = setting("HEAD_TIMEOUT", 10.0, "a connection's first request head "
+                                  "must arrive within this", group="lifetimes", minimum=0.01)
+    handshake_timeout: float = setting("HANDSHAKE_TIMEOUT", 10.0, "a WebSocket handshake "
+                                       "(head to `ready`) must finish within this",
+                                       group="lifetimes", minimum=0.01)
+    send_stall: float = setting("WS_SEND_STALL", 5.0, "a socket that takes no bytes for this "
+                                "long is dead", group="lifetimes", minimum=0.01)
+    close_wait: float = setting("WS_CLOSE_WAIT", 1.0, "after our close frame, how long to wait "
+                                "for the peer's", group="lifetimes", minimum=0)
+    task_restart_delay: float = setting("TASK_RESTART_DELAY", 0.5, "first back-off of a "
+                                        "background task restarted after a failure (doubles to "
+                                        "30 s)", group="lifetimes", minimum=0)
+    # ---- operations
+    log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG shows tracebacks of start-up errors",
+                             group="operations")
+    # derived, not read from the environment: no PostgreSQL and no Redis configured
     embedded: bool = True
+
+    # ------------------------------------------------------------------ building
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from environment variables (the seed's names are honoured).
 
-        Raises ConfigError for a malformed value or an unsafe secret outside embedded mode.
+        Raises ConfigError for a malformed value, an unsafe secret outside embedded mode, or
+        a URL of the wrong kind.
         """
         env = os.environ if env is None else env
-        database_url = env.get("DATABASE_URL") or None
-        if database_url is None and env.get("DB_HOST"):
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in _fields():
+            raw = env.get(f.metadata["env"])
+            # an empty variable is unset, except for lists (STUN_URLS="" means no STUN)
+            if raw is not None and (raw != "" or hints[f.name] == tuple[str, ...]):
+                values[f.name] = _parse(f.metadata["env"], hints[f.name], raw)
+        if "database_url" not in values and env.get("DB_HOST"):
             user = quote(env.get("DB_USER", "postgres"), safe="")
             password = quote(env.get("DB_PASSWORD", "postgres"), safe="")
-            database_url = (
-                f"postgresql://{user}:{password}@{env['DB_HOST']}:"
-                f"{_int(env, 'DB_PORT', 5432)}/{env.get('DB_NAME', 'chatapp')}"
-            )
-        redis_url = env.get("REDIS_URL") or None
-        if redis_url is None and env.get("REDIS_HOST"):
-            redis_url = f"redis://{env['REDIS_HOST']}:{_int(env, 'REDIS_PORT', 6379)}/0"
-        embedded = database_url is None and redis_url is None
-        data_dir = Path(env.get("CHATSRV_DATA_DIR", "data"))
-        settings = cls(
-            http_host=env.get("HTTP_HOST", cls.http_host),
-            http_port=_int(env, "HTTP_PORT", cls.http_port),
-            grpc_host=env.get("GRPC_HOST", cls.grpc_host),
-            grpc_port=_int(env, "GRPC_PORT", cls.grpc_port),
-            database_url=database_url,
-            redis_url=redis_url,
-            node_id=env.get("NODE_ID", cls.node_id),
-            node_address=env.get("NODE_ADDRESS") or None,
-            data_dir=data_dir,
-            jwt_secret=env.get("JWT_SECRET", ""),
-            access_token_ttl=_float(env, "ACCESS_TOKEN_TTL", cls.access_token_ttl),
-            refresh_token_ttl=_float(env, "REFRESH_TOKEN_TTL", cls.refresh_token_ttl),
-            bcrypt_rounds=_int(env, "BCRYPT_ROUNDS", cls.bcrypt_rounds),
-            max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes),
-            max_frame_bytes=_int(env, "MAX_FRAME_BYTES", cls.max_frame_bytes),
-            max_content_chars=_int(env, "MAX_CONTENT_CHARS", cls.max_content_chars),
-            history_max_limit=_int(env, "HISTORY_MAX_LIMIT", cls.history_max_limit),
-            sync_page_size=_int(env, "SYNC_PAGE_SIZE", cls.sync_page_size),
-            max_group_members=_int(env, "MAX_GROUP_MEMBERS", cls.max_group_members),
-            outbox_size=_int(env, "WS_OUTBOX_SIZE", cls.outbox_size),
-            heartbeat_interval=_float(env, "HEARTBEAT_INTERVAL", cls.heartbeat_interval),
-            heartbeat_timeout=_float(env, "HEARTBEAT_TIMEOUT", cls.heartbeat_timeout),
-            typing_ttl=_float(env, "TYPING_TTL", cls.typing_ttl),
-            presence_grace=_float(env, "PRESENCE_GRACE", cls.presence_grace),
-            rate_per_second=_float(env, "RATE_PER_SECOND", cls.rate_per_second),
-            rate_burst=_float(env, "RATE_BURST", cls.rate_burst),
-            ring_timeout=_float(env, "RING_TIMEOUT", cls.ring_timeout),
-            stun_urls=_list(env, "STUN_URLS", cls.stun_urls),
-            turn_urls=_list(env, "TURN_URLS", cls.turn_urls),
-            turn_secret=env.get("TURN_SECRET", ""),
-            turn_ttl=_float(env, "TURN_TTL", cls.turn_ttl),
-            node_heartbeat_interval=_float(env, "NODE_HEARTBEAT_INTERVAL", cls.node_heartbeat_interval),
-            node_ttl=_float(env, "NODE_TTL", cls.node_ttl),
-            redis_prefix=env.get("REDIS_PREFIX") or cls.redis_prefix,
-            redis_timeout=_float(env, "REDIS_TIMEOUT", cls.redis_timeout),
-            peer_queue_size=_int(env, "PEER_QUEUE_SIZE", cls.peer_queue_size),
-            peer_batch_size=_int(env, "PEER_BATCH_SIZE", cls.peer_batch_size),
-            peer_batch_linger=_float(env, "PEER_BATCH_LINGER", cls.peer_batch_linger),
-            peer_rpc_timeout=_float(env, "PEER_RPC_TIMEOUT", cls.peer_rpc_timeout),
-            db_timeout=_float(env, "DB_TIMEOUT", cls.db_timeout),
-            db_pool_size=_int(env, "DB_POOL_SIZE", cls.db_pool_size),
-            db_writers=_int(env, "DB_WRITERS", cls.db_writers),
-            commit_batch=_int(env, "COMMIT_BATCH", cls.commit_batch),
-            connect_retry_deadline=_float(env, "CONNECT_RETRY_DEADLINE", cls.connect_retry_deadline),
-            shutdown_deadline=_float(env, "SHUTDOWN_DEADLINE", cls.shutdown_deadline),
-            drain_timeout=_float(env, "DRAIN_TIMEOUT", cls.drain_timeout),
-            embedded=embedded,
-        )
-        settings.check_secret()
-        settings.check_cluster()
+            port = _parse("DB_PORT", int, env.get("DB_PORT") or "5432")
+            values["database_url"] = (f"postgresql://{user}:{password}@{env['DB_HOST']}:{port}/"
+                                      f"{env.get('DB_NAME', 'chatapp')}")
+        if "redis_url" not in values and env.get("REDIS_HOST"):
+            port = _parse("REDIS_PORT", int, env.get("REDIS_PORT") or "6379")
+            values["redis_url"] = f"redis://{env['REDIS_HOST']}:{port}/0"
+        values["embedded"] = not values.get("database_url") and not values.get("redis_url")
+        settings = cls(**values)
+        settings.check()
         return settings
+
+    def check(self) -> None:
+        """Every rule a usable configuration follows. Raises ConfigError."""
+        for f in _fields():
+            minimum = f.metadata["minimum"]
+            value = getattr(self, f.name)
+            if minimum is not None and value < minimum:
+                raise ConfigError(f"{f.metadata['env']} must be at least {minimum:g}, "
+                                  f"got {value:g}")
+        if self.http_port > 65535 or self.grpc_port > 65535:
+            raise ConfigError("HTTP_PORT and GRPC_PORT must be at most 65535")
+        if self.database_url and not self.database_url.startswith(POSTGRES_SCHEMES):
+            scheme = self.database_url.partition("://")[0] or self.database_url[:12]
+            raise ConfigError(f"DATABASE_URL must be a postgresql:// URL, got {scheme}://… "
+                              "(unset it to use the embedded SQLite)")
+        if self.redis_url and not self.redis_url.startswith(REDIS_SCHEMES):
+            scheme = self.redis_url.partition("://")[0]
+            raise ConfigError(f"REDIS_URL must be a redis://, rediss:// or unix:// URL, got "
+                              f"{scheme}://…")
+        if self.history_default_limit > self.history_max_limit:
+            raise ConfigError("HISTORY_DEFAULT_LIMIT must not exceed HISTORY_MAX_LIMIT")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got "
+                              f"{self.log_level!r}")
+        self.check_secret()
+        self.check_cluster()
 
     def check_cluster(self) -> None:
         """Cluster mode (REDIS_URL) needs the nodes' shared PostgreSQL, and a node TTL that
@@ -193,8 +247,6 @@ class Settings:
         if self.node_ttl < 2 * self.node_heartbeat_interval:
             raise ConfigError(f"NODE_TTL ({self.node_ttl:g}s) must be at least twice "
                               f"NODE_HEARTBEAT_INTERVAL ({self.node_heartbeat_interval:g}s)")
-        if self.peer_queue_size < 2 or self.peer_batch_size < 1:
-            raise ConfigError("PEER_QUEUE_SIZE must be at least 2 and PEER_BATCH_SIZE at least 1")
 
     def check_secret(self) -> None:
         """Outside embedded mode, refuse the seed's default or a short secret."""
@@ -228,6 +280,8 @@ class Settings:
                 f.write(secrets.token_urlsafe(48))
         return dataclasses.replace(self, jwt_secret=path.read_text().strip())
 
+    # ------------------------------------------------------------------ views
+
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "chatsrv.sqlite3"
@@ -237,10 +291,10 @@ class Settings:
         out: dict[str, object] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in ("jwt_secret", "turn_secret"):
-                value = "***" if value else ""
-            elif f.name in ("database_url", "redis_url") and value:
+            if f.name in ("database_url", "redis_url") and value:
                 value = _mask_url(value)
+            elif f.metadata.get("secret"):
+                value = "***" if value else ""
             elif isinstance(value, Path):
                 value = str(value)
             elif isinstance(value, tuple):
@@ -249,6 +303,43 @@ class Settings:
         out["storage"] = "postgresql" if self.database_url else f"sqlite:{self.sqlite_path}"
         out["mode"] = "cluster" if self.redis_url else "single-node"
         return out
+
+
+def _fields() -> Iterator[dataclasses.Field[Any]]:
+    return (f for f in dataclasses.fields(Settings) if "env" in f.metadata)
+
+
+def _parse(name: str, kind: Any, raw: str) -> Any:
+    try:
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is bool:
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError
+            return raw.lower() in ("1", "true", "yes", "on")
+        if kind is Path:
+            return Path(raw)
+        if kind == tuple[str, ...]:
+            return tuple(item.strip() for item in raw.split(",") if item.strip())
+    except ValueError:
+        what = {int: "an integer", float: "a number", bool: "true or false"}.get(kind, "valid")
+        raise ConfigError(f"{name} must be {what}, got {raw!r}") from None
+    return raw
+
+
+def markdown_table() -> str:
+    """The README's configuration table, one row per setting, grouped."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for f in _fields():
+        default = f.metadata["shown"] or f.default
+        if isinstance(default, tuple):
+            default = ",".join(default) or "—"
+        elif default is None or default == "":
+            default = "—"
+        lines.append(f"| `{f.metadata['env']}` | {default} | {f.metadata['doc']} |")
+    return "\n".join(lines)
 
 
 def _mask_url(url: str) -> str:

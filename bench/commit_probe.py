@@ -40,7 +40,7 @@ def _report(name: str, seconds: list[float]) -> None:
 
 
 async def _setup(dsn: str) -> tuple[str, str]:
-    async with trio_asyncio.open_loop(), open_postgres(dsn, pool_size=2) as db:
+    async with trio_asyncio.open_loop(), open_postgres(dsn, pool_size=2, command_timeout=10) as db:
         await migrate(db)
         store = SqlStore(db)
         now = datetime.now(UTC)
@@ -55,7 +55,7 @@ async def _setup(dsn: str) -> tuple[str, str]:
 
 
 async def _through_chatsrv(dsn: str, user_id: str, cid: str, count: int, gap: float) -> None:
-    async with trio_asyncio.open_loop(), open_postgres(dsn, pool_size=2) as db:
+    async with trio_asyncio.open_loop(), open_postgres(dsn, pool_size=2, command_timeout=10) as db:
         store = SqlStore(db)
         commits, selects = [], []
         for _ in range(count):

@@ -21,17 +21,18 @@ from chatsrv.adapters.storage.base import Database
 from chatsrv.adapters.storage.calls import SqlCallLog
 from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.sql import SqlStore
-from chatsrv.config import Settings
+from chatsrv.config import ConfigError, Settings
 from chatsrv.domain.ports import Directory, Router
 from chatsrv.services.auth import AuthService
 from chatsrv.services.batching import Coalescer
 from chatsrv.services.calls import CallService
 from chatsrv.services.commit import GroupCommitter
-from chatsrv.services.container import Services
+from chatsrv.services.container import Metrics, Services
 from chatsrv.services.conversations import ConversationService
 from chatsrv.services.membership import MembershipCache
 from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
+from chatsrv.tasks import StartupError, as_startup_error, leaves, open_background, supervised
 
 log = logging.getLogger("chatsrv")
 
@@ -43,12 +44,13 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
         from chatsrv.adapters.storage.postgres import open_postgres
 
         async with open_postgres(settings.database_url, pool_size=settings.db_pool_size,
+                                 command_timeout=settings.db_timeout,
                                  retry_deadline=settings.connect_retry_deadline) as db:
             yield db
     else:
         from chatsrv.adapters.storage.sqlite import open_sqlite
 
-        async with open_sqlite(settings.sqlite_path) as db:
+        async with open_sqlite(settings.sqlite_path, op_deadline=settings.db_timeout) as db:
             yield db
 
 
@@ -63,7 +65,7 @@ class Routing:
 
 
 @asynccontextmanager
-async def open_routing(settings: Settings) -> AsyncIterator[Routing]:
+async def open_routing(settings: Settings, metrics: Metrics) -> AsyncIterator[Routing]:
     """In-memory router and directory (single node), or with REDIS_URL the cluster ones:
     the node-to-node gRPC server, links to the other nodes, and the Redis directory.
     Cluster mode needs PostgreSQL (ConfigError otherwise) and the trio-asyncio loop."""
@@ -76,13 +78,14 @@ async def open_routing(settings: Settings) -> AsyncIterator[Routing]:
     from chatsrv.adapters.redis import open_redis, open_redis_directory
     from chatsrv.transport.grpc import serve_node_rpc
 
-    async with open_redis(settings) as redis, trio.open_nursery() as nursery:
+    failures = metrics.task_failures
+    async with open_redis(settings) as redis, open_background() as nursery:
         address = await nursery.start(serve_node_rpc, local, settings)
         # exit order: leave the cluster, flush what is queued for the others, stop serving
-        async with open_cluster_router(settings, local) as router, \
-                open_redis_directory(redis, settings, router, address=address) as directory:
+        async with open_cluster_router(settings, local, failures=failures) as router, \
+                open_redis_directory(redis, settings, router, address=address,
+                                     failures=failures) as directory:
             yield Routing(router, directory, directory.watch_nodes, directory.on_users_back)
-        nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager
@@ -92,18 +95,22 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     Migrations run first. Leaving the block cancels the background tasks (presence marks
     everyone offline, shielded and bounded) and closes storage.
     """
-    async with open_database(settings) as db, open_routing(settings) as routing:
+    metrics = Metrics()
+    async with open_database(settings) as db, open_routing(settings, metrics) as routing:
         applied = await migrate(db)
         if applied:
             log.info("migrations applied: %s", ", ".join(applied))
         store = SqlStore(db)
         router, directory = routing.router, routing.directory
-        members = MembershipCache(store, notify=directory.members_changed)
+        members = MembershipCache(store, ttl=settings.member_cache_ttl,
+                                  notify=directory.members_changed)
         directory.on_members_changed(members.invalidate)
         # SQLite has one writer anyway (its write lock)
         commits = GroupCommitter(store, max_batch=settings.commit_batch,
+                                 queue_size=settings.commit_queue_size,
                                  writers=settings.db_writers if settings.database_url else 1)
-        presence = PresenceService(store, router, directory, grace=settings.presence_grace)
+        presence = PresenceService(store, router, directory, grace=settings.presence_grace,
+                                   cleanup_deadline=settings.cleanup_deadline)
         if routing.on_users_back is not None:
             routing.on_users_back(presence.users_back)
         svc = Services(
@@ -125,16 +132,22 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             calls=CallService(store, SqlCallLog(db), router, members,
                               ring_timeout=settings.ring_timeout, stun_urls=settings.stun_urls,
                               turn_urls=settings.turn_urls, turn_secret=settings.turn_secret,
-                              turn_ttl=settings.turn_ttl),
+                              turn_ttl=settings.turn_ttl,
+                              record_deadline=settings.cleanup_deadline),
+            metrics=metrics,
         )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(presence.run)
-            await nursery.start(svc.arrivals.run)
+        supervise = partial(supervised, failures=metrics.task_failures,
+                            first_delay=settings.task_restart_delay)
+        async with open_background() as nursery:
+            await nursery.start(supervise, "presence", presence.run)
+            await nursery.start(supervise, "arrivals", svc.arrivals.run)
             if routing.watch_nodes is not None:
-                await nursery.start(routing.watch_nodes, presence.node_lost)
-            await nursery.start(partial(commits.run, svc.messaging.announce))
+                await nursery.start(supervise, "node-watch", routing.watch_nodes,
+                                    presence.node_lost)
+            for lane in range(commits.lanes):
+                await nursery.start(supervise, f"commit-lane-{lane}", commits.run_lane, lane,
+                                    svc.messaging.announce)
             yield svc
-            nursery.cancel_scope.cancel()
 
 
 def hypercorn_config(settings: Settings, *, bind: str | None = None) -> HypercornConfig:
@@ -234,15 +247,22 @@ async def _main(settings: Settings) -> None:
                 shutdown.set()
                 return
 
-    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
-        await nursery.start(watch_signals)
-
-        node = await nursery.start(partial(serve_node, settings, shutdown=shutdown))
-        log.info("chatsrv %s serving on %s (%s)", settings.node_id, ", ".join(node.addresses),
-                 "PostgreSQL" if settings.database_url else f"SQLite {settings.sqlite_path}")
-        await shutdown.wait()
-        # Hypercorn closes sockets and drains within graceful_timeout; bound the rest.
-        nursery.cancel_scope.deadline = trio.current_time() + settings.shutdown_deadline + 2
+    try:
+        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+            await nursery.start(watch_signals)
+            node = await nursery.start(partial(serve_node, settings, shutdown=shutdown))
+            log.info("chatsrv %s serving on %s (%s)", settings.node_id,
+                     ", ".join(node.addresses),
+                     "PostgreSQL" if settings.database_url else f"SQLite {settings.sqlite_path}")
+            await shutdown.wait()
+            # Hypercorn closes sockets and drains within graceful_timeout; bound the rest.
+            nursery.cancel_scope.deadline = trio.current_time() + settings.shutdown_deadline + 2
+    except* (StartupError, ConfigError) as group:
+        # the owner of the top nursery turns its start-up failures into one typed error
+        config = [e for e in leaves(group) if isinstance(e, ConfigError)]
+        if config:
+            raise ConfigError("; ".join(str(e) for e in config)) from group
+        raise as_startup_error(group) from group
 
 
 def _tune_gc() -> None:

@@ -1,30 +1,64 @@
-"""Command line: serve, migrate, create-user, check-config."""
+"""Command line: serve, migrate, create-user, check-config.
+
+Every failure is one line on stderr, `error: <cause>`, naming the address or setting at
+fault; exit status 2 for configuration errors, 1 for runtime failures. `--debug` (or
+LOG_LEVEL=DEBUG) adds the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import trio
 
 from chatsrv.config import ConfigError, Settings
+from chatsrv.domain.errors import ChatError
+from chatsrv.tasks import StartupError, as_startup_error, leaves
+
+T = TypeVar("T")
+log = logging.getLogger("chatsrv")
+
+
+class CommandError(Exception):
+    """A command could not do its work; the message is the line the user sees."""
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     settings = Settings.from_env()
-    overrides = {}
+    overrides: dict[str, Any] = {}
     if getattr(args, "host", None):
         overrides["http_host"] = args.host
     if getattr(args, "port", None) is not None:
         overrides["http_port"] = args.port
     if overrides:
-        import dataclasses
-
         settings = dataclasses.replace(settings, **overrides)
+        settings.check()
     return settings.with_embedded_secret()
+
+
+def _run(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run `fn` under Trio with the trio-asyncio loop (PostgreSQL and Redis need it);
+    the loop's nursery's failures come out as one typed error."""
+    import trio_asyncio
+
+    async def run() -> T:
+        try:
+            async with trio_asyncio.open_loop():
+                return await fn()
+        except* (ChatError, StartupError, ConfigError) as group:
+            found = leaves(group)
+            if len(found) == 1 and isinstance(found[0], ChatError | ConfigError):
+                raise CommandError(getattr(found[0], "message", str(found[0]))) from group
+            raise as_startup_error(group) from group
+
+    return trio.run(run)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -32,16 +66,6 @@ def _serve(args: argparse.Namespace) -> int:
 
     main(_settings(args))
     return 0
-
-
-def _with_loop(settings: Settings, fn):  # type: ignore[no-untyped-def]
-    import trio_asyncio
-
-    async def run():  # type: ignore[no-untyped-def]
-        async with trio_asyncio.open_loop():
-            return await fn()
-
-    return trio.run(run)
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -54,32 +78,31 @@ def _migrate(args: argparse.Namespace) -> int:
         async with open_database(settings) as db:
             return await migrate(db)
 
-    applied = _with_loop(settings, go)
+    applied = _run(go)
     print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
     return 0
 
 
 def _create_user(args: argparse.Namespace) -> int:
-    import dataclasses
+    from chatsrv.adapters.storage.migrate import migrate
+    from chatsrv.adapters.storage.sql import SqlStore
+    from chatsrv.app import open_database
+    from chatsrv.services.auth import AuthService
 
-    from chatsrv.app import open_services
+    # Creating an account needs only the database: never join the cluster.
+    settings = _settings(args)
 
-    # Creating an account needs only the database: never join the cluster (and bind GRPC_PORT).
-    settings = dataclasses.replace(_settings(args), redis_url=None)
+    async def go() -> Any:
+        async with open_database(settings) as db:
+            await migrate(db)
+            auth = AuthService(SqlStore(db), secret=settings.jwt_secret,
+                               access_ttl=settings.access_token_ttl,
+                               refresh_ttl=settings.refresh_token_ttl,
+                               bcrypt_rounds=settings.bcrypt_rounds)
+            return await auth.register(username=args.username, email=args.email,
+                                       password=args.password, display_name=args.display_name)
 
-    async def go():  # type: ignore[no-untyped-def]
-        async with open_services(settings) as svc:
-            return await svc.auth.register(username=args.username, email=args.email,
-                                           password=args.password,
-                                           display_name=args.display_name)
-
-    from chatsrv.domain.errors import ChatError
-
-    try:
-        session = _with_loop(settings, go)
-    except ChatError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 1
+    session = _run(go)
     print(json.dumps({"id": session.user.id, "username": session.user.username}))
     return 0
 
@@ -93,7 +116,10 @@ def _check_config(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chatsrv", description="Real-time chat backend on Trio. "
                                 "Configured by environment variables (see README).")
-    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    p.add_argument("--log-level", default=None,
+                   help="logging level (default LOG_LEVEL or INFO)")
+    p.add_argument("--debug", action="store_true",
+                   help="print the traceback of an error (same as LOG_LEVEL=DEBUG)")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run the server (REST, WebSocket, web client)")
     s.add_argument("--host", help="bind address (default HTTP_HOST or 127.0.0.1)")
@@ -112,12 +138,32 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fail(message: str, exc: BaseException, *, debug: bool, status: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
+    import os
+
+    level = (args.log_level or os.environ.get("LOG_LEVEL") or "INFO").upper()
+    debug = args.debug or level == "DEBUG"
+    logging.basicConfig(level=level if level in logging.getLevelNamesMapping() else "INFO",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.fn(args))
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), exc, debug=debug, status=2)
+    except (StartupError, CommandError) as exc:
+        return _fail(str(exc), exc, debug=debug, status=1)
+    except ChatError as exc:
+        return _fail(exc.message, exc, debug=debug, status=1)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the last edge: a bug, still one line (traceback with --debug)
+        detail = "" if debug else " (run with --debug for the traceback)"
+        return _fail(f"internal error: {type(exc).__name__}: {exc}{detail}", exc, debug=debug,
+                     status=1)

@@ -19,6 +19,7 @@ import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 
 import grpclib.exceptions
 import trio
@@ -30,6 +31,7 @@ from chatsrv.adapters.memory import LocalRouter
 from chatsrv.config import Settings
 from chatsrv.domain.events import Event
 from chatsrv.domain.ports import Subscriber
+from chatsrv.tasks import open_background, supervised
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,8 @@ class PeerLink:
         self._counters = counters
         self._metadata = {NODE_KEY_HEADER: node_key(settings)}
         self._send, self._recv = trio.open_memory_channel[Item](self._size)
-        self.scope = trio.CancelScope()
+        self._scope = trio.CancelScope()  # of the current run (a restart makes a new one)
+        self._cancelled = False
         self.done = trio.Event()
         self._failures = 0
 
@@ -108,33 +111,48 @@ class PeerLink:
         """No more events: run() sends what is queued, then returns."""
         self._send.close()
 
-    async def run(self) -> None:
+    def cancel(self) -> None:
+        """Stop at once (the node is gone), dropping what is queued."""
+        self._cancelled = True
+        self._scope.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Drain the queue into `Deliver` calls until closed (after flushing) or cancelled
-        (`scope`). A failed call drops its batch, closes the channel (a new one connects for
-        the next batch) and backs off; never raises it."""
+        (`scope`); then `done` is set. A failed call drops its batch, closes the channel (a
+        new one connects for the next batch) and backs off; never raises it. Anything
+        unforeseen raises (the supervisor starts the link again, its queue intact)."""
+        task_status.started()
         host, port = split_address(self.address)
         channel: Channel | None = None
+        self._scope = trio.CancelScope()
+        if self._cancelled:
+            self._scope.cancel()
         try:
-            with self.scope:
-                async with self._recv:
-                    while batch := await self._next_batch():
-                        if channel is None:
-                            channel = await aio_as_trio(_open_channel)(host, port)
-                        if await self._deliver(node_grpc.NodeStub(channel), batch):
-                            continue
-                        # grpclib keeps using a channel whose connection was lost (and fails
-                        # with AttributeError, grpclib#110): start over with a new one.
-                        with trio.move_on_after(1, shield=True):
-                            await aio_as_trio(_close_channel)(channel)
-                        channel = None
-                        # 0.1 s doubling to 2 s: events queued meanwhile go in the next batch
-                        # (or overflow); the directory drops the link if the node is dead.
-                        await trio.sleep(min(0.1 * 2 ** (self._failures - 1), 2.0))
+            with self._scope:
+                while batch := await self._next_batch():
+                    if channel is None:
+                        channel = await aio_as_trio(_open_channel)(host, port)
+                    if await self._deliver(node_grpc.NodeStub(channel), batch):
+                        continue
+                    # grpclib keeps using a channel whose connection was lost (and fails
+                    # with AttributeError, grpclib#110): start over with a new one.
+                    with trio.move_on_after(self._rpc_timeout, shield=True):
+                        await aio_as_trio(_close_channel)(channel)
+                    channel = None
+                    # 0.1 s doubling to 2 s: events queued meanwhile go in the next batch
+                    # (or overflow); the directory drops the link if the node is dead.
+                    await trio.sleep(min(0.1 * 2 ** (self._failures - 1), 2.0))
+        except Exception:
+            raise  # restarted by its supervisor: not done
+        except BaseException:
+            self.done.set()
+            raise
+        else:
+            self.done.set()
         finally:
             if channel is not None:
-                with trio.move_on_after(1, shield=True):
+                with trio.move_on_after(self._rpc_timeout, shield=True):
                     await aio_as_trio(_close_channel)(channel)
-            self.done.set()
 
     async def _next_batch(self) -> list[Item]:
         """Up to batch_size events: what is queued now, then what comes within `linger`.
@@ -193,8 +211,9 @@ class ClusterRouter:
     """
 
     def __init__(self, local: LocalRouter, nursery: trio.Nursery, *, instance: str,
-                 settings: Settings) -> None:
+                 settings: Settings, failures: Counter[str]) -> None:
         self.local_router = local
+        self._failures = failures
         self.instance = instance
         self.counters: Counter[str] = Counter()
         self._nursery = nursery
@@ -256,7 +275,9 @@ class ClusterRouter:
                 instance, address, origin=self.instance, settings=self._settings,
                 counters=self.counters)
             self._users_of[instance] = set()
-            self._nursery.start_soon(link.run)
+            self._nursery.start_soon(partial(
+                supervised, f"peer-link-{instance}", link.run, failures=self._failures,
+                first_delay=self._settings.task_restart_delay))
         if users is not None:
             old = self._users_of[instance]
             new = set(users)
@@ -268,7 +289,7 @@ class ClusterRouter:
         link = self._links.pop(instance, None)
         if link is None:
             return
-        link.scope.cancel()
+        link.cancel()
         self._forget(instance, self._users_of.pop(instance, set()))
 
     def users_changed(self, instance: str, user_ids: Iterable[str], *, online: bool) -> None:
@@ -317,17 +338,17 @@ def new_instance_id(node_id: str) -> str:
 
 
 @asynccontextmanager
-async def open_cluster_router(settings: Settings,
-                              local: LocalRouter) -> AsyncIterator[ClusterRouter]:
-    """Own the peer links for the block. On exit, queued events are flushed (shielded, at
-    most 2 s: presence's last offline announcements go out this way), then links close."""
-    async with trio.open_nursery() as nursery:
+async def open_cluster_router(settings: Settings, local: LocalRouter, *,
+                              failures: Counter[str]) -> AsyncIterator[ClusterRouter]:
+    """Own the peer links for the block. On exit, queued events are flushed (shielded,
+    within CLEANUP_DEADLINE: presence's last offline announcements go out this way), then
+    links close."""
+    async with open_background() as nursery:
         router = ClusterRouter(local, nursery, instance=new_instance_id(settings.node_id),
-                               settings=settings)
+                               settings=settings, failures=failures)
         try:
             yield router
         finally:
-            with trio.move_on_after(2, shield=True):
+            with trio.move_on_after(settings.cleanup_deadline, shield=True):
                 await router.aclose()
-            nursery.cancel_scope.cancel()
 

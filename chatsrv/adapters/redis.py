@@ -28,9 +28,13 @@ re-registers them when Redis answers again.
 from __future__ import annotations
 
 import logging
+import socket
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 import redis.asyncio as aredis
@@ -42,6 +46,7 @@ from chatsrv.adapters.peers import ClusterRouter
 from chatsrv.adapters.redis_ops import Keys, RedisOps, decoder
 from chatsrv.config import Settings
 from chatsrv.domain.errors import Unavailable
+from chatsrv.tasks import StartupError, open_background, retry, supervised
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +204,11 @@ class RedisDirectory:
                             task_status.started()
                         delay = 0.2
                     elif message["type"] == "message":
-                        await self._apply(message["data"])
+                        try:
+                            await self._apply(message["data"])
+                        except Exception:  # one bad note must not stop the feed
+                            log.exception("applying a cluster event failed: %r",
+                                          message["data"][:200])
             except (*_DOWN, Unavailable) as exc:
                 if not started:
                     raise Unavailable(
@@ -207,7 +216,7 @@ class RedisDirectory:
                 log.warning("Redis pub/sub lost (%s); subscribing again in %.1fs",
                             exc or type(exc).__name__, delay)
             finally:
-                with trio.move_on_after(1, shield=True):
+                with trio.move_on_after(self._timeout, shield=True):
                     await aio_as_trio(pubsub.aclose)()
             await trio.sleep(delay)
             delay = min(delay * 2, 2.0)
@@ -303,61 +312,92 @@ async def _connect(url: str, name: str) -> aredis.Redis:
     return aredis.Redis.from_url(url, decode_responses=True, client_name=name)
 
 
-async def wait_for_redis(client: aredis.Redis, *, deadline: float) -> None:
-    """Block until Redis answers PING, or raise Unavailable after `deadline` s."""
-    delay = 0.2
-    with trio.move_on_after(deadline) as scope:
-        while True:
-            try:
+def describe_url(url: str) -> str:
+    """'Redis at host:port' without credentials, for error messages."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"Redis at {parts.path}"
+    return f"Redis at {parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+
+def _describe(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    for e in (exc, cause):
+        if isinstance(e, socket.gaierror):
+            return f"cannot resolve the host name ({e.strerror})"
+        if isinstance(e, ConnectionRefusedError):
+            return "connection refused"
+    if isinstance(exc, redis.exceptions.TimeoutError | trio.TooSlowError | TimeoutError):
+        return "connection timed out"
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+async def wait_for_redis(client: aredis.Redis, url: str, *, deadline: float,
+                         ping_timeout: float) -> None:
+    """Block until Redis answers PING: connection failures are retried for `deadline`
+    seconds; refused credentials and an unknown host fail at once. Raises StartupError."""
+    where = describe_url(url)
+
+    async def attempt() -> None:
+        try:
+            with trio.fail_after(ping_timeout):
                 await aio_as_trio(client.ping)()
-                return
-            except _DOWN as exc:
-                log.warning("Redis not reachable yet (%s); retrying in %.1fs", exc, delay)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-    if scope.cancelled_caught:
-        raise Unavailable(f"Redis not reachable within {deadline:g}s")
+        except (redis.exceptions.AuthenticationError, redis.exceptions.ResponseError) as exc:
+            raise StartupError(f"{where}: {_describe(exc)}") from exc
+        except redis.exceptions.ConnectionError as exc:
+            if "Name or service not known" in str(exc) or "nodename nor servname" in str(exc):
+                raise StartupError(f"{where}: cannot resolve the host name") from exc
+            raise
+
+    await retry(attempt, what=where, deadline=deadline, transient=_DOWN, describe=_describe)
 
 
 @asynccontextmanager
 async def open_redis(settings: Settings) -> AsyncIterator[aredis.Redis]:
-    """Own a Redis client for the block, once Redis answers PING (retried for up to
-    connect_retry_deadline: raises Unavailable). Closed on exit (shielded, 2 s)."""
+    """Own a Redis client for the block, once Redis answers PING (see wait_for_redis:
+    raises StartupError). Closed on exit (shielded, REDIS_TIMEOUT)."""
     if not settings.redis_url:
         raise ValueError("open_redis needs settings.redis_url")
     # named, so CLIENT LIST shows which node a connection belongs to
     client = await aio_as_trio(_connect)(settings.redis_url,
                                          f"{settings.redis_prefix}.{settings.node_id}")
     try:
-        await wait_for_redis(client, deadline=settings.connect_retry_deadline)
+        await wait_for_redis(client, settings.redis_url,
+                             deadline=settings.connect_retry_deadline,
+                             ping_timeout=settings.redis_timeout)
         yield client
     finally:
-        with trio.move_on_after(2, shield=True):
+        with trio.move_on_after(settings.redis_timeout, shield=True):
             await aio_as_trio(client.aclose)()
 
 
 @asynccontextmanager
 async def open_redis_directory(client: aredis.Redis, settings: Settings, router: ClusterRouter,
-                               *, address: str) -> AsyncIterator[RedisDirectory]:
-    """Own the directory's tasks for the block.
+                               *, address: str,
+                               failures: Counter[str]) -> AsyncIterator[RedisDirectory]:
+    """Own the directory's tasks for the block (supervised).
 
     On entry: subscribe and load the view, register this instance at `address`, start
-    heartbeating (raises Unavailable if Redis fails meanwhile). On exit: leave the cluster
-    (shielded, 2 s).
+    heartbeating (raises StartupError if Redis fails meanwhile). On exit: leave the cluster
+    (shielded, REDIS_TIMEOUT).
     """
     directory = RedisDirectory(client, router, address=address, settings=settings)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(directory.run_listener)
-        await directory.register()
-        await nursery.start(directory.run_heartbeat)
+    supervise = partial(supervised, failures=failures, first_delay=settings.task_restart_delay)
+    async with open_background() as nursery:
+        try:
+            await nursery.start(supervise, "redis-listener", directory.run_listener)
+            await directory.register()
+        except Unavailable as exc:
+            raise StartupError(f"{describe_url(settings.redis_url or '')}: {exc.message}") from exc
+        await nursery.start(supervise, "redis-heartbeat", directory.run_heartbeat)
         log.info("cluster member %s at %s (Redis prefix %r)", directory.instance, address,
                  settings.redis_prefix)
         try:
             yield directory
         finally:
-            with trio.move_on_after(2, shield=True):
+            with trio.move_on_after(settings.redis_timeout, shield=True):
                 try:
                     await directory.deregister()
                 except Unavailable as exc:
                     log.warning("could not leave the cluster cleanly: %s", exc.message)
-            nursery.cancel_scope.cancel()

@@ -49,4 +49,15 @@ class RateLimited(ChatError):
 
 
 class Unavailable(ChatError):
+    """A dependency (database, Redis, a peer node) cannot serve right now; try again."""
+
     code = "unavailable"
+
+
+class Internal(ChatError):
+    """A bug on our side; logged with its traceback where it was caught."""
+
+    code = "internal"
+
+    def __init__(self, message: str = "internal error") -> None:
+        super().__init__(message)

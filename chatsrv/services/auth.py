@@ -30,6 +30,12 @@ class Session:
     user: User
 
 
+def usable_password(password: str) -> bool:
+    """What bcrypt can take: 8-72 bytes (it counts bytes, not characters), no NUL."""
+    return MIN_PASSWORD <= len(password.encode("utf-8", "replace")) <= MAX_PASSWORD \
+        and "\x00" not in password
+
+
 def _hash_refresh(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -62,10 +68,9 @@ class AuthService:
                           field="username")
         if not EMAIL.match(email) or len(email) > 254:
             raise Invalid("email is not a valid address", field="email")
-        size = len(password.encode())
-        if not MIN_PASSWORD <= size <= MAX_PASSWORD:
-            raise Invalid(f"password must be {MIN_PASSWORD} to {MAX_PASSWORD} bytes",
-                          field="password")
+        if not usable_password(password):
+            raise Invalid(f"password must be {MIN_PASSWORD} to {MAX_PASSWORD} bytes (UTF-8), "
+                          "without NUL characters", field="password")
         display = (display_name or username).strip()
         if not 1 <= len(display) <= 64:
             raise Invalid("display_name must be 1-64 characters", field="display_name")
@@ -78,9 +83,11 @@ class AuthService:
 
     async def login(self, *, login: str, password: str) -> Session:
         """Raises Unauthorized with the same message for an unknown login or a wrong password."""
-        found = await self._store.find_login(login.strip())
-        if found is None or len(password.encode()) > MAX_PASSWORD:
-            await self._verify(password[:MAX_PASSWORD], self._dummy_hash)
+        found = await self._store.find_login(login.strip()) if login.strip() else None
+        if found is None or not usable_password(password):
+            # the same bcrypt work as a real check, so timing does not reveal accounts; a
+            # password no account can have (too long, NUL) is never handed to bcrypt
+            await self._verify("not-a-real-password", self._dummy_hash)
             raise Unauthorized("invalid credentials", code="invalid_credentials")
         user, hashed = found
         if not await self._verify(password, hashed):

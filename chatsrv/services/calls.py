@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 CALL_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_EARLY_CANDIDATES = 64  # callee ICE sent before its answer, replayed once it answers
-RECORD_DEADLINE = 2.0  # seconds a shielded history write may take during teardown
 
 
 def _call_id(value: str) -> str:
@@ -59,7 +58,7 @@ class LiveCall:
 class CallService:
     def __init__(self, store: Store, history: CallLog, router: Router, members: MembershipCache,
                  *, ring_timeout: float, stun_urls: tuple[str, ...], turn_urls: tuple[str, ...],
-                 turn_secret: str, turn_ttl: float) -> None:
+                 turn_secret: str, turn_ttl: float, record_deadline: float) -> None:
         self._store = store
         self._history = history
         self._router = router
@@ -69,6 +68,8 @@ class CallService:
         self._turn_urls = turn_urls
         self._turn_secret = turn_secret
         self._turn_ttl = turn_ttl
+        # how long a shielded history write may take while a leg tears down
+        self._record_deadline = record_deadline
         self._calls: dict[str, LiveCall] = {}
         self._by_user: dict[str, LiveCall] = {}  # a user is in at most one call
 
@@ -198,7 +199,7 @@ class CallService:
             if session_id == conn.session_id:
                 live.caller.send_nowait(self._candidate(live, conn.user_id, candidate))
         live.early_candidates.clear()
-        with trio.move_on_after(RECORD_DEADLINE, shield=True):
+        with trio.move_on_after(self._record_deadline, shield=True):
             await self._history.mark_answered(call_id, live.answered_at)
 
     def _ice(self, conn: Subscriber, live: LiveCall, candidate: Any) -> None:
@@ -241,7 +242,7 @@ class CallService:
                 await trio.sleep_forever()
         finally:
             if s.drop(s.caller_id, now=trio.current_time()):
-                with trio.move_on_after(RECORD_DEADLINE, shield=True):
+                with trio.move_on_after(self._record_deadline, shield=True):
                     await self._finish(live, by=live.caller)
 
     async def _callee_leg(self, live: LiveCall) -> None:
@@ -253,7 +254,7 @@ class CallService:
                 await trio.sleep_forever()
         finally:
             if s.drop(s.callee_id, now=trio.current_time()):
-                with trio.move_on_after(RECORD_DEADLINE, shield=True):
+                with trio.move_on_after(self._record_deadline, shield=True):
                     await self._finish(live, by=live.callee)
 
     async def _finish(self, live: LiveCall, *, by: Subscriber | None,

@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from chatsrv.domain.errors import ChatError, NotFound
+from chatsrv.domain.errors import ChatError, Internal, Unavailable
 from chatsrv.domain.model import Message
 from chatsrv.domain.ports import Store
 
@@ -55,16 +55,22 @@ class Pending:
 
 
 class GroupCommitter:
-    def __init__(self, store: Store, *, max_batch: int = 128, queue_size: int = 4096,
+    def __init__(self, store: Store, *, max_batch: int, queue_size: int,
                  writers: int = 1) -> None:
         self._store = store
         self._max_batch = max_batch
         # Bounded: when full, senders wait here (backpressure on the sending connections).
         self._lanes = [trio.open_memory_channel[Pending](queue_size) for _ in range(writers)]
-        # for /metrics: batches committed, messages in them, seconds spent storing them
+        # for /metrics: batches committed, messages in them, seconds spent storing them,
+        # batches that failed for a reason nobody foresaw (a bug: logged with a traceback)
         self.batches = 0
         self.batched = 0
         self.store_seconds = 0.0
+        self.failed_batches = 0
+
+    @property
+    def lanes(self) -> int:
+        return len(self._lanes)
 
     async def append(self, draft: Message, *, origin: Any = None) -> tuple[Message, bool]:
         """Commit one message; returns (message, created). Raises what the store raised
@@ -85,55 +91,70 @@ class GroupCommitter:
         await send.send(pending)
         return pending
 
-    async def run(self, announce: Announce, *,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Forever: a writer per lane commits batches and `announce(message, origin)` each
-        new message in commit order. Owned by the services nursery."""
-        async with trio.open_nursery() as nursery:
-            for _, recv in self._lanes:
-                nursery.start_soon(self._writer, recv, announce)
-            task_status.started()
-
-    async def _writer(self, recv: trio.MemoryReceiveChannel[Pending],
-                      announce: Announce) -> None:
-        async with recv:
-            async for first in recv:
-                batch = [first]
-                while len(batch) < self._max_batch:
-                    try:
-                        batch.append(recv.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                # One lock order for every batch (conversation id); the sort is stable, so
-                # one conversation keeps its order.
-                batch.sort(key=lambda p: p.draft.conversation_id)
-                outcomes: list[tuple[Message, bool] | NotFound] | None = None
-                self.batches += 1
-                self.batched += len(batch)
-                started = trio.current_time()
+    async def run_lane(self, lane: int, announce: Announce, *,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Forever: commit lane `lane`'s batches and `announce(message, origin)` each new
+        message in commit order. Never raises for one batch's failure: its senders get the
+        error, nothing of it is acked, the lane goes on. Run supervised by the services
+        (app.open_services), one task per lane."""
+        _, recv = self._lanes[lane]
+        task_status.started()
+        while True:
+            first = await recv.receive()
+            batch = [first]
+            while len(batch) < self._max_batch:
                 try:
-                    outcomes = await self._store.append_messages([p.draft for p in batch])
-                    self.store_seconds += trio.current_time() - started
-                except ChatError as exc:
-                    for p in batch:
-                        p.outcome = exc
-                else:
-                    for p, outcome in zip(batch, outcomes, strict=True):
-                        p.outcome = outcome
-                    for p in batch:
-                        if isinstance(p.outcome, tuple) and p.outcome[1]:
-                            try:
-                                await announce(p.outcome[0], p.origin)
-                            except ChatError:
-                                pass  # members unknown right now: they get it by sync
-                finally:
-                    for p in batch:
-                        if p.outcome is None:  # a bug below us: fail the senders, not hang
-                            p.outcome = ChatError("could not store the message", code="internal")
-                        p.done.set()
-                    for p in batch:
-                        if p.on_done is not None:
-                            try:
-                                p.on_done()
-                            except Exception:
-                                log.exception("on_done of a committed message failed")
+                    batch.append(recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self._commit(batch, announce)
+
+    async def _commit(self, batch: list[Pending], announce: Announce) -> None:
+        """One batch: commit, announce the new messages, wake every sender with its own
+        outcome. Whatever happens, every sender of the batch is woken."""
+        # One lock order for every batch (conversation id); the sort is stable, so one
+        # conversation keeps its order.
+        batch.sort(key=lambda p: p.draft.conversation_id)
+        self.batches += 1
+        self.batched += len(batch)
+        started = trio.current_time()
+        try:
+            outcomes = await self._store.append_messages([p.draft for p in batch])
+            self.store_seconds += trio.current_time() - started
+            for p, outcome in zip(batch, outcomes, strict=True):
+                p.outcome = outcome
+            for p in batch:
+                if isinstance(p.outcome, tuple) and p.outcome[1]:
+                    await self._announce(announce, p)
+        except ChatError as exc:
+            for p in batch:
+                if p.outcome is None:
+                    p.outcome = exc
+        except Exception:
+            # A bug below us: fail this batch's senders (nothing is acked), keep the lane.
+            self.failed_batches += 1
+            log.exception("commit of a batch of %d messages failed", len(batch))
+            for p in batch:
+                if p.outcome is None:
+                    p.outcome = Internal("could not store the message")
+        finally:
+            for p in batch:
+                if p.outcome is None:  # cancelled half-way (shutdown): never leave one hanging
+                    p.outcome = Unavailable("server shutting down")
+                p.done.set()
+            for p in batch:
+                if p.on_done is not None:
+                    try:
+                        p.on_done()
+                    except Exception:
+                        log.exception("on_done of a committed message failed")
+
+    async def _announce(self, announce: Announce, p: Pending) -> None:
+        assert isinstance(p.outcome, tuple)
+        try:
+            await announce(p.outcome[0], p.origin)
+        except ChatError:
+            pass  # members unknown right now (storage down): they get it by sync
+        except Exception:
+            log.exception("fan-out of message %s failed; members get it by sync",
+                          p.outcome[0].id)

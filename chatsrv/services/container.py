@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,8 @@ class Metrics:
     errors_sent: int = 0
     messages_sent: int = 0
     extra: dict[str, int] = field(default_factory=dict)
+    # background task -> failures it was restarted after (tasks.supervised)
+    task_failures: Counter[str] = field(default_factory=Counter)
 
     def render(self, svc: Any) -> str:
         lines = []
@@ -51,9 +54,14 @@ class Metrics:
         commits = svc.commits
         for name, value in (("commit_batches", commits.batches),
                             ("commit_messages", commits.batched),
-                            ("commit_store_seconds", round(commits.store_seconds, 6))):
+                            ("commit_store_seconds", round(commits.store_seconds, 6)),
+                            ("commit_failed_batches", commits.failed_batches)):
             lines.append(f"# TYPE chatsrv_{name}_total counter")
             lines.append(f"chatsrv_{name}_total {value}")
+        lines.append("# HELP chatsrv_task_failures_total background task failures (restarted)")
+        lines.append("# TYPE chatsrv_task_failures_total counter")
+        for task, count in sorted(self.task_failures.items()):
+            lines.append(f'chatsrv_task_failures_total{{task="{task}"}} {count}')
         calls = svc.calls
         lines.append("# TYPE chatsrv_calls_active gauge")
         lines.append(f"chatsrv_calls_active {calls.active_calls()}")

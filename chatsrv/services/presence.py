@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 class PresenceService:
     def __init__(self, store: Store, router: Router, directory: Directory, *,
-                 grace: float) -> None:
+                 grace: float, cleanup_deadline: float) -> None:
         self._store = store
+        self._cleanup_deadline = cleanup_deadline
         self._router = router
         self._directory = directory
         self._book = PresenceBook(grace=grace)
@@ -47,7 +48,10 @@ class PresenceService:
             self._wakeup.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Forever: turn users whose grace ran out offline. Cancelled with the services."""
+        """Forever: turn users whose grace ran out offline. Cancelled with the services;
+        then everyone still here goes offline (shielded, within the clean-up deadline).
+        A user whose offline transition fails is logged and skipped (their contacts see
+        them offline on their next presence change), the others go on."""
         task_status.started()
         try:
             while True:
@@ -56,12 +60,20 @@ class PresenceService:
                     await self._wakeup.wait()
                 self._wakeup = trio.Event()
                 for user_id in self._book.expire(now=trio.current_time()):
-                    await self._go_offline(user_id)
+                    await self._go_offline_logged(user_id)
         finally:
             # Shutdown: everyone still here goes offline with a persisted last_seen.
-            with trio.move_on_after(5, shield=True):
+            with trio.move_on_after(self._cleanup_deadline, shield=True):
                 for user_id in self._book.online_users():
-                    await self._go_offline(user_id)
+                    await self._go_offline_logged(user_id)
+
+    async def _go_offline_logged(self, user_id: str) -> None:
+        try:
+            await self._go_offline(user_id)
+        except Unavailable as exc:
+            log.warning("offline of %s not announced: %s", user_id, exc.message)
+        except Exception:
+            log.exception("offline of %s failed", user_id)
 
     async def node_lost(self, user_ids: Sequence[str]) -> None:
         """Cluster: users whose last connection was on a node that stopped heartbeating.

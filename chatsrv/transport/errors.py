@@ -32,7 +32,7 @@ def http_status(err: ChatError) -> int:
     for cls in type(err).__mro__:
         if cls in HTTP_STATUS:
             return HTTP_STATUS[cls]  # type: ignore[index]
-    return 400
+    return 500  # Internal, or a ChatError without a meaning of its own
 
 
 def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ an `error` frame; the connection stays.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from functools import partial
@@ -105,15 +104,9 @@ class FrameHandlers:
         positions: dict[str, int] | None = None
         if since not in ("", "auto", "delivered"):
             try:
-                raw = json.loads(since)
-                if not isinstance(raw, dict) or not all(
-                        isinstance(v, int) and not isinstance(v, bool) for v in raw.values()):
-                    raise ValueError
-                positions = raw
-            except ValueError:
-                self.error(conn, Invalid("since must be a JSON object of "
-                                         "conversation_id -> last seq", code="invalid_since"),
-                           None)
+                positions = wire.decode_since(since)
+            except Invalid as exc:
+                self.error(conn, exc, None)
                 return
         try:
             await self._sync(conn, wire.SyncIn(conversations=positions), None)

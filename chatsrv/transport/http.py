@@ -56,7 +56,10 @@ class Api:
 
     def route(self, method: str, path: str, *, summary: str, body: type[Any] | None = None,
               response: type[Any] | None = None, status: int = 200, auth: bool = True,
-              query: tuple[str, ...] = ()) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
+              query: tuple[str, ...] = (), also: dict[int, str] | None = None,
+              ) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
+        """`also`: other success statuses with the same response body (status -> what it
+        means), e.g. 200 for a resend that returns the stored message."""
         def register(handler: Callable[..., Awaitable[Any]]) -> Any:
             self.app.add_url_rule(path, endpoint=f"{method}:{path}", view_func=handler,
                                   methods=[method])
@@ -65,8 +68,12 @@ class Api:
                 "responses": {
                     str(status): _schema_ref(response, "OK") if response else {"description": "OK"},
                     "4XX": _schema_ref(wire.ErrorOut, "error"),
+                    "5XX": _schema_ref(wire.ErrorOut, "server or dependency failure"),
                 },
             }
+            for extra, meaning in (also or {}).items():
+                op["responses"][str(extra)] = (_schema_ref(response, meaning) if response
+                                               else {"description": meaning})
             if auth:
                 op["security"] = [{"bearer": []}]
             params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -137,14 +144,34 @@ async def _body(cls: type[Any]) -> Any:
     return wire.decode_body(data, cls)  # type: ignore[arg-type]
 
 
-def _int_arg(name: str) -> int | None:
+def _int_arg(name: str, default: int | None = None) -> int | None:
+    """A non-negative integer query parameter that fits 64 bits (what the databases store);
+    `default` when absent or empty. Raises Invalid with the field."""
     raw = request.args.get(name)
     if raw is None or raw == "":
-        return None
+        return default
     try:
-        return int(raw)
+        if len(raw) > 20:
+            raise ValueError
+        value = int(raw)
     except ValueError:
         raise Invalid(f"{name} must be an integer", field=name) from None
+    if not 0 <= value <= wire.INT64_MAX:
+        raise Invalid(f"{name} must be between 0 and {wire.INT64_MAX}", field=name)
+    return value
+
+
+def _text_arg(name: str, *, max_chars: int) -> str:
+    """A query parameter as text (stripped), checked like body text. Raises Invalid."""
+    value = (request.args.get(name) or "").strip()
+    if len(value) > max_chars:
+        raise Invalid(f"{name} is longer than {max_chars} characters", field=name)
+    wire.check_text(value, name)
+    return value
+
+
+def _has_body(req: Any) -> bool:
+    return bool(req.content_length) or "chunked" in req.headers.get("Transfer-Encoding", "")
 
 
 # ---------------------------------------------------------------------------- the app
@@ -174,9 +201,14 @@ def create_app(svc: Services) -> QuartTrio:
         status = err.code or 500
         code = {404: "not_found", 405: "method_not_allowed",
                 413: "too_large"}.get(status, "http_error")
-        message = {413: f"request body over {settings.max_body_bytes} bytes"}.get(
+        message = {413: f"request body over {settings.max_body_bytes} bytes",
+                   404: f"no such endpoint: {request.method} {request.path}"[:200]}.get(
             status, err.description or err.name)
-        return json_response(error_body(code, message), status)
+        resp = json_response(error_body(code, message), status)
+        valid = getattr(err, "valid_methods", None)
+        if status == 405 and valid:
+            resp.headers["Allow"] = ", ".join(sorted(valid))
+        return resp
 
     @app.errorhandler(Exception)
     async def _unexpected(err: Exception) -> Response:
@@ -184,10 +216,15 @@ def create_app(svc: Services) -> QuartTrio:
         return json_response(error_body("internal", "internal server error"), 500)
 
     @app.after_request
-    async def _cors(resp: Response) -> Response:
+    async def _edge_headers(resp: Response) -> Response:
         resp.headers.setdefault("Access-Control-Allow-Origin", "*")
         resp.headers.setdefault("Access-Control-Allow-Headers", "Authorization, Content-Type")
         resp.headers.setdefault("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
+        if resp.status_code >= 400 and _has_body(request):
+            # Answered (401, 404, 405, 413...) maybe before the body was read: what is left
+            # of it must not be taken for the next request on a kept-alive connection
+            # (Hypercorn then hung the next request in about half the trials).
+            resp.headers["Connection"] = "close"
         return resp
 
     # ---- auth
@@ -243,10 +280,10 @@ def create_app(svc: Services) -> QuartTrio:
                response=wire.UsersOut, query=("q", "limit"))
     async def users_search() -> Response:
         me()
-        q = (request.args.get("q") or "").strip()
+        q = _text_arg("q", max_chars=100)
         if not q:
             raise Invalid("q is required", field="q")
-        limit = _int_arg("limit") or 20
+        limit = _int_arg("limit", 20) or 0
         if not 1 <= limit <= 100:
             raise Invalid("limit must be 1-100", field="limit")
         users = await svc.store.search_users(q, limit=limit)
@@ -321,7 +358,7 @@ def create_app(svc: Services) -> QuartTrio:
                response=wire.MessagesOut, query=("limit", "offset", "before_seq", "after_seq"))
     async def messages_list(conversation_id: str) -> Response:
         page, has_more = await svc.messaging.history(
-            me(), conversation_id, limit=_int_arg("limit"), offset=_int_arg("offset") or 0,
+            me(), conversation_id, limit=_int_arg("limit"), offset=_int_arg("offset", 0) or 0,
             before_seq=_int_arg("before_seq"), after_seq=_int_arg("after_seq"),
         )
         return json_response(wire.MessagesOut(messages=[render_message(m) for m in page],
@@ -329,7 +366,8 @@ def create_app(svc: Services) -> QuartTrio:
 
     @api.route("POST", "/api/conversations/<conversation_id>/messages", summary="Send a "
                "message (same path as the WebSocket chat_message)", body=wire.SendMessageIn,
-               response=wire.MessageOut, status=201)
+               response=wire.MessageOut, status=201,
+               also={200: "a resend of a client_msg_id: the stored message"})
     async def messages_send(conversation_id: str) -> Response:
         uid = me()
         b = await _body(wire.SendMessageIn)
@@ -371,12 +409,13 @@ def create_app(svc: Services) -> QuartTrio:
         before = None
         if before_raw:
             try:
+                wire.check_text(before_raw, "before")
                 before = datetime.fromisoformat(before_raw.replace("Z", "+00:00"))
-            except ValueError:
+            except (ValueError, OverflowError, Invalid):
                 raise Invalid("before must be an ISO 8601 time", field="before") from None
             if before.tzinfo is None:
                 before = before.replace(tzinfo=UTC)
-        calls = await svc.calls.history(uid, limit=_int_arg("limit") or 50, before=before)
+        calls = await svc.calls.history(uid, limit=_int_arg("limit", 50) or 0, before=before)
         return json_response({"calls": [render_call(c, uid) for c in calls]})
 
     @api.route("GET", "/api/ice-servers", summary="STUN/TURN servers for RTCPeerConnection "
@@ -415,10 +454,6 @@ def create_app(svc: Services) -> QuartTrio:
     @app.route("/web/<path:name>")
     async def web(name: str) -> Response:
         return await send_from_directory(WEB_DIR, name)
-
-    @app.route("/api/<path:rest>", methods=["GET", "POST", "DELETE", "PUT", "PATCH"])
-    async def api_not_found(rest: str) -> Response:
-        raise NotFound(f"no such endpoint: {request.method} /api/{rest}")
 
     app.extensions["chatsrv_api"] = api
     return app

@@ -26,12 +26,15 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
+from chatsrv.tasks import StartupError, supervised
 from chatsrv.transport.ws import WebSocketEndpoint
 
 log = logging.getLogger(__name__)
 
 HEAD_LIMIT = 16 * 1024  # bytes of request head looked at; Hypercorn judges longer ones
-HEAD_TIMEOUT = 10.0  # a client that sends no request head in this long is dropped
+HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: "
+                  b"application/json\r\nconnection: close\r\ncontent-length: 72\r\n\r\n"
+                  b'{"error":{"code":"too_large","message":"request head over 16384 bytes"}}')
 
 
 class _Replayed(trio.abc.HalfCloseableStream):
@@ -79,28 +82,34 @@ def is_websocket_upgrade(head: bytes) -> bool:
 
 
 async def _read_head(stream: trio.SocketStream) -> bytes:
-    """The request head (or the first HEAD_LIMIT bytes of it); b"" if the peer went away."""
+    """The request head (or the first HEAD_LIMIT bytes of it); b"" if the peer went away.
+    The caller bounds it (HEAD_TIMEOUT)."""
     head = b""
-    with trio.move_on_after(HEAD_TIMEOUT):
-        while b"\r\n\r\n" not in head and len(head) < HEAD_LIMIT:
-            data = await stream.receive_some(HEAD_LIMIT)
-            if not data:
-                return b""
-            head += data
-        return head
-    return b""
+    while b"\r\n\r\n" not in head and len(head) < HEAD_LIMIT:
+        data = await stream.receive_some(HEAD_LIMIT)
+        if not data:
+            return b""
+        head += data
+    return head
 
 
 async def _connection(http: Callable[[trio.abc.Stream], Awaitable[None]],
                       endpoint: WebSocketEndpoint, stream: trio.SocketStream) -> None:
     try:
+        head = b""  # also when it did not come within HEAD_TIMEOUT (a slowloris is dropped)
         try:
-            head = await _read_head(stream)
+            with trio.move_on_after(endpoint.settings.head_timeout):
+                head = await _read_head(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            head = b""
+            pass
         if not head:
             await trio.aclose_forcefully(stream)
         elif is_websocket_upgrade(head):
+            if b"\r\n\r\n" not in head:  # over HEAD_LIMIT: never a real upgrade
+                with trio.move_on_after(endpoint.settings.send_stall):
+                    await stream.send_all(HEAD_TOO_LARGE)
+                await trio.aclose_forcefully(stream)
+                return
             await endpoint.serve_stream(stream, head)
         else:
             await http(_Replayed(stream, head))
@@ -127,7 +136,11 @@ async def serve(app: Any, endpoint: WebSocketEndpoint, config: Config, *,
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
         async with trio.open_nursery() as connections:
-            sockets = config.create_sockets()
+            try:
+                sockets = config.create_sockets()
+            except OSError as exc:
+                raise StartupError(f"cannot listen on {', '.join(config.bind)}: "
+                                   f"{exc.strerror or exc} (HTTP_HOST, HTTP_PORT)") from exc
             if sockets.secure_sockets or sockets.quic_sockets:
                 raise ValueError("chatsrv serves plain TCP; terminate TLS in front of it")
             listeners = []
@@ -136,9 +149,11 @@ async def serve(app: Any, endpoint: WebSocketEndpoint, config: Config, *,
                 sock.listen(config.backlog)
                 listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
                 binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+            supervise = partial(supervised, failures=endpoint.metrics.task_failures,
+                                first_delay=endpoint.settings.task_restart_delay)
             async with trio.open_nursery() as accepting:
-                await accepting.start(endpoint.run_heartbeat)
-                await accepting.start(endpoint.flusher.run)
+                await accepting.start(supervise, "ws-heartbeat", endpoint.run_heartbeat)
+                await accepting.start(supervise, "ws-flusher", endpoint.flusher.run)
                 accepting.start_soon(partial(trio.serve_listeners,
                                              partial(_connection, http, endpoint), listeners,
                                              handler_nursery=connections))

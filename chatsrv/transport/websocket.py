@@ -15,6 +15,7 @@ Hypercorn already owns.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 from collections import deque
@@ -40,14 +41,11 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from chatsrv.domain.events import Event
 
+log = logging.getLogger(__name__)
+
 MAX_RECV = 65536
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_PROTOCOL_ERROR = 1002
-# A batch the peer does not take within this long marks it dead (its kernel buffer is full
-# and it stopped reading); the send is shielded until then so a frame is never cut in half.
-SEND_STALL = 5.0
-# After our close frame, how long to wait for the peer's before dropping the TCP connection.
-CLOSE_WAIT = 1.0
 PING_FRAME = b"\x89\x00"
 MAX_CLOSE_REASON = 120  # bytes: a close frame's payload is at most 125 with the code
 
@@ -128,7 +126,11 @@ class Flusher:
                     await self._lot.park()
                 dirty, self._dirty = self._dirty, []
                 for outbox in dirty:
-                    outbox.flush()
+                    try:
+                        outbox.flush()
+                    except Exception:  # one socket's failure: its writer takes over
+                        log.exception("flushing a socket failed")
+                        outbox.wake_writer()
         finally:
             self.running = False
             for outbox in self._dirty:  # back to their writers
@@ -186,6 +188,9 @@ class Outbox:
         self._items.append(data[written:] if written > 0 else data)
         self._lot.unpark()
 
+    def wake_writer(self) -> None:
+        self._lot.unpark()
+
     def close(self) -> None:
         self._closed = True
         self._lot.unpark_all()
@@ -209,13 +214,19 @@ class WsSocket:
     """A server WebSocket on a Trio stream: `handshake` (given the request head the listener
     read), then `receive` in the reader task; everything it sends goes through the outbox."""
 
-    __slots__ = ("_closed_by_peer", "_fd", "_pending", "_ws", "broken", "last_read",
-                 "max_message", "outbox", "stream")
+    __slots__ = ("_closed_by_peer", "_fd", "_pending", "_ws", "broken", "close_wait",
+                 "last_read", "max_message", "outbox", "send_stall", "stream")
 
-    def __init__(self, stream: trio.SocketStream, max_message: int) -> None:
+    def __init__(self, stream: trio.SocketStream, *, max_message: int, send_stall: float,
+                 close_wait: float) -> None:
         self.stream = stream
         self._fd = stream.socket.fileno()
         self.max_message = max_message
+        # A batch the peer does not take within send_stall marks it dead (its kernel buffer
+        # is full and it stopped reading); the send is shielded until then so a frame is
+        # never cut in half. After our close frame, close_wait for the peer's.
+        self.send_stall = send_stall
+        self.close_wait = close_wait
         self._ws = WSConnection(ConnectionType.SERVER)
         self._pending: deque[Any] = deque()
         self._closed_by_peer: CloseConnection | None = None
@@ -315,7 +326,7 @@ class WsSocket:
             elif ws.state.name == "OPEN" and not self.broken:
                 reason = reason.encode()[:MAX_CLOSE_REASON].decode("utf-8", "ignore")
                 await self._send_raw(ws.send(CloseConnection(code=code, reason=reason)))
-                with trio.move_on_after(CLOSE_WAIT):
+                with trio.move_on_after(self.close_wait):
                     while not self.broken:
                         data = await self._receive_some()
                         if not data:
@@ -361,7 +372,7 @@ class WsSocket:
         if sent == len(data):
             return
         with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + SEND_STALL
+            scope.deadline = trio.current_time() + self.send_stall
             try:
                 await self.stream.send_all(memoryview(data)[sent:])
             except (trio.BrokenResourceError, trio.ClosedResourceError):

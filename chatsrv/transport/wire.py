@@ -6,12 +6,17 @@ Unknown fields are ignored (clients may send more); missing or wrongly typed one
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 from chatsrv.domain.errors import Invalid
+
+INT64_MAX = 2**63 - 1
+# Sequence numbers and counters as both databases store them (bigint): larger values are
+# refused here, with the field, instead of overflowing in the driver.
+Seq = Annotated[int, Meta(ge=0, le=INT64_MAX)]
 
 # ---------------------------------------------------------------------------- WebSocket in
 
@@ -37,11 +42,11 @@ class TypingIn(Struct):
 class ReceiptIn(Struct):
     message_id: str | None = None
     conversation_id: str | None = None
-    up_to_seq: int | None = None
+    up_to_seq: Seq | None = None
 
 
 class SyncIn(Struct):
-    conversations: dict[str, int] | None = None
+    conversations: dict[str, Seq] | None = None
 
 
 class PingIn(Struct):
@@ -101,23 +106,97 @@ class FrameError(Invalid):
         self.ref = ref
 
 
+def _bad_text(value: str) -> bool:
+    """NUL, or a lone surrogate (not encodable as UTF-8): PostgreSQL refuses the first,
+    no encoder takes the second; SQLite would store both. Refused on every backend."""
+    if "\x00" in value:
+        return True
+    if value.isascii():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_text(value: Any, path: str = "") -> None:
+    """Raise Invalid (with the field's path) for text no database can store, anywhere in a
+    decoded body: struct fields, dict keys and values, list items."""
+    if isinstance(value, str):
+        if _bad_text(value):
+            raise Invalid(f"{path or 'value'} must not contain NUL characters or unpaired "
+                          "surrogates", field=path or None)
+    elif isinstance(value, Struct):
+        for name in value.__struct_fields__:
+            check_text(getattr(value, name), f"{path}.{name}" if path else name)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key, path)
+            check_text(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list | tuple):
+        for item in value:
+            check_text(item, path)
+
+
+def _may_hold_bad_text(data: str | bytes) -> bool:
+    # In valid JSON, NUL and surrogates can only arrive as \u escapes (raw control
+    # characters and invalid UTF-8 are refused by the decoder): skip the walk otherwise.
+    return ("\\u" in data) if isinstance(data, str) else (b"\\u" in data)
+
+
+# What msgspec raises for input it cannot take: malformed JSON, invalid UTF-8, or nesting
+# deeper than the C stack allows (RecursionError at ~3,000-5,000 levels).
+_UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
 def decode_frame(data: str | bytes) -> tuple[str, Any, str | int | None]:
     """(type, payload struct, ref). Raises FrameError with a readable message."""
     try:
         env = _envelope_decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise FrameError(f"invalid frame: {exc}", code="invalid_frame") from None
-    except msgspec.DecodeError as exc:
-        raise FrameError(f"malformed JSON: {exc}", code="invalid_json") from None
+    except _UNDECODABLE as exc:
+        raise FrameError(f"malformed JSON: {_reason(exc)}", code="invalid_json") from None
     decoder = _payload_decoders.get(env.type)
     if decoder is None:
-        raise FrameError(f"unknown frame type {env.type!r}", code="unknown_type", ref=env.ref)
+        raise FrameError(f"unknown frame type {env.type[:64]!r}", code="unknown_type",
+                         ref=env.ref)
     try:
         payload = decoder.decode(env.payload)
-    except msgspec.DecodeError as exc:
-        raise FrameError(f"invalid {env.type} payload: {exc}", code="invalid_payload",
+        if _may_hold_bad_text(data):
+            check_text(payload)
+    except _UNDECODABLE as exc:
+        raise FrameError(f"invalid {env.type} payload: {_reason(exc)}", code="invalid_payload",
                          ref=env.ref) from None
+    except Invalid as exc:
+        error = FrameError(exc.message, code="invalid_request", ref=env.ref)
+        error.details = exc.details
+        raise error from None
     return env.type, payload, env.ref
+
+
+_since_decoder = msgspec.json.Decoder(dict[str, Seq])
+
+
+def decode_since(text: str) -> dict[str, int]:
+    """`?since=` of the WebSocket URL: a JSON object of conversation id -> last seq seen."""
+    try:
+        positions = _since_decoder.decode(text)
+    except (msgspec.ValidationError, *_UNDECODABLE):
+        raise Invalid("since must be a JSON object of conversation_id -> last seq",
+                      code="invalid_since", field="since") from None
+    if _may_hold_bad_text(text):
+        check_text(positions, "since")
+    return positions
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not valid UTF-8"
+    return str(exc)
 
 
 # ---------------------------------------------------------------------------- REST bodies
@@ -158,7 +237,7 @@ class SendMessageIn(Struct):
 
 
 class ReceiptBodyIn(Struct):
-    up_to_seq: int
+    up_to_seq: Seq
     status: Literal["delivered", "read"] = "read"
 
 
@@ -286,8 +365,22 @@ def decode_body(data: bytes, cls: type[Any]) -> Any:
     if not data:
         raise Invalid("request body must be a JSON object", code="invalid_json")
     try:
-        return msgspec.json.decode(data, type=cls)
+        body = msgspec.json.decode(data, type=cls)
     except msgspec.ValidationError as exc:
-        raise Invalid(f"invalid request: {exc}", code="invalid_request") from None
-    except msgspec.DecodeError as exc:
-        raise Invalid(f"malformed JSON: {exc}", code="invalid_json") from None
+        raise Invalid(f"invalid request: {exc}", code="invalid_request",
+                      field=_field_of(exc)) from None
+    except _UNDECODABLE as exc:
+        raise Invalid(f"malformed JSON: {_reason(exc)}", code="invalid_json") from None
+    if _may_hold_bad_text(data):
+        check_text(body)
+    return body
+
+
+def _field_of(exc: msgspec.ValidationError) -> str | None:
+    """`$.member_ids[0]` in msgspec's message -> "member_ids"."""
+    text = str(exc)
+    marker = "at `$."
+    if marker not in text:
+        return None
+    path = text.split(marker, 1)[1].split("`", 1)[0]
+    return path.split("[", 1)[0].split(".", 1)[0] or None

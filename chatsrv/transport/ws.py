@@ -24,12 +24,13 @@ from urllib.parse import parse_qs
 
 import trio
 
-from chatsrv.domain.errors import Unauthorized, Unavailable
+from chatsrv.config import Settings
+from chatsrv.domain.errors import ChatError, Unauthorized
 from chatsrv.domain.events import Event
 from chatsrv.domain.model import Arrival, iso, utcnow
-from chatsrv.services.container import Services
+from chatsrv.services.container import Metrics, Services
 from chatsrv.transport.connection import CLOSE_GOING_AWAY, WsConnection
-from chatsrv.transport.errors import error_body
+from chatsrv.transport.errors import error_body, error_of, http_status
 from chatsrv.transport.frames import FrameHandlers
 from chatsrv.transport.websocket import (
     AsgiSocket,
@@ -72,6 +73,14 @@ class WebSocketEndpoint:
         self._closing = False
 
     @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def metrics(self) -> Metrics:
+        return self._svc.metrics
+
+    @property
     def live_count(self) -> int:
         return len(self._live)
 
@@ -85,11 +94,18 @@ class WebSocketEndpoint:
 
     async def serve_stream(self, stream: trio.SocketStream, head: bytes) -> None:
         """A connection whose first request (`head`, already read) is a WebSocket upgrade."""
-        sock = WsSocket(stream, max_message=self._settings.max_frame_bytes * 16)
+        settings = self._settings
+        sock = WsSocket(stream, max_message=settings.max_frame_bytes * 16,
+                        send_stall=settings.send_stall, close_wait=settings.close_wait)
         try:
-            handshake = await sock.handshake(head)
-            if handshake is not None:
-                await self.serve(sock, handshake)
+            admitted = handshake = None
+            with trio.move_on_after(settings.handshake_timeout):
+                handshake = await sock.handshake(head)
+                if handshake is not None:
+                    admitted = await self._admit(sock, handshake)
+            # past the deadline: dropped without an answer (a slow or hostile client)
+            if admitted is not None and handshake is not None:
+                await self._serve(*admitted, sock, handshake)
         finally:
             await sock.close(CLOSE_GOING_AWAY, "")
 
@@ -102,30 +118,32 @@ class WebSocketEndpoint:
                               scope.get("query_string", b"").decode("latin-1"),
                               list(scope.get("subprotocols") or []))
         sock = AsgiSocket(receive, send)
-        await self.serve(sock, handshake)
+        admitted = None
+        with trio.move_on_after(self._settings.handshake_timeout):
+            admitted = await self._admit(sock, handshake)
+        if admitted is not None:
+            await self._serve(*admitted, sock, handshake)
 
-    async def serve(self, sock: FrameSocket, handshake: Handshake) -> None:
+    async def _admit(self, sock: FrameSocket,
+                     handshake: Handshake) -> tuple[str, Arrival] | None:
+        """Accept the upgrade, or refuse it with an HTTP status and a JSON error (None)."""
         if handshake.path != PATH:
             await sock.refuse(404, error_body("not_found", f"no WebSocket at {handshake.path}"))
-            return
+            return None
         if self._closing:
             await sock.refuse(503, error_body("unavailable", "server shutting down"))
-            return
+            return None
         token, subprotocol = _token_from(handshake)
         try:
             if not token:
                 raise Unauthorized("missing token: use ?token=<jwt>", code="missing_token")
             user_id = self._svc.auth.authenticate(token)
-        except Unauthorized as exc:
-            await sock.refuse(401, error_body(exc.code, exc.message))
-            return
-        try:
             arrival = await self._svc.arrivals.get(user_id)
-        except Unavailable as exc:
-            await sock.refuse(503, error_body(exc.code, exc.message))
-            return
+        except ChatError as exc:
+            await sock.refuse(http_status(exc), error_of(exc))
+            return None
         await sock.accept(subprotocol)
-        await self._serve(user_id, arrival, sock, handshake)
+        return user_id, arrival
 
     async def _serve(self, user_id: str, arrival: Arrival, sock: FrameSocket,
                      handshake: Handshake) -> None:
@@ -165,7 +183,7 @@ class WebSocketEndpoint:
             self._live.discard(conn)
             outbox.close()
             svc.metrics.connections_closed += 1
-            with trio.move_on_after(2, shield=True):
+            with trio.move_on_after(settings.cleanup_deadline, shield=True):
                 await self._cleanup(conn)
                 if not disconnected:
                     try:

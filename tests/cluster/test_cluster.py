@@ -24,7 +24,7 @@ import trio
 
 from chatsrv.app import open_services
 from chatsrv.config import ConfigError, Settings
-from chatsrv.domain.errors import Unavailable
+from chatsrv.tasks import StartupError
 from tests.cluster.conftest import Cluster, NodeSettings
 from tests.conftest import Server
 from tests.helpers import Account, Client
@@ -311,7 +311,8 @@ async def test_a_node_does_not_start_without_redis(node_settings: NodeSettings,
                                                    aio_loop: None) -> None:
     s = dataclasses.replace(node_settings("node-1"), redis_url="redis://127.0.0.1:1/0",
                             connect_retry_deadline=0.5)
-    with trio.fail_after(10), pytest.raises(Unavailable, match="Redis not reachable"):
+    with trio.fail_after(10), pytest.raises(StartupError,
+                                            match="Redis at 127.0.0.1:1: connection refused"):
         async with open_services(s):
             pass
 

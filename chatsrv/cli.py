@@ -108,6 +108,11 @@ def _create_user(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    if args.markdown:
+        from chatsrv.config import markdown_table
+
+        print(markdown_table())
+        return 0
     settings = _settings(args)
     print(json.dumps(settings.masked(), indent=2))
     return 0
@@ -134,6 +139,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--display-name", default=None)
     c.set_defaults(fn=_create_user)
     k = sub.add_parser("check-config", help="print the effective configuration, secrets masked")
+    k.add_argument("--markdown", action="store_true",
+                   help="print the table of every setting (the README's) instead")
     k.set_defaults(fn=_check_config)
     return p
 

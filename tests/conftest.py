@@ -75,6 +75,8 @@ def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Se
         rate_burst=1000.0, connect_retry_deadline=5.0, shutdown_deadline=3.0,
         # short: Hypercorn's ping task (sockets on its ASGI path) notices a close only when it wakes
         heartbeat_interval=1.0,
+        # a supervised task that failed starts again at once (tests/e2e/test_supervision.py)
+        task_restart_delay=0.0,
     )
 
 

@@ -7,10 +7,15 @@ but its own fetch. The same idea as the group commit, for reads.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 import trio
+
+from chatsrv.domain.errors import ChatError, Internal, Unavailable
+
+log = logging.getLogger(__name__)
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -38,8 +43,8 @@ class Coalescer(Generic[K, V]):
         self._running = False
 
     async def get(self, key: K) -> V:
-        if not self._running:
-            raise RuntimeError("Coalescer.run is not running")
+        if not self._running:  # starting, restarting after a failure, or stopping
+            raise Unavailable("the node is not ready for this lookup; try again")
         waiter: _Waiter[V] = _Waiter()
         self._queue.append((key, waiter))
         self._lot.unpark()
@@ -49,7 +54,8 @@ class Coalescer(Generic[K, V]):
         return waiter.value  # type: ignore[return-value]
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Forever: fetch what is queued, hand each caller its value (or the fetch's error)."""
+        """Forever: fetch what is queued, hand each caller its value (or the fetch's error:
+        a ChatError as it is, anything else as Internal, logged)."""
         self._running = True
         task_status.started()
         try:
@@ -62,6 +68,9 @@ class Coalescer(Generic[K, V]):
                 try:
                     found = await self._fetch_many(keys)
                 except Exception as exc:  # handed to every caller of the batch
+                    if not isinstance(exc, ChatError):
+                        log.exception("a coalesced fetch of %d keys failed", len(keys))
+                        exc = Internal("lookup failed")
                     for _, waiter in batch:
                         waiter.error = exc
                         waiter.done.set()
@@ -72,5 +81,5 @@ class Coalescer(Generic[K, V]):
         finally:
             self._running = False
             for _, waiter in self._queue:
-                waiter.error = trio.ClosedResourceError("shutting down")
+                waiter.error = Unavailable("the node is stopping")
                 waiter.done.set()

@@ -107,7 +107,11 @@ class GroupCommitter:
                     batch.append(recv.receive_nowait())
                 except trio.WouldBlock:
                     break
-            await self._commit(batch, announce)
+            try:
+                await self._commit(batch, announce)
+            finally:  # _commit wakes everyone; this only guards against a bug in it
+                _wake([p for p in batch if not p.done.is_set()],
+                      Internal("could not store the message"))
 
     async def _commit(self, batch: list[Pending], announce: Announce) -> None:
         """One batch: commit, announce the new messages, wake every sender with its own
@@ -137,17 +141,8 @@ class GroupCommitter:
             for p in batch:
                 if p.outcome is None:
                     p.outcome = Internal("could not store the message")
-        finally:
-            for p in batch:
-                if p.outcome is None:  # cancelled half-way (shutdown): never leave one hanging
-                    p.outcome = Unavailable("server shutting down")
-                p.done.set()
-            for p in batch:
-                if p.on_done is not None:
-                    try:
-                        p.on_done()
-                    except Exception:
-                        log.exception("on_done of a committed message failed")
+        finally:  # cancelled half-way (shutdown): never leave one hanging
+            _wake(batch, Unavailable("server shutting down"))
 
     async def _announce(self, announce: Announce, p: Pending) -> None:
         assert isinstance(p.outcome, tuple)
@@ -158,3 +153,17 @@ class GroupCommitter:
         except Exception:
             log.exception("fan-out of message %s failed; members get it by sync",
                           p.outcome[0].id)
+
+
+def _wake(batch: list[Pending], missing: ChatError) -> None:
+    """Set every pending's outcome (`missing` where none is known) and wake its sender."""
+    for p in batch:
+        if p.outcome is None:
+            p.outcome = missing
+        p.done.set()
+    for p in batch:
+        if p.on_done is not None:
+            try:
+                p.on_done()
+            except Exception:
+                log.exception("on_done of a committed message failed")

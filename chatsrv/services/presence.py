@@ -61,11 +61,13 @@ class PresenceService:
                 self._wakeup = trio.Event()
                 for user_id in self._book.expire(now=trio.current_time()):
                     await self._go_offline_logged(user_id)
-        finally:
-            # Shutdown: everyone still here goes offline with a persisted last_seen.
+        except trio.Cancelled:
+            # Shutdown (not a failure: the supervisor restarts those with the book intact):
+            # everyone still here goes offline with a persisted last_seen.
             with trio.move_on_after(self._cleanup_deadline, shield=True):
                 for user_id in self._book.online_users():
                     await self._go_offline_logged(user_id)
+            raise
 
     async def _go_offline_logged(self, user_id: str) -> None:
         try:

@@ -189,6 +189,8 @@ class Outbox:
         self._lot.unpark()
 
     def wake_writer(self) -> None:
+        """The flusher could not write this outbox: its writer sends what is queued."""
+        self._marked = False
         self._lot.unpark()
 
     def close(self) -> None:
@@ -204,6 +206,16 @@ class Outbox:
         items = list(self._items)
         self._items.clear()
         return items
+
+
+def _declared_length(ws: WSConnection) -> int:
+    """The payload length the header of the frame being received declares (0 if unknown):
+    a frame announcing more than the message limit is refused at its header, not after the
+    peer has trickled it in. wsproto has no public accessor for it."""
+    decoder = getattr(getattr(getattr(ws, "connection", None), "_proto", None),
+                      "_frame_decoder", None)
+    header = getattr(decoder, "header", None)
+    return int(getattr(header, "payload_len", 0) or 0)
 
 
 def _frames(items: Iterable[Event | bytes]) -> bytes:
@@ -277,7 +289,9 @@ class WsSocket:
                 event = pending.popleft()
                 if isinstance(event, Message):
                     size += len(event.data)
-                    if size > self.max_message:
+                    if size > self.max_message or (
+                            not event.frame_finished
+                            and _declared_length(self._ws) > self.max_message):
                         raise Closing(CLOSE_MESSAGE_TOO_BIG, "message too big")
                     if event.message_finished and not parts:
                         return event.data  # type: ignore[no-any-return]

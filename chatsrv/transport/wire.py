@@ -139,6 +139,16 @@ def check_text(value: Any, path: str = "") -> None:
             check_text(item, path)
 
 
+def _utf8(data: bytes) -> bool:
+    if data.isascii():
+        return True
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _may_hold_bad_text(data: str | bytes) -> bool:
     # In valid JSON, NUL and surrogates can only arrive as \u escapes (raw control
     # characters and invalid UTF-8 are refused by the decoder): skip the walk otherwise.
@@ -152,6 +162,8 @@ _UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 def decode_frame(data: str | bytes) -> tuple[str, Any, str | int | None]:
     """(type, payload struct, ref). Raises FrameError with a readable message."""
+    if isinstance(data, bytes) and not _utf8(data):  # text frames wsproto checked already
+        raise FrameError("malformed JSON: not valid UTF-8", code="invalid_json")
     try:
         env = _envelope_decoder.decode(data)
     except msgspec.ValidationError as exc:
@@ -364,6 +376,8 @@ def decode_body(data: bytes, cls: type[Any]) -> Any:
     """Decode a JSON request body into `cls`. Raises Invalid with the field at fault."""
     if not data:
         raise Invalid("request body must be a JSON object", code="invalid_json")
+    if not _utf8(data):  # msgspec checks only the strings it decodes, not skipped fields
+        raise Invalid("malformed JSON: not valid UTF-8", code="invalid_json")
     try:
         body = msgspec.json.decode(data, type=cls)
     except msgspec.ValidationError as exc:

@@ -312,7 +312,7 @@ async def test_a_node_does_not_start_without_redis(node_settings: NodeSettings,
     s = dataclasses.replace(node_settings("node-1"), redis_url="redis://127.0.0.1:1/0",
                             connect_retry_deadline=0.5)
     with trio.fail_after(10), pytest.raises(StartupError,
-                                            match="Redis at 127.0.0.1:1: connection refused"):
+                                            match=r"Redis at 127\.0\.0\.1:1: connection refused"):
         async with open_services(s):
             pass
 

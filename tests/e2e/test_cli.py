@@ -90,3 +90,64 @@ def test_serve_answers_then_stops_promptly_on_sigterm(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+STRONG_SECRET = "cli-test-secret-" + "x" * 40
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], status: int, *needles: str) -> str:
+    """The command failed with `status` and said why in one `error:` line, no traceback."""
+    assert r.returncode == status, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, r.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def test_a_port_in_use_is_one_line_naming_it(tmp_path: Path) -> None:
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        r = chatsrv("serve", "--port", str(port), env={"CHATSRV_DATA_DIR": str(tmp_path)})
+    finally:
+        taken.close()
+    one_line_error(r, 1, f"127.0.0.1:{port}", "in use")
+
+
+def test_unreachable_and_refusing_databases_are_one_line(tmp_path: Path,
+                                                        pg_database: str) -> None:
+    import time
+
+    env = {"CHATSRV_DATA_DIR": str(tmp_path), "JWT_SECRET": STRONG_SECRET,
+           "CONNECT_RETRY_DEADLINE": "1"}
+    # nothing listens there: retried for CONNECT_RETRY_DEADLINE, one log line per attempt
+    r = chatsrv("migrate", env={**env, "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/x"})
+    one_line_error(r, 1, "127.0.0.1:1", "refused")
+    assert r.stderr.count("retrying in") >= 1
+    # permanent mistakes fail at once, even with a long retry deadline
+    pg = os.environ.get("CHATSRV_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+    unknown = pg.rpartition("/")[0] + "/chatsrv_no_such_database"
+    began = time.monotonic()
+    r = chatsrv("migrate", env={**env, "DATABASE_URL": unknown, "CONNECT_RETRY_DEADLINE": "60"})
+    one_line_error(r, 1, "chatsrv_no_such_database", "does not exist")
+    assert time.monotonic() - began < 20
+    r = chatsrv("migrate", env={**env, "DATABASE_URL": "mysql://root@127.0.0.1/chat"})
+    one_line_error(r, 2, "DATABASE_URL", "postgresql://")
+    r = chatsrv("serve", env={**env, "REDIS_URL": "redis://127.0.0.1:1/0",
+                              "DATABASE_URL": pg_database, "HTTP_PORT": "0",
+                              "GRPC_PORT": "0"})
+    one_line_error(r, 1, "Redis at 127.0.0.1:1")
+
+
+def test_account_mistakes_are_one_line_and_debug_adds_the_traceback(tmp_path: Path) -> None:
+    env = {"CHATSRV_DATA_DIR": str(tmp_path), "BCRYPT_ROUNDS": "4"}
+    r = chatsrv("create-user", "shorty", "shorty@example.com", "short", env=env)
+    one_line_error(r, 1, "password")
+    r = chatsrv("--debug", "create-user", "shorty", "shorty@example.com", "short", env=env)
+    assert r.returncode == 1 and "Traceback" in r.stderr and "error: " in r.stderr

@@ -58,3 +58,4 @@ async def test_lost_database_connections_give_errors_then_recover(server: Server
     assert [m["id"] for m in r.json()["messages"]] == acked
     assert [m["seq"] for m in r.json()["messages"]] == list(range(1, 7))
     await client.aclose()
+

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import pytest
 import trio
 
+from chatsrv.domain.errors import Internal, Unavailable
 from chatsrv.services.batching import Coalescer
 
 
@@ -46,14 +47,18 @@ async def test_concurrent_lookups_share_fetches_and_each_gets_its_value() -> Non
 async def test_a_failed_fetch_fails_its_callers_and_the_next_ones_go_on() -> None:
     async def fetch_many(keys: Sequence[int]) -> dict[int, int]:
         if 13 in keys:
-            raise LookupError("storage down")
+            raise Unavailable("storage down")
+        if 7 in keys:
+            raise LookupError("a bug")
         return {k: k * 2 for k in keys}
 
     coalescer = Coalescer(fetch_many, max_batch=8)
     async with trio.open_nursery() as nursery:
         await nursery.start(coalescer.run)
-        with pytest.raises(LookupError):
+        with pytest.raises(Unavailable, match="storage down"):
             await coalescer.get(13)
+        with pytest.raises(Internal):  # a bug is logged; callers see a typed error
+            await coalescer.get(7)
         assert await coalescer.get(21) == 42
         nursery.cancel_scope.cancel()
 
@@ -62,5 +67,5 @@ async def test_get_without_run_is_an_error() -> None:
     async def fetch_many(keys: Sequence[int]) -> dict[int, int]:
         return {}
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(Unavailable):
         await Coalescer(fetch_many, max_batch=1).get(1)

@@ -54,3 +54,23 @@ def test_masked_hides_secrets_and_passwords() -> None:
     text = repr(shown)
     assert "hunter2" not in text and STRONG not in text
     assert shown["jwt_secret"] == "***" and shown["storage"] == "postgresql"
+
+
+def test_the_readme_lists_every_setting_as_the_code_defines_it() -> None:
+    from chatsrv.config import markdown_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    shown = readme.split("<!-- settings:begin -->\n", 1)[1].split("\n<!-- settings:end -->", 1)[0]
+    assert shown == markdown_table(), "README is stale: chatsrv check-config --markdown"
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"DB_TIMEOUT": "0"}, "DB_TIMEOUT must be at least"),
+    ({"DATABASE_URL": "mysql://root@db/chat", "JWT_SECRET": STRONG}, "postgresql://"),
+    ({"REDIS_URL": "http://cache", "DATABASE_URL": "postgresql://x@h/d", "JWT_SECRET": STRONG},
+     "REDIS_URL"),
+    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+])
+def test_unusable_values_name_their_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)

@@ -27,9 +27,14 @@ class NodePool:
         node.ensure_running()
         return node
 
-    def stop_all(self) -> None:
-        for node in self._nodes.values():
+    def stop(self, backend: str) -> None:
+        node = self._nodes.pop(backend, None)
+        if node is not None:
             node.stop()
+
+    def stop_all(self) -> None:
+        for backend in list(self._nodes):
+            self.stop(backend)
 
 
 @pytest.fixture(scope="session")
@@ -46,10 +51,19 @@ def _watched(request: pytest.FixtureRequest, node: Node) -> Node:
     return node
 
 
+@pytest.fixture(scope="session")
+def pg_node_dsn(pg_database: str, node_pool: NodePool) -> Iterator[str]:
+    """The fresh database of the PostgreSQL node; its node stops before it is dropped."""
+    try:
+        yield pg_database
+    finally:
+        node_pool.stop("postgres")
+
+
 @pytest.fixture
 def node(backend: str, node_pool: NodePool, request: pytest.FixtureRequest) -> Node:
     """A running node on `backend` (both backends: the fixture is parametrized)."""
-    dsn = request.getfixturevalue("pg_database") if backend == "postgres" else None
+    dsn = request.getfixturevalue("pg_node_dsn") if backend == "postgres" else None
     return _watched(request, node_pool.get(backend, dsn))
 
 

@@ -29,6 +29,12 @@ TIMEOUT = 10.0  # one request
 JWT_SECRET = "fuzz-secret-" + "x" * 40
 
 _SERVING = re.compile(r"serving on (http://[\d.]+:(\d+))")
+# a log record, or a traceback printed at top level (the one that ends a process)
+_BLOCK_START = re.compile(r"^(?=\d{4}-\d\d-\d\d |Traceback |  \+ Exception Group Traceback)",
+                          re.MULTILINE)
+_GUTTER = re.compile(r"^[ |+]*")  # exception groups indent their members with "| " and "+"
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Timeout|Group)\b")
+_GROUPS = ("ExceptionGroup", "BaseExceptionGroup")
 
 
 class NodeDied(AssertionError):
@@ -148,21 +154,24 @@ class Node:
             return f.read().decode("utf-8", "replace")
 
     def tracebacks_since(self, mark: int, *, frames: int = 0) -> list[str]:
-        """Each traceback logged since `mark`: its exception line, after its last `frames`
-        stack entries (file, line, function) when asked for."""
+        """Each traceback logged since `mark` (plain or exception group): its innermost
+        exception line, after its last `frames` stack entries (file, line, function) when
+        asked for."""
         found = []
-        lines = self.log_since(mark).splitlines()
-        for i, line in enumerate(lines):
-            if not line.startswith("Traceback"):
+        for block in _BLOCK_START.split(self.log_since(mark)):
+            if "Traceback (most recent call last)" not in block:
                 continue
-            j = i + 1
-            stack = []
-            while j < len(lines) and (lines[j].startswith((" ", "\t")) or not lines[j]):
-                if lines[j].lstrip().startswith("File "):
-                    stack.append(lines[j].strip())
-                j += 1
-            exc = lines[j] if j < len(lines) else line
-            found.append(" <- ".join([exc, *reversed(stack[-frames:])]) if frames else exc)
+            stack: list[str] = []
+            exc = ""
+            for line in block.splitlines():
+                text = _GUTTER.sub("", line)
+                if text.startswith("File "):
+                    stack.append(text)
+                elif _EXCEPTION.match(text) and not text.startswith(_GROUPS):
+                    exc, frames_of_exc = text, list(stack)
+            if not exc:
+                continue
+            found.append(" <- ".join([exc, *reversed(frames_of_exc[-frames:])]) if frames else exc)
         return found
 
     def assert_healthy(self, mark: int) -> None:

@@ -329,7 +329,7 @@ def _run(node: Node, examples: int, strategy: st.SearchStrategy[Any],
          one: Callable[[World, Any, Failures], None]) -> None:
     failures = Failures()
     world = _world(node)
-    started = time.monotonic()
+    started, deaths_before = time.monotonic(), len(node.deaths)
     try:
         @settings(max_examples=examples, **FUZZ_SETTINGS)
         @given(data=st.data())
@@ -340,9 +340,11 @@ def _run(node: Node, examples: int, strategy: st.SearchStrategy[Any],
     finally:
         world.close()
     elapsed = time.monotonic() - started
-    deaths = f"; node restarted {len(node.deaths)}x" if node.deaths else ""
-    assert not failures.found, (f"{len(failures.found)} distinct failure(s) on {node.backend} "
-                                f"in {elapsed:.0f} s{deaths}:\n{failures.report()}")
+    died = len(node.deaths) - deaths_before
+    if failures.found:
+        pytest.fail(f"{len(failures.found)} distinct failure(s) on {node.backend} in "
+                    f"{elapsed:.0f} s{f'; the node died {died}x' if died else ''}:\n"
+                    f"{failures.report()}", pytrace=False)
 
 
 # ---------------------------------------------------------------------------- (a) frames

@@ -127,8 +127,12 @@ def _strategies(operation: Any, ids: dict[str, list[str]]) -> list[Any]:
 def _repro(case: Any) -> str:
     """The request, as the fuzzing user would send it (Authorization left out)."""
     query = f"?{case.query}" if case.query else ""
-    body = f" body={json.dumps(case.body, ensure_ascii=True, default=repr)[:400]}" \
-        if case.body is not NOT_SET and case.body is not None else ""
+    value = case.body
+    if isinstance(value, dict):  # the schema's own fields first, generated junk keys after
+        value = dict(sorted(value.items(), key=lambda kv: (not str(kv[0]).isidentifier(),
+                                                          str(kv[0]))))
+    body = f" body={json.dumps(value, ensure_ascii=True, default=repr)[:400]}" \
+        if value is not NOT_SET and value is not None else ""
     return f"{case.method} {case.formatted_path}{query}{body}"
 
 

@@ -221,6 +221,12 @@ NUL_CASES = {
 }
 
 
+# Credentials a NUL can never match (nothing stored holds one): the plain "wrong
+# credentials" answer is as good as the field error there, and tells a guesser nothing.
+CREDENTIAL_CASES = {"login.password": "invalid_credentials", "login.email": "invalid_credentials",
+                    "refresh.refresh_token": "invalid_refresh_token"}
+
+
 def _fill(value: Any, names: dict[str, str]) -> Any:
     if isinstance(value, str):
         for k, v in names.items():
@@ -239,8 +245,8 @@ def test_nul_in_a_text_field_is_refused_with_its_field(node: Node, http: httpx.C
                                                        case: str) -> None:
     """U+0000 in any text a client sends: 400 `invalid_request` with `field`, identically on
     SQLite (which would store it) and PostgreSQL (which refuses it at bind time and, today,
-    takes the node down). Judgement: a NUL in a login password is also 400 field `password`
-    (malformed input, the same answer whether or not the account exists)."""
+    takes the node down). Judgement: for a login or refresh credential (CREDENTIAL_CASES)
+    the plain 401 of a wrong credential is accepted too; a 5xx never."""
     user, peer, cid = chat
     method, path, data, field = NUL_CASES[case]
     names = {"u": f"n{uuid.uuid4().hex[:10]}", "email": user.email, "peer": peer.id, "cid": cid}
@@ -250,7 +256,10 @@ def test_nul_in_a_text_field_is_refused_with_its_field(node: Node, http: httpx.C
         r = http.get(path, params=data, headers=user.headers)
     else:
         r = http.post(path, json=data, headers=user.headers)
-    assert_error(r, 400, "invalid_request", field=field)
+    if case in CREDENTIAL_CASES and r.status_code == 401:
+        assert_error(r, 401, CREDENTIAL_CASES[case])
+    else:
+        assert_error(r, 400, "invalid_request", field=field)
     node.assert_healthy(mark)
     # and the node still stores what it should
     assert send(http, user, cid, "after")["content"] == "after"

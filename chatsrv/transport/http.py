@@ -144,12 +144,15 @@ async def _body(cls: type[Any]) -> Any:
     return wire.decode_body(data, cls)  # type: ignore[arg-type]
 
 
-def _int_arg(name: str, default: int | None = None) -> int | None:
+def _int_arg(name: str, default: int | None = None, *, cap: int | None = None) -> int | None:
     """A non-negative integer query parameter that fits 64 bits (what the databases store);
-    `default` when absent or empty. Raises Invalid with the field."""
+    `default` when absent or empty; a page size over `cap` is `cap`. Raises Invalid with
+    the field."""
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
+    if cap is not None and raw.isdigit() and (len(raw) > 20 or int(raw) > cap):
+        return cap
     try:
         if len(raw) > 20:
             raise ValueError
@@ -295,7 +298,8 @@ def create_app(svc: Services) -> QuartTrio:
 
     @api.route("POST", "/api/conversations", summary="Create a one_to_one (idempotent per "
                "pair) or group conversation", body=wire.CreateConversationIn,
-               response=wire.ConversationOut, status=201)
+               response=wire.ConversationOut, status=201,
+               also={200: "the existing one_to_one of this pair"})
     async def conversations_create() -> Response:
         uid = me()
         b = await _body(wire.CreateConversationIn)
@@ -358,7 +362,8 @@ def create_app(svc: Services) -> QuartTrio:
                response=wire.MessagesOut, query=("limit", "offset", "before_seq", "after_seq"))
     async def messages_list(conversation_id: str) -> Response:
         page, has_more = await svc.messaging.history(
-            me(), conversation_id, limit=_int_arg("limit"), offset=_int_arg("offset", 0) or 0,
+            me(), conversation_id, limit=_int_arg("limit", cap=settings.history_max_limit),
+            offset=_int_arg("offset", 0) or 0,
             before_seq=_int_arg("before_seq"), after_seq=_int_arg("after_seq"),
         )
         return json_response(wire.MessagesOut(messages=[render_message(m) for m in page],

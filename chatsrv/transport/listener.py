@@ -61,11 +61,17 @@ class _Replayed(trio.abc.HalfCloseableStream):
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
 
+    # Hypercorn closes a `Connection: close` connection from inside the request's task,
+    # which Quart-Trio cancels as soon as the request body has been read: an early error
+    # answered before its body arrived left the close half done and the connection hanging
+    # (the next request on it was never answered). Both calls are quick: shielded.
     async def send_eof(self) -> None:
-        await self._stream.send_eof()
+        with trio.CancelScope(shield=True):
+            await self._stream.send_eof()
 
     async def aclose(self) -> None:
-        await self._stream.aclose()
+        with trio.CancelScope(shield=True):
+            await self._stream.aclose()
 
 
 def is_websocket_upgrade(head: bytes) -> bool:

@@ -21,6 +21,7 @@ from chatsrv.adapters.memory import LocalRouter
 from chatsrv.adapters.peers import NODE_KEY_HEADER, node_key
 from chatsrv.config import Settings
 from chatsrv.domain.events import Event
+from chatsrv.tasks import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,13 @@ async def _stop(server: Server) -> None:
 async def serve_node_rpc(local: LocalRouter, settings: Settings, *,
                          task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the node-to-node API on grpc_host:grpc_port (0: any free port) until cancelled.
-    task_status gets the address peers use. Raises OSError if the port cannot be bound."""
-    sock = _bind(settings.grpc_host, settings.grpc_port)
+    task_status gets the address peers use. Raises StartupError if the port cannot be bound."""
+    try:
+        sock = _bind(settings.grpc_host, settings.grpc_port)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {settings.grpc_host}:{settings.grpc_port} for "
+                           f"node-to-node gRPC: {exc.strerror or exc} (GRPC_HOST, GRPC_PORT)"
+                           ) from exc
     server = Server([NodeServicer(local, key=node_key(settings))])
     try:
         await aio_as_trio(_start)(server, sock)
@@ -97,5 +103,5 @@ async def serve_node_rpc(local: LocalRouter, settings: Settings, *,
         await trio.sleep_forever()
     finally:
         # closes the listening socket and cancels running handlers
-        with trio.move_on_after(2, shield=True):
+        with trio.move_on_after(settings.cleanup_deadline, shield=True):
             await aio_as_trio(_stop)(server)

@@ -438,7 +438,7 @@ def create_app(svc: Services) -> QuartTrio:
     @app.route("/readyz")
     async def readyz() -> Response:
         try:
-            with trio.fail_after(2):
+            with trio.fail_after(settings.db_timeout):
                 await svc.store.ping()
         except (trio.TooSlowError, ChatError, OSError) as exc:
             return json_response(error_body("unavailable", f"storage unreachable: {exc!r}"), 503)

@@ -27,6 +27,10 @@ test *ARGS: install
 migrate: install
     {{venv}}/bin/chatsrv migrate
 
+# rewrite the README's settings table from chatsrv/config.py
+readme-settings: install
+    {{py}} -c 'import re, pathlib; from chatsrv.config import markdown_table as t; p = pathlib.Path("README.md"); s = p.read_text(); a, b = "<!-- settings:begin -->\n", "\n<!-- settings:end -->"; p.write_text(s.split(a)[0] + a + t() + b + s.split(b)[1])'
+
 # ruff (with the ASYNC rules) and mypy
 lint: install
     {{venv}}/bin/ruff check chatsrv tests bench

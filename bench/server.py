@@ -25,13 +25,27 @@ import httpx
 READY_DEADLINE = 60.0  # migrations on a fresh database plus start-up
 STOP_DEADLINE = 20.0  # SIGTERM -> exit; the server's own shutdown deadline is 10 s
 
-# Knobs the bench always sets on a server it starts: cheap registrations (thousands of users
-# are set up per run) and a rate limit that never throttles the load.
-BASE_ENV = {
-    "BCRYPT_ROUNDS": "4",
+# Abuse limits a load test must raise: every client of a bench (or a test) comes from one
+# address, registers thousands of users and opens many sockets per user.
+LOAD_TEST_LIMITS = {
     "RATE_PER_SECOND": "100000",
     "RATE_BURST": "100000",
+    "REGISTRATIONS_PER_MINUTE": "1000000",
+    "LOGIN_FAILURES_PER_MINUTE": "1000000",
+    "REFRESHES_PER_MINUTE": "1000000",
+    "ADDRESS_RATE_PER_SECOND": "1000000",
+    "ADDRESS_RATE_BURST": "1000000",
+    "REST_RATE_PER_SECOND": "1000000",
+    "REST_RATE_BURST": "1000000",
+    "EXPENSIVE_PER_MINUTE": "1000000",
+    "MAX_SOCKETS_PER_USER": "100000",
+    "MAX_SOCKETS_PER_ADDRESS": "100000",
+    "MAX_SOCKETS": "100000",
+    "BCRYPT_QUEUE": "100000",
 }
+# Knobs the bench always sets on a server it starts: cheap registrations (thousands of users
+# are set up per run) and limits that never throttle the load.
+BASE_ENV = {"BCRYPT_ROUNDS": "4", **LOAD_TEST_LIMITS}
 
 
 class TargetError(Exception):

@@ -8,7 +8,7 @@ import resource
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -23,15 +23,17 @@ from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.sql import SqlStore
 from chatsrv.config import ConfigError, Settings
 from chatsrv.domain.ports import Directory, Router
-from chatsrv.services.auth import AuthService
+from chatsrv.services.auth import AdminService, AuthService
 from chatsrv.services.batching import Coalescer
 from chatsrv.services.calls import CallService
 from chatsrv.services.commit import GroupCommitter
 from chatsrv.services.container import Metrics, Services
 from chatsrv.services.conversations import ConversationService
+from chatsrv.services.limits import Limiter, LocalLimiter, RateLimits
 from chatsrv.services.membership import MembershipCache
 from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
+from chatsrv.services.sessions import SessionRegistry
 from chatsrv.tasks import StartupError, as_startup_error, leaves, open_background, supervised
 
 log = logging.getLogger("chatsrv")
@@ -62,6 +64,8 @@ class Routing:
     watch_nodes: Callable[..., Awaitable[None]] | None = None
     # cluster only: registers who announces users back online after this node was reaped
     on_users_back: Callable[[Callable[[list[str]], Awaitable[None]]], None] | None = None
+    # rate-limit buckets: this node's, or the cluster's on Redis
+    limiter: Limiter = field(default_factory=LocalLimiter)
 
 
 @asynccontextmanager
@@ -76,6 +80,7 @@ async def open_routing(settings: Settings, metrics: Metrics) -> AsyncIterator[Ro
     settings.check_cluster()
     from chatsrv.adapters.peers import open_cluster_router
     from chatsrv.adapters.redis import open_redis, open_redis_directory
+    from chatsrv.adapters.redis_limits import RedisLimiter
     from chatsrv.transport.grpc import serve_node_rpc
 
     failures = metrics.task_failures
@@ -85,7 +90,33 @@ async def open_routing(settings: Settings, metrics: Metrics) -> AsyncIterator[Ro
         async with open_cluster_router(settings, local, failures=failures) as router, \
                 open_redis_directory(redis, settings, router, address=address,
                                      failures=failures) as directory:
-            yield Routing(router, directory, directory.watch_nodes, directory.on_users_back)
+            yield Routing(router, directory, directory.watch_nodes, directory.on_users_back,
+                          RedisLimiter(redis, prefix=settings.redis_prefix,
+                                       timeout=settings.redis_timeout))
+
+
+def build_auth(store: SqlStore, settings: Settings, *,
+               limiter: Limiter | None = None
+               ) -> tuple[AuthService, SessionRegistry, RateLimits]:
+    """Accounts and sessions (also for the command line, which has no other services)."""
+    sessions = SessionRegistry(store, poll_interval=settings.session_poll_interval,
+                               remember=settings.access_token_ttl)
+    limits = RateLimits(
+        limiter or LocalLimiter(),
+        login_failures_per_minute=settings.login_failures_per_minute,
+        registrations_per_minute=settings.registrations_per_minute,
+        refreshes_per_minute=settings.refreshes_per_minute,
+        address_rate=settings.address_rate_per_second, address_burst=settings.address_rate_burst,
+        user_rate=settings.rest_rate_per_second, user_burst=settings.rest_rate_burst,
+        expensive_per_minute=settings.expensive_per_minute)
+    auth = AuthService(store, sessions, limits, secret=settings.jwt_secret,
+                       access_ttl=settings.access_token_ttl,
+                       refresh_ttl=settings.refresh_token_ttl,
+                       bcrypt_rounds=settings.bcrypt_rounds,
+                       bcrypt_concurrency=settings.bcrypt_concurrency,
+                       bcrypt_queue=settings.bcrypt_queue,
+                       allow_registration=settings.allow_registration)
+    return auth, sessions, limits
 
 
 @asynccontextmanager
@@ -103,8 +134,12 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         store = SqlStore(db)
         router, directory = routing.router, routing.directory
         members = MembershipCache(store, ttl=settings.member_cache_ttl,
-                                  notify=directory.members_changed)
+                                  notify=directory.members_changed,
+                                  confirmed=lambda: directory.confirmed)
         directory.on_members_changed(members.invalidate)
+        auth, sessions, limits = build_auth(store, settings, limiter=routing.limiter)
+        sessions.publish_with(directory.sessions_revoked)
+        directory.on_sessions_revoked(sessions.apply)
         # SQLite has one writer anyway (its write lock)
         commits = GroupCommitter(store, max_batch=settings.commit_batch,
                                  queue_size=settings.commit_queue_size,
@@ -115,10 +150,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             routing.on_users_back(presence.users_back)
         svc = Services(
             settings=settings, store=store, router=router, members=members,
-            auth=AuthService(store, secret=settings.jwt_secret,
-                             access_ttl=settings.access_token_ttl,
-                             refresh_ttl=settings.refresh_token_ttl,
-                             bcrypt_rounds=settings.bcrypt_rounds),
+            auth=auth, sessions=sessions, admin=AdminService(store, auth), limits=limits,
             conversations=ConversationService(store, router, members,
                                               max_group_members=settings.max_group_members),
             messaging=MessagingService(store, router, members, commits,
@@ -140,6 +172,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                             first_delay=settings.task_restart_delay)
         async with open_background() as nursery:
             await nursery.start(supervise, "presence", presence.run)
+            await nursery.start(supervise, "sessions", sessions.run)
             await nursery.start(supervise, "arrivals", svc.arrivals.run)
             if routing.watch_nodes is not None:
                 await nursery.start(supervise, "node-watch", routing.watch_nodes,

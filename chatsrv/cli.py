@@ -1,4 +1,4 @@
-"""Command line: serve, migrate, create-user, check-config.
+"""Command line: serve, migrate, create-user, admin, check-config.
 
 Every failure is one line on stderr, `error: <cause>`, naming the address or setting at
 fault; exit status 2 for configuration errors, 1 for runtime failures. `--debug` (or
@@ -83,27 +83,55 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _create_user(args: argparse.Namespace) -> int:
+async def _with_accounts(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `fn(services)` with storage and the account services only (never joins the
+    cluster); sessions it revokes reach running nodes through the database."""
+    from types import SimpleNamespace
+
     from chatsrv.adapters.storage.migrate import migrate
     from chatsrv.adapters.storage.sql import SqlStore
-    from chatsrv.app import open_database
-    from chatsrv.services.auth import AuthService
+    from chatsrv.app import build_auth, open_database
+    from chatsrv.services.auth import AdminService
 
-    # Creating an account needs only the database: never join the cluster.
+    async with open_database(settings) as db:
+        await migrate(db)
+        store = SqlStore(db)
+        auth, _, _ = build_auth(store, settings)
+        return await fn(SimpleNamespace(auth=auth, admin=AdminService(store, auth)))
+
+
+def _create_user(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
-    async def go() -> Any:
-        async with open_database(settings) as db:
-            await migrate(db)
-            auth = AuthService(SqlStore(db), secret=settings.jwt_secret,
-                               access_ttl=settings.access_token_ttl,
-                               refresh_ttl=settings.refresh_token_ttl,
-                               bcrypt_rounds=settings.bcrypt_rounds)
-            return await auth.register(username=args.username, email=args.email,
-                                       password=args.password, display_name=args.display_name)
+    async def go(svc: Any) -> Any:
+        return await svc.auth.create_account(
+            username=args.username, email=args.email, password=args.password,
+            display_name=args.display_name, admin=args.admin)
 
-    session = _run(go)
-    print(json.dumps({"id": session.user.id, "username": session.user.username}))
+    session = _run(lambda: _with_accounts(settings, go))
+    print(json.dumps({"id": session.user.id, "username": session.user.username,
+                      "is_admin": session.user.is_admin}))
+    return 0
+
+
+def _admin(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+
+    async def go(svc: Any) -> Any:
+        if args.action == "grant":
+            return await svc.admin.set_admin(args.user, True), None
+        if args.action == "revoke":
+            return await svc.admin.set_admin(args.user, False), None
+        if args.action == "deactivate":
+            return await svc.admin.deactivate(args.user)
+        return await svc.admin.reactivate(args.user), None
+
+    user, ended = _run(lambda: _with_accounts(settings, go))
+    out = {"id": user.id, "username": user.username, "is_admin": user.is_admin,
+           "active": user.active}
+    if ended is not None:
+        out["sessions_ended"] = len(ended)
+    print(json.dumps(out))
     return 0
 
 
@@ -137,7 +165,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("email")
     c.add_argument("password")
     c.add_argument("--display-name", default=None)
+    c.add_argument("--admin", action="store_true", help="with administrator rights")
     c.set_defaults(fn=_create_user)
+    a = sub.add_parser("admin", help="grant or revoke admin rights, deactivate or reactivate "
+                       "an account (USER: id, username or email)")
+    a.add_argument("action", choices=["grant", "revoke", "deactivate", "reactivate"])
+    a.add_argument("user")
+    a.set_defaults(fn=_admin)
     k = sub.add_parser("check-config", help="print the effective configuration, secrets masked")
     k.add_argument("--markdown", action="store_true",
                    help="print the table of every setting (the README's) instead")
@@ -156,10 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     import os
 
+    from chatsrv.logs import configure
+
     level = (args.log_level or os.environ.get("LOG_LEVEL") or "INFO").upper()
     debug = args.debug or level == "DEBUG"
-    logging.basicConfig(level=level if level in logging.getLevelNamesMapping() else "INFO",
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(level=level, fmt=os.environ.get("LOG_FORMAT") or "auto",
+              node_id=os.environ.get("NODE_ID") or "node-1")
     try:
         return int(args.fn(args))
     except ConfigError as exc:

@@ -9,6 +9,7 @@ configuration table is generated from the same fields (`markdown_table`, checked
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import secrets
 import typing
@@ -74,6 +75,50 @@ class Settings:
                                        "refresh token lives", group="auth", minimum=1)
     bcrypt_rounds: int = setting("BCRYPT_ROUNDS", 12, "bcrypt cost (~230 ms per hash at 12 "
                                  "here)", group="auth", minimum=4)
+    bcrypt_concurrency: int = setting("BCRYPT_CONCURRENCY", 2, "bcrypt hashes at once (worker "
+                                      "threads; one per core)", group="auth", minimum=1)
+    bcrypt_queue: int = setting("BCRYPT_QUEUE", 32, "sign-ins waiting for bcrypt before more "
+                                "are refused with 503 `busy`", group="auth", minimum=0)
+    allow_registration: bool = setting("ALLOW_REGISTRATION", True, "false closes "
+                                       "`/api/auth/register` (403 `registration_closed`)",
+                                       group="auth")
+    session_poll_interval: float = setting("SESSION_POLL_INTERVAL", 1.0, "how often a node "
+                                           "reads sessions revoked elsewhere (their sockets "
+                                           "close within this)", group="auth", minimum=0.05)
+    # ---- abuse limits (services/limits.py); load tests raise them
+    login_failures_per_minute: float = setting(
+        "LOGIN_FAILURES_PER_MINUTE", 10.0, "failed logins per account and per client address",
+        group="abuse", minimum=1)
+    registrations_per_minute: float = setting("REGISTRATIONS_PER_MINUTE", 20.0, "sign-ups "
+                                              "per client address", group="abuse", minimum=1)
+    refreshes_per_minute: float = setting("REFRESHES_PER_MINUTE", 60.0, "token refreshes per "
+                                          "client address", group="abuse", minimum=1)
+    address_rate_per_second: float = setting("ADDRESS_RATE_PER_SECOND", 50.0, "REST requests "
+                                             "per second per client address",
+                                             group="abuse", minimum=0.1)
+    address_rate_burst: float = setting("ADDRESS_RATE_BURST", 200.0, "REST burst per client "
+                                        "address", group="abuse", minimum=1)
+    rest_rate_per_second: float = setting("REST_RATE_PER_SECOND", 20.0, "REST requests per "
+                                          "second per user", group="abuse", minimum=0.1)
+    rest_rate_burst: float = setting("REST_RATE_BURST", 60.0, "REST burst per user",
+                                     group="abuse", minimum=1)
+    expensive_per_minute: float = setting("EXPENSIVE_PER_MINUTE", 60.0, "searches and uploads "
+                                          "per user", group="abuse", minimum=1)
+    trusted_proxies: tuple[str, ...] = setting(
+        "TRUSTED_PROXIES", (), "comma list of proxy addresses or CIDRs whose "
+        "`X-Forwarded-For` names the client", group="abuse")
+    cors_origins: tuple[str, ...] = setting(
+        "CORS_ORIGINS", (), "comma list of origins allowed to call the API from a browser "
+        "(`*`: any); empty: same origin only (also checked at the WebSocket handshake)",
+        group="abuse")
+    max_sockets_per_user: int = setting("MAX_SOCKETS_PER_USER", 64, "WebSockets of one user on "
+                                        "a node (more: 429 at the handshake)", group="abuse",
+                                        minimum=1)
+    max_sockets_per_address: int = setting("MAX_SOCKETS_PER_ADDRESS", 4096, "WebSockets from "
+                                           "one client address on a node (more: 429)",
+                                           group="abuse", minimum=1)
+    max_sockets: int = setting("MAX_SOCKETS", 50_000, "WebSockets on a node (more: 503)",
+                               group="abuse", minimum=1)
     # ---- limits
     max_body_bytes: int = setting("MAX_BODY_BYTES", 64 * 1024, "REST request body cap (413)",
                                   group="limits", minimum=1024)
@@ -176,6 +221,8 @@ class Settings:
     # ---- operations
     log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG shows tracebacks of start-up errors",
                              group="operations")
+    log_format: str = setting("LOG_FORMAT", "auto", "`text`, `json`, or `auto` (text on a "
+                              "terminal, JSON otherwise)", group="operations")
     # derived, not read from the environment: no PostgreSQL and no Redis configured
     embedded: bool = True
 
@@ -230,6 +277,17 @@ class Settings:
                               f"{scheme}://…")
         if self.history_default_limit > self.history_max_limit:
             raise ConfigError("HISTORY_DEFAULT_LIMIT must not exceed HISTORY_MAX_LIMIT")
+        if self.log_format not in ("auto", "text", "json"):
+            raise ConfigError(f"LOG_FORMAT must be auto, text or json, got {self.log_format!r}")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ConfigError(f"TRUSTED_PROXIES: {proxy!r} is not an address or CIDR"
+                                  ) from None
+        for origin in self.cors_origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ConfigError(f"CORS_ORIGINS: {origin!r} must be like https://chat.example")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got "
                               f"{self.log_level!r}")
@@ -305,6 +363,14 @@ class Settings:
         return out
 
 
+def from_overrides(base: Settings, env: Mapping[str, str]) -> Settings:
+    """`base` with some settings given as environment variables (e.g. a load test's)."""
+    hints = typing.get_type_hints(Settings)
+    by_env = {f.metadata["env"]: f.name for f in _fields()}
+    return dataclasses.replace(base, **{by_env[k]: _parse(k, hints[by_env[k]], v)
+                                        for k, v in env.items()})
+
+
 def _fields() -> Iterator[dataclasses.Field[Any]]:
     return (f for f in dataclasses.fields(Settings) if "env" in f.metadata)
 
@@ -334,7 +400,9 @@ def markdown_table() -> str:
     lines = ["| variable | default | meaning |", "|---|---|---|"]
     for f in _fields():
         default = f.metadata["shown"] or f.default
-        if isinstance(default, tuple):
+        if isinstance(default, bool):
+            default = str(default).lower()
+        elif isinstance(default, tuple):
             default = ",".join(default) or "—"
         elif default is None or default == "":
             default = "—"

@@ -17,10 +17,11 @@ import pytest
 import trio
 import trio_asyncio
 
+from bench.server import LOAD_TEST_LIMITS
 from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.sql import SqlStore
 from chatsrv.app import Node, open_database, serve_node
-from chatsrv.config import Settings
+from chatsrv.config import Settings, from_overrides
 from tests.helpers import Client
 
 PG_ADMIN_DSN = os.environ.get("CHATSRV_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -68,7 +69,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
     database_url = request.getfixturevalue("pg_database") if backend == "postgres" else None
-    return Settings(
+    return from_overrides(Settings(
         http_host="127.0.0.1", http_port=0, database_url=database_url, data_dir=tmp_path,
         jwt_secret="test-secret-" + "x" * 40, bcrypt_rounds=4, presence_grace=0.2,
         typing_ttl=1.0, embedded=database_url is None, rate_per_second=1000.0,
@@ -77,7 +78,7 @@ def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Se
         heartbeat_interval=1.0,
         # a supervised task that failed starts again at once (tests/e2e/test_supervision.py)
         task_restart_delay=0.0,
-    )
+    ), LOAD_TEST_LIMITS)
 
 
 @pytest.fixture

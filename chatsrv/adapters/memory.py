@@ -77,5 +77,15 @@ class LocalDirectory:
     async def members_changed(self, conversation_id: str) -> None:
         await trio.lowlevel.checkpoint()  # no other node to tell
 
-    def on_members_changed(self, callback: Callable[[str], None]) -> None:
+    def on_members_changed(self, callback: Callable[[str | None], None]) -> None:
         pass  # no other node to hear from
+
+    @property
+    def confirmed(self) -> bool:
+        return True  # nothing to miss
+
+    async def sessions_revoked(self, session_ids: list[str]) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def on_sessions_revoked(self, callback: Callable[[list[str]], None]) -> None:
+        pass

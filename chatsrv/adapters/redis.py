@@ -83,7 +83,10 @@ class RedisDirectory:
         self._lock = trio.Lock()
         # instances the node watch found without a liveness key once (see _watch_once)
         self._suspects: set[str] = set()
-        self._members_changed: Callable[[str], None] | None = None
+        self._members_changed: Callable[[str | None], None] | None = None
+        self._sessions_revoked: Callable[[list[str]], None] | None = None
+        # subscribed to the cluster's notes right now (see `confirmed`)
+        self._subscribed = False
         self._users_back: Callable[[list[str]], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------------ Directory port
@@ -132,8 +135,23 @@ class RedisDirectory:
             # the other nodes' caches expire by themselves (MembershipCache ttl)
             self._lost_redis(exc)
 
-    def on_members_changed(self, callback: Callable[[str], None]) -> None:
+    def on_members_changed(self, callback: Callable[[str | None], None]) -> None:
         self._members_changed = callback
+
+    @property
+    def confirmed(self) -> bool:
+        """Subscribed, and Redis took every change of ours: no note can be missing."""
+        return self._subscribed and not self._dirty
+
+    async def sessions_revoked(self, session_ids: list[str]) -> None:
+        try:
+            await self._call(self._ops.publish, self._ops.note("revoked", sessions=session_ids))
+        except Unavailable as exc:
+            # the other nodes read it from the database within SESSION_POLL_INTERVAL
+            self._lost_redis(exc)
+
+    def on_sessions_revoked(self, callback: Callable[[list[str]], None]) -> None:
+        self._sessions_revoked = callback
 
     def on_users_back(self, callback: Callable[[list[str]], Awaitable[None]]) -> None:
         """`callback(user_ids)` after a re-registration found users of this node on no
@@ -199,6 +217,9 @@ class RedisDirectory:
                         # Subscribed (again): load the view; messages from here on apply on
                         # top of it (each sets one fact, so replaying older ones converges).
                         self._router.replace_view(await self._call(self._ops.view))
+                        self._subscribed = True
+                        if started and self._members_changed is not None:
+                            self._members_changed(None)  # notes may have been missed
                         if not started:
                             started = True
                             task_status.started()
@@ -210,12 +231,14 @@ class RedisDirectory:
                             log.exception("applying a cluster event failed: %r",
                                           message["data"][:200])
             except (*_DOWN, Unavailable) as exc:
+                self._subscribed = False
                 if not started:
                     raise Unavailable(
                         f"Redis pub/sub unavailable: {exc or type(exc).__name__}") from exc
                 log.warning("Redis pub/sub lost (%s); subscribing again in %.1fs",
                             exc or type(exc).__name__, delay)
             finally:
+                self._subscribed = False
                 with trio.move_on_after(self._timeout, shield=True):
                     await aio_as_trio(pubsub.aclose)()
             await trio.sleep(delay)
@@ -289,6 +312,9 @@ class RedisDirectory:
         if note.op == "members":
             if self._members_changed is not None and note.conversation:
                 self._members_changed(note.conversation)
+        elif note.op == "revoked":
+            if self._sessions_revoked is not None and note.sessions:
+                self._sessions_revoked(note.sessions)
         elif note.op == "down":
             self._router.drop_node(note.node)
         elif note.op == "up":

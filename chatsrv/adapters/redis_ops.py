@@ -36,14 +36,16 @@ class Keys:
 
 
 class Note(msgspec.Struct, omit_defaults=True):
-    """One pub/sub message: a node came up or left, users came online/offline on it, or it
-    changed a conversation's members (op "members": drop cached members)."""
+    """One pub/sub message: a node came up or left, users came online/offline on it, it
+    changed a conversation's members (op "members": drop cached members), or it revoked
+    sessions (op "revoked": close their sockets, refuse their tokens)."""
 
     op: str
     node: str
     address: str = ""
     users: list[str] = []
     conversation: str = ""
+    sessions: list[str] = []
 
 
 encode = msgspec.json.Encoder().encode
@@ -66,9 +68,10 @@ class RedisOps:
         self.address = address
         self._ttl_ms = ttl_ms
 
-    def note(self, op: str, *, users: Sequence[str] = (), conversation: str = "") -> bytes:
+    def note(self, op: str, *, users: Sequence[str] = (), conversation: str = "",
+             sessions: Sequence[str] = ()) -> bytes:
         return encode(Note(op=op, node=self.instance, address=self.address, users=list(users),
-                            conversation=conversation))
+                            conversation=conversation, sessions=list(sessions)))
 
     async def publish(self, note: bytes) -> None:
         await self._r.publish(self._keys.events, note)

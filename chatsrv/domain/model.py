@@ -71,6 +71,34 @@ class User:
     display_name: str
     created_at: datetime
     last_seen: datetime | None = None
+    is_admin: bool = False
+    deactivated_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.deactivated_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """A login (the refresh-token family) as storage knows it."""
+
+    id: str
+    user_id: str
+    created_at: datetime
+    revoked_at: datetime | None
+    user_active: bool
+    is_admin: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a valid access token of a live session of an active user."""
+
+    user_id: str
+    session_id: str
+    is_admin: bool
+    expires_at: float  # Unix time the access token expires
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +167,17 @@ class Arrival:
 @dataclass(frozen=True, slots=True)
 class RefreshGrant:
     user_id: str
-    family_id: str
+    family_id: str  # the session id
     expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshOutcome:
+    """What using a refresh token did: a grant, or nothing; `replayed` names the session a
+    replay of a spent token has just revoked."""
+
+    grant: RefreshGrant | None
+    replayed: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,9 @@ from chatsrv.domain.model import (
     ConversationSummary,
     ConversationType,
     Message,
-    RefreshGrant,
+    RefreshOutcome,
     Role,
+    SessionInfo,
     User,
     Watermarks,
 )
@@ -37,14 +38,31 @@ class Store(Protocol):
     async def search_users(self, query: str, *, limit: int) -> list[User]: ...
     async def set_last_seen(self, user_id: str, at: datetime) -> None: ...
 
-    # refresh tokens
+    # sessions (services/sessions.py): a login is a session, its refresh tokens a family
+    async def open_session(self, *, session_id: str, user_id: str, token_hash: str,
+                           expires_at: datetime, created_at: datetime) -> None: ...
     async def add_refresh_token(
         self, *, token_hash: str, user_id: str, family_id: str, expires_at: datetime
     ) -> None: ...
-    async def use_refresh_token(self, token_hash: str, *, now: datetime) -> RefreshGrant | None:
-        """Consume a refresh token once. A token used twice revokes its whole family."""
+    async def get_session(self, session_id: str) -> SessionInfo | None: ...
+    async def use_refresh_token(self, token_hash: str, *, now: datetime) -> RefreshOutcome:
+        """Consume a refresh token once (atomically: one of concurrent uses wins). A spent
+        token used again revokes its whole session (`replayed`)."""
         ...
-    async def revoke_refresh_family(self, token_hash: str) -> None: ...
+    async def revoke_by_refresh_token(self, token_hash: str, *, at: datetime,
+                                      reason: str) -> str | None: ...
+    async def revoke_sessions(self, session_ids: Sequence[str], *, at: datetime,
+                              reason: str) -> list[str]: ...
+    async def live_sessions(self, user_id: str) -> list[str]: ...
+    async def revoked_sessions_since(self, since: datetime, *,
+                                     limit: int) -> list[tuple[str, datetime]]: ...
+
+    # administration
+    async def set_password(self, user_id: str, password_hash: str) -> None: ...
+    async def set_admin(self, user_id: str, admin: bool) -> None: ...
+    async def set_deactivated(self, user_id: str, at: datetime | None) -> None: ...
+    async def find_user(self, ident: str) -> User | None: ...
+    async def list_users(self, query: str, *, limit: int) -> list[User]: ...
 
     # conversations
     async def create_conversation(
@@ -163,6 +181,22 @@ class Directory(Protocol):
         members (best effort: without Redis their caches expire by themselves)."""
         ...
 
-    def on_members_changed(self, callback: Callable[[str], None]) -> None:
-        """Cluster: call `callback(conversation_id)` when another node changed members."""
+    def on_members_changed(self, callback: Callable[[str | None], None]) -> None:
+        """Cluster: call `callback(conversation_id)` when another node changed members, and
+        `callback(None)` when notes may have been missed (drop everything cached)."""
+        ...
+
+    @property
+    def confirmed(self) -> bool:
+        """True while this node hears every other node's notes (single node: always).
+        While False, cached membership is not trusted: the database is asked."""
+        ...
+
+    async def sessions_revoked(self, session_ids: list[str]) -> None:
+        """Cluster: tell the other nodes these sessions are revoked (best effort: they also
+        poll the database)."""
+        ...
+
+    def on_sessions_revoked(self, callback: Callable[[list[str]], None]) -> None:
+        """Cluster: call `callback(session_ids)` when another node revoked sessions."""
         ...

@@ -101,8 +101,17 @@ class CallService:
         caller_id = conn.user_id
         callee_id, conversation_id = await self._callee_of(caller_id, p)
         call_id = _call_id(p.call_id) if p.call_id else new_id()
-        if call_id in self._calls:
-            raise Conflict("call_id is already in use", code="call_exists")
+        taken = self._calls.get(call_id)
+        if taken is not None:
+            if taken.session.involves(caller_id):
+                raise Conflict("call_id is already in use", code="call_exists")
+            raise NotFound("call not found", code="not_found")  # someone else's: not revealed
+        if p.call_id:
+            earlier = await self._history.get_call(call_id)
+            if earlier is not None:
+                if caller_id in (earlier.caller_id, earlier.callee_id):
+                    raise Conflict("call_id was used for an earlier call", code="call_exists")
+                raise NotFound("call not found", code="not_found")
         now = trio.current_time()
         session = CallSession(
             id=call_id, caller_id=caller_id, callee_id=callee_id,

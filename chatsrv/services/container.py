@@ -9,14 +9,16 @@ from typing import Any
 from chatsrv.config import Settings
 from chatsrv.domain.model import Arrival
 from chatsrv.domain.ports import Router, Store
-from chatsrv.services.auth import AuthService
+from chatsrv.services.auth import AdminService, AuthService
 from chatsrv.services.batching import Coalescer
 from chatsrv.services.calls import CallService
 from chatsrv.services.commit import GroupCommitter
 from chatsrv.services.conversations import ConversationService
+from chatsrv.services.limits import RateLimits
 from chatsrv.services.membership import MembershipCache
 from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
+from chatsrv.services.sessions import SessionRegistry
 
 
 @dataclass(slots=True)
@@ -34,6 +36,8 @@ class Metrics:
     extra: dict[str, int] = field(default_factory=dict)
     # background task -> failures it was restarted after (tasks.supervised)
     task_failures: Counter[str] = field(default_factory=Counter)
+    # more labelled counters, by metric name (e.g. ws_refused by reason)
+    sources: dict[str, Counter[str]] = field(default_factory=dict)
 
     def render(self, svc: Any) -> str:
         lines = []
@@ -62,6 +66,10 @@ class Metrics:
         lines.append("# TYPE chatsrv_task_failures_total counter")
         for task, count in sorted(self.task_failures.items()):
             lines.append(f'chatsrv_task_failures_total{{task="{task}"}} {count}')
+        for metric, counts in sorted(self.sources.items()):
+            lines.append(f"# TYPE chatsrv_{metric}_total counter")
+            for label, count in sorted(counts.items()):
+                lines.append(f'chatsrv_{metric}_total{{reason="{label}"}} {count}')
         calls = svc.calls
         lines.append("# TYPE chatsrv_calls_active gauge")
         lines.append(f"chatsrv_calls_active {calls.active_calls()}")
@@ -75,6 +83,9 @@ class Services:
     router: Router
     members: MembershipCache
     auth: AuthService
+    sessions: SessionRegistry
+    admin: AdminService
+    limits: RateLimits
     conversations: ConversationService
     messaging: MessagingService
     presence: PresenceService

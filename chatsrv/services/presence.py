@@ -124,10 +124,19 @@ class PresenceService:
         })
         self._router.publish([*contacts, user_id], event)
 
-    async def statuses(self, users: Sequence[User]) -> dict[str, str]:
-        online = await self._directory.online([u.id for u in users])
-        return {u.id: (Status.ONLINE if u.id in online else Status.OFFLINE).value
-                for u in users}
+    async def statuses(self, users: Sequence[User], *,
+                       viewer: str | None = None) -> dict[str, str | None]:
+        """online/offline per user; with `viewer`, None for users who share no conversation
+        with the viewer (presence goes to contacts only, as over the WebSocket)."""
+        visible: set[str] | None = None
+        if viewer is not None and any(u.id != viewer for u in users):
+            visible = set(await self._store.contacts(viewer)) | {viewer}
+        shown = [u for u in users if visible is None or u.id in visible]
+        online = await self._directory.online([u.id for u in shown]) if shown else set()
+        out: dict[str, str | None] = {u.id: None for u in users}
+        for u in shown:
+            out[u.id] = (Status.ONLINE if u.id in online else Status.OFFLINE).value
+        return out
 
     def is_local_online(self, user_id: str) -> bool:
         return self._book.is_online(user_id)

@@ -17,18 +17,23 @@ from chatsrv.transport.websocket import FrameSocket, Outbox
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_UNAUTHORIZED = 4401  # session revoked, or token expired without `auth`: sign in again
 
 
 class WsConnection:
     """One live socket: the router's Subscriber and the state its tasks share."""
 
-    __slots__ = ("_nursery", "_scope", "close_code", "close_reason", "in_flight", "metrics",
-                 "outbox", "session_id", "sock", "typing", "typing_running", "user_id")
+    __slots__ = ("_nursery", "_scope", "address", "auth_session", "close_code", "close_reason",
+                 "expires_at", "in_flight", "metrics", "outbox", "session_id", "sock", "typing",
+                 "typing_running", "user_id")
 
     def __init__(self, user_id: str, sock: FrameSocket, outbox: Outbox, metrics: Any,
                  typing_ttl: float) -> None:
         self.user_id = user_id
-        self.session_id = new_id()
+        self.session_id = new_id()  # this connection (`ready.session_id`)
+        self.auth_session: str | None = None  # the login its token belongs to
+        self.expires_at = 0.0  # Unix time its token expires
+        self.address = ""
         self.sock = sock
         self.outbox = outbox
         self._scope: trio.CancelScope | None = None

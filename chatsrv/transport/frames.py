@@ -16,9 +16,9 @@ from typing import Any
 
 import trio
 
-from chatsrv.domain.errors import ChatError, Invalid, RateLimited
+from chatsrv.domain.errors import ChatError, Forbidden, Invalid, RateLimited
 from chatsrv.domain.events import Event, message_payload
-from chatsrv.domain.model import iso, parse_id, utcnow
+from chatsrv.domain.model import Principal, iso, parse_id, utcnow
 from chatsrv.domain.ratelimit import TokenBucket
 from chatsrv.services.container import Services
 from chatsrv.transport import wire
@@ -32,8 +32,10 @@ MAX_IN_FLIGHT = 32
 
 
 class FrameHandlers:
-    def __init__(self, svc: Services) -> None:
+    def __init__(self, svc: Services, *,
+                 bind: Callable[[WsConnection, Principal], None]) -> None:
         self._svc = svc
+        self._bind = bind  # the endpoint: a connection moves to a new token
         self._settings = svc.settings
         self._buckets: dict[str, TokenBucket] = {}
         self._max_in_flight = max(1, min(MAX_IN_FLIGHT, svc.settings.outbox_size // 4))
@@ -44,6 +46,7 @@ class FrameHandlers:
             "read_receipt": partial(self._receipt, "read"),
             "sync": self._sync,
             "ping": self._ping,
+            "auth": self._auth,
         }
         for name in ("call_offer", "call_answer", "ice_candidate", "call_reject", "call_end"):
             self._handlers[name] = partial(self._call, name)
@@ -196,6 +199,16 @@ class FrameHandlers:
                 for cid, marks in result.watermarks.items()
             },
         }, ref=ref))
+
+    async def _auth(self, conn: WsConnection, p: wire.AuthIn, ref: Any) -> None:
+        """Replace the connection's token (before it expires): same user, any live session
+        of theirs. Replies `auth_ok` with the new expiry."""
+        principal = await self._svc.auth.authenticate(p.token)
+        if principal.user_id != conn.user_id:
+            raise Forbidden("the token belongs to another user", code="forbidden")
+        self._bind(conn, principal)
+        conn.send_nowait(Event("auth_ok", {"expires_at": int(principal.expires_at),
+                                           "user_id": principal.user_id}, ref=ref))
 
     async def _ping(self, conn: WsConnection, p: wire.PingIn, ref: Any) -> None:
         conn.send_nowait(Event("pong", {"server_time": iso(utcnow())}, ref=ref))

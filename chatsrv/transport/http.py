@@ -7,26 +7,30 @@ which also records its request/response schemas: /api/openapi.json is generated 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import trio
-from quart import Response, request, send_from_directory
+from quart import Response, g, request, send_from_directory
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from chatsrv import __version__
-from chatsrv.domain.errors import ChatError, Invalid, NotFound, Unauthorized
-from chatsrv.domain.model import Conversation, User, parse_id
+from chatsrv.domain.errors import ChatError, Invalid, NotFound, RateLimited, Unauthorized
+from chatsrv.domain.model import Conversation, Principal, User, new_id, parse_id
 from chatsrv.domain.receipts import status_for
 from chatsrv.services.container import Services
 from chatsrv.transport import wire
+from chatsrv.transport.addresses import client_address, networks
 from chatsrv.transport.errors import error_body, error_of, http_status
 from chatsrv.transport.render import (
     auth_out,
+    render_admin_user,
     render_call,
     render_conversation,
     render_message,
@@ -34,6 +38,42 @@ from chatsrv.transport.render import (
 )
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("chatsrv.access")
+
+# operators' probes: never rate limited, not in the access log
+UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+WEB_PAGES = frozenset({"/", "/index.html"})
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+# The web client: scripts and styles from this origin only (no inline script), media and
+# images from blob:/data: (call video, avatars), WebSocket to this origin, never framed.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+       "media-src 'self' blob:; connect-src 'self' ws: wss:; frame-ancestors 'none'; "
+       "base-uri 'none'; form-action 'self'; object-src 'none'")
+CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
+
+
+def origin_allowed(origin: str, own: str, allowed: Sequence[str]) -> bool:
+    """A browser's Origin is this server itself, or listed in CORS_ORIGINS (`*`: any)."""
+    return origin == own or "*" in allowed or origin in allowed
+
+
+def cors_headers(resp: Response, origin: str | None, own: str, allowed: Sequence[str], *,
+                 preflight: bool) -> None:
+    """CORS headers only for an allowed cross-origin caller; others get none (the browser
+    then refuses to hand them the response)."""
+    if not origin or origin == own or not origin_allowed(origin, own, allowed):
+        return
+    resp.headers["Access-Control-Allow-Origin"] = origin
+    resp.headers["Vary"] = "Origin"
+    resp.headers["Access-Control-Expose-Headers"] = "Retry-After, X-Request-Id"
+    if preflight:
+        resp.headers["Access-Control-Allow-Methods"] = CORS_METHODS
+        resp.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+        resp.headers["Access-Control-Max-Age"] = "600"
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 _encoder = msgspec.json.Encoder()
@@ -188,16 +228,38 @@ def create_app(svc: Services) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
     api = Api(app)
 
-    def me() -> str:
-        return svc.auth.authenticate(_bearer())
+    trusted = networks(settings.trusted_proxies)
+    limits = svc.limits
 
-    async def _statuses(users: list[User]) -> dict[str, str]:
-        return await svc.presence.statuses(users)
+    def address() -> str:
+        peer = request.scope.get("client")
+        return client_address(peer[0] if peer else None,
+                              request.headers.get("X-Forwarded-For"), trusted)
+
+    async def principal() -> Principal:
+        """The caller (401 otherwise), within their per-user REST budget (429)."""
+        found = g.get("principal")
+        if found is None:
+            found = g.principal = await svc.auth.authenticate(_bearer())
+            g.user_id = found.user_id
+            await limits.take(limits.user, found.user_id)
+        return found  # type: ignore[no-any-return]
+
+    async def me() -> str:
+        return (await principal()).user_id
+
+    async def _statuses(users: list[User], *, viewer: str | None = None) -> dict[str, str | None]:
+        """Presence of `users`; with `viewer`, only of those who share a conversation with
+        them (and themselves): status and last_seen are not for strangers."""
+        return await svc.presence.statuses(users, viewer=viewer)
 
     # errors, at the edge, once
     @app.errorhandler(ChatError)
     async def _chat_error(err: ChatError) -> Response:
-        return json_response(error_of(err), http_status(err))
+        resp = json_response(error_of(err), http_status(err))
+        if isinstance(err, RateLimited):
+            resp.headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
+        return resp
 
     @app.errorhandler(HTTPException)
     async def _http_error(err: HTTPException) -> Response:
@@ -218,81 +280,150 @@ def create_app(svc: Services) -> QuartTrio:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_response(error_body("internal", "internal server error"), 500)
 
+    @app.before_request
+    async def _per_address_limit() -> None:
+        g.started = time.perf_counter()
+        g.request_id = request.headers.get("X-Request-Id", "")[:64] or new_id()[:18]
+        if request.path not in UNLIMITED_PATHS:
+            await limits.take(limits.address, address())
+
     @app.after_request
     async def _edge_headers(resp: Response) -> Response:
-        resp.headers.setdefault("Access-Control-Allow-Origin", "*")
-        resp.headers.setdefault("Access-Control-Allow-Headers", "Authorization, Content-Type")
-        resp.headers.setdefault("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
+        cors_headers(resp, request.headers.get("Origin"), request.host_url.rstrip("/"),
+                     settings.cors_origins, preflight=request.method == "OPTIONS")
+        resp.headers.update(SECURITY_HEADERS)
+        if request.path in WEB_PAGES or request.path.startswith("/web/"):
+            resp.headers["Content-Security-Policy"] = CSP
+        resp.headers["X-Request-Id"] = g.get("request_id", "")
         if resp.status_code >= 400 and _has_body(request):
             # Answered (401, 404, 405, 413...) maybe before the body was read: what is left
-            # of it must not be taken for the next request on a kept-alive connection
-            # (Hypercorn then hung the next request in about half the trials).
+            # of it must not be taken for the next request on a kept-alive connection.
             resp.headers["Connection"] = "close"
+        if request.path not in UNLIMITED_PATHS:
+            access_log.info("%s %s %d %.1fms", request.method, request.path, resp.status_code,
+                            (time.perf_counter() - g.get("started", time.perf_counter())) * 1e3,
+                            extra={"request_id": g.get("request_id"),
+                                   "user_id": g.get("user_id"),
+                                   "session_id": getattr(g.get("principal"), "session_id", None),
+                                   "client": address(), "status": resp.status_code})
         return resp
 
     # ---- auth
 
-    @api.route("POST", "/api/auth/register", summary="Create an account", auth=False,
+    @api.route("POST", "/api/auth/register", summary="Create an account (403 "
+               "registration_closed when ALLOW_REGISTRATION is false)", auth=False,
                body=wire.RegisterIn, response=wire.AuthOut, status=201)
     async def register() -> Response:
         b = await _body(wire.RegisterIn)
         s = await svc.auth.register(username=b.username, email=b.email, password=b.password,
-                                    display_name=b.display_name)
-        return json_response(auth_out(s), 201)
+                                    display_name=b.display_name, address=address())
+        return json_response(auth_out(s, status=await _own_status(s.user)), 201)
 
-    @api.route("POST", "/api/auth/login", summary="Sign in by email or username", auth=False,
+    @api.route("POST", "/api/auth/login", summary="Sign in by email or username (429 after "
+               "too many failures for the account or the address)", auth=False,
                body=wire.LoginIn, response=wire.AuthOut)
     async def login() -> Response:
         b = await _body(wire.LoginIn)
         login = b.email or b.username
         if not login:
             raise Invalid("give email or username", field="email")
-        s = await svc.auth.login(login=login, password=b.password)
-        return json_response(auth_out(s))
+        s = await svc.auth.login(login=login, password=b.password, address=address())
+        return json_response(auth_out(s, status=await _own_status(s.user)))
 
-    @api.route("POST", "/api/auth/refresh", summary="Rotate a refresh token", auth=False,
-               body=wire.RefreshIn, response=wire.AuthOut)
+    @api.route("POST", "/api/auth/refresh", summary="Rotate a refresh token (a spent one "
+               "revokes its session)", auth=False, body=wire.RefreshIn, response=wire.AuthOut)
     async def refresh() -> Response:
         b = await _body(wire.RefreshIn)
-        return json_response(auth_out(await svc.auth.refresh(b.refresh_token)))
+        s = await svc.auth.refresh(b.refresh_token, address=address())
+        return json_response(auth_out(s, status=await _own_status(s.user)))
 
-    @api.route("POST", "/api/auth/logout", summary="Revoke a refresh token (and its family)",
-               auth=False, body=wire.RefreshIn, status=204)
+    @api.route("POST", "/api/auth/logout", summary="End a session: the refresh token's, or the "
+               "bearer token's", auth=False, body=wire.LogoutIn, status=204)
     async def logout() -> Response:
-        b = await _body(wire.RefreshIn)
-        await svc.auth.logout(b.refresh_token)
+        data: bytes = await request.get_data(cache=False, as_text=False)  # type: ignore[assignment]
+        b = wire.decode_body(data, wire.LogoutIn) if data else wire.LogoutIn()
+        if b.refresh_token:
+            await svc.auth.logout(refresh_token=b.refresh_token)
+        else:
+            await svc.auth.logout(principal=await principal())
         return Response(b"", status=204)
+
+    @api.route("POST", "/api/auth/password", summary="Change my password; every other session "
+               "ends", body=wire.PasswordIn, status=204)
+    async def change_password() -> Response:
+        who = await principal()
+        b = await _body(wire.PasswordIn)
+        await svc.auth.change_password(who, old_password=b.old_password,
+                                       new_password=b.new_password)
+        return Response(b"", status=204)
+
+    async def _own_status(user: User) -> str:
+        return (await _statuses([user]))[user.id] or "offline"
 
     # ---- users
 
     @api.route("GET", "/api/users/me", summary="My profile", response=wire.UserOut)
     async def users_me() -> Response:
-        user = await svc.auth.get_user(me())
-        st = await _statuses([user])
-        return json_response(render_user(user, status=st[user.id], private=True))
+        user = await svc.auth.get_user(await me())
+        return json_response(render_user(user, status=await _own_status(user), private=True))
 
-    @api.route("GET", "/api/users/<user_id>", summary="A user's profile, status and last_seen",
-               response=wire.UserOut)
+    @api.route("GET", "/api/users/<user_id>", summary="A user's profile; status and last_seen "
+               "only for users who share a conversation with me", response=wire.UserOut)
     async def users_get(user_id: str) -> Response:
-        me()
+        viewer = await me()
         user = await svc.auth.get_user(parse_id(user_id, "user_id"))
-        st = await _statuses([user])
+        st = await _statuses([user], viewer=viewer)
         return json_response(render_user(user, status=st[user.id]))
 
-    @api.route("GET", "/api/users", summary="Search users by username or display name",
+    @api.route("GET", "/api/users", summary="Search active users by username or display name",
                response=wire.UsersOut, query=("q", "limit"))
     async def users_search() -> Response:
-        me()
+        viewer = await me()
+        await limits.take(limits.expensive, viewer)
         q = _text_arg("q", max_chars=100)
         if not q:
             raise Invalid("q is required", field="q")
         limit = _int_arg("limit", 20) or 0
         if not 1 <= limit <= 100:
             raise Invalid("limit must be 1-100", field="limit")
-        users = await svc.store.search_users(q, limit=limit)
-        st = await _statuses(users)
+        users = await svc.auth.search(q, limit=limit)
+        st = await _statuses(users, viewer=viewer)
         return json_response(wire.UsersOut(users=[render_user(u, status=st[u.id])
                                                   for u in users]))
+
+    # ---- admin
+
+    async def _admin() -> Principal:
+        who = await principal()
+        await svc.auth.require_admin(who)
+        return who
+
+    @api.route("GET", "/api/admin/users", summary="Every account, deactivated ones included "
+               "(admins)", response=wire.AdminUsersOut, query=("q", "limit"))
+    async def admin_users() -> Response:
+        await _admin()
+        limit = _int_arg("limit", 50) or 0
+        if not 1 <= limit <= 500:
+            raise Invalid("limit must be 1-500", field="limit")
+        users = await svc.admin.users(_text_arg("q", max_chars=100), limit=limit)
+        return json_response(wire.AdminUsersOut(users=[render_admin_user(u) for u in users]))
+
+    @api.route("POST", "/api/admin/users/<user_id>/deactivate", summary="Refuse the account's "
+               "logins and end its sessions (admins)", response=wire.AdminUserOut)
+    async def admin_deactivate(user_id: str) -> Response:
+        who = await _admin()
+        target = parse_id(user_id, "user_id")
+        if target == who.user_id:
+            raise Invalid("you cannot deactivate yourself", field="user_id")
+        user, _ = await svc.admin.deactivate(target)
+        return json_response(render_admin_user(user))
+
+    @api.route("POST", "/api/admin/users/<user_id>/reactivate", summary="Let a deactivated "
+               "account sign in again (admins)", response=wire.AdminUserOut)
+    async def admin_reactivate(user_id: str) -> Response:
+        await _admin()
+        user = await svc.admin.reactivate(parse_id(user_id, "user_id"))
+        return json_response(render_admin_user(user))
 
     # ---- conversations
 
@@ -301,7 +432,7 @@ def create_app(svc: Services) -> QuartTrio:
                response=wire.ConversationOut, status=201,
                also={200: "the existing one_to_one of this pair"})
     async def conversations_create() -> Response:
-        uid = me()
+        uid = await me()
         b = await _body(wire.CreateConversationIn)
         conv, created = await svc.conversations.create(
             uid, type=b.type, member_ids=b.member_ids, name=b.name, admin_ids=b.admin_ids)
@@ -310,7 +441,7 @@ def create_app(svc: Services) -> QuartTrio:
     @api.route("GET", "/api/conversations", summary="My conversations with last message and "
                "unread count", response=wire.ConversationListOut)
     async def conversations_list() -> Response:
-        uid = me()
+        uid = await me()
         summaries = await svc.conversations.list_for(uid)
         ids = list({m.user_id for s in summaries for m in s.conversation.members})
         users = await svc.store.get_users(ids)
@@ -324,13 +455,13 @@ def create_app(svc: Services) -> QuartTrio:
     @api.route("GET", "/api/conversations/<conversation_id>", summary="A conversation with "
                "members and their watermarks", response=wire.ConversationOut)
     async def conversations_get(conversation_id: str) -> Response:
-        conv = await svc.conversations.get(me(), conversation_id)
+        conv = await svc.conversations.get(await me(), conversation_id)
         return json_response(await _conversation_out(conv))
 
     @api.route("POST", "/api/conversations/<conversation_id>/members", summary="Add group "
                "members (admins)", body=wire.MembersIn, response=wire.ConversationOut)
     async def members_add(conversation_id: str) -> Response:
-        uid = me()
+        uid = await me()
         b = await _body(wire.MembersIn)
         conv = await svc.conversations.add_members(uid, conversation_id, b.member_ids)
         return json_response(await _conversation_out(conv))
@@ -338,13 +469,13 @@ def create_app(svc: Services) -> QuartTrio:
     @api.route("DELETE", "/api/conversations/<conversation_id>/members/<user_id>",
                summary="Remove a group member (admins) or leave", status=204)
     async def members_remove(conversation_id: str, user_id: str) -> Response:
-        await svc.conversations.remove_member(me(), conversation_id, user_id)
+        await svc.conversations.remove_member(await me(), conversation_id, user_id)
         return Response(b"", status=204)
 
     @api.route("DELETE", "/api/conversations/<conversation_id>/members", summary="Remove "
                "group members given in the body (admins)", body=wire.MembersIn, status=204)
     async def members_remove_many(conversation_id: str) -> Response:
-        uid = me()
+        uid = await me()
         b = await _body(wire.MembersIn)
         for member_id in b.member_ids:
             await svc.conversations.remove_member(uid, conversation_id, member_id)
@@ -362,7 +493,7 @@ def create_app(svc: Services) -> QuartTrio:
                response=wire.MessagesOut, query=("limit", "offset", "before_seq", "after_seq"))
     async def messages_list(conversation_id: str) -> Response:
         page, has_more = await svc.messaging.history(
-            me(), conversation_id, limit=_int_arg("limit", cap=settings.history_max_limit),
+            await me(), conversation_id, limit=_int_arg("limit", cap=settings.history_max_limit),
             offset=_int_arg("offset", 0) or 0,
             before_seq=_int_arg("before_seq"), after_seq=_int_arg("after_seq"),
         )
@@ -374,7 +505,7 @@ def create_app(svc: Services) -> QuartTrio:
                response=wire.MessageOut, status=201,
                also={200: "a resend of a client_msg_id: the stored message"})
     async def messages_send(conversation_id: str) -> Response:
-        uid = me()
+        uid = await me()
         b = await _body(wire.SendMessageIn)
         msg, created = await svc.messaging.send(
             uid, conversation_id=conversation_id, content=b.content,
@@ -384,7 +515,7 @@ def create_app(svc: Services) -> QuartTrio:
     @api.route("GET", "/api/messages/<message_id>/status", summary="Per-member status of a "
                "message (sent/delivered/read), from watermarks", response=wire.MessageStatusOut)
     async def message_status(message_id: str) -> Response:
-        uid = me()
+        uid = await me()
         msg = await svc.store.get_message(parse_id(message_id, "message_id"))
         if msg is None:
             raise NotFound("message not found")
@@ -398,7 +529,7 @@ def create_app(svc: Services) -> QuartTrio:
     @api.route("POST", "/api/conversations/<conversation_id>/read", summary="Mark read (or "
                "delivered) up to a seq", body=wire.ReceiptBodyIn, status=204)
     async def mark_read(conversation_id: str) -> Response:
-        uid = me()
+        uid = await me()
         b = await _body(wire.ReceiptBodyIn)
         await svc.messaging.receipt(uid, status=b.status, conversation_id=conversation_id,
                                     up_to_seq=b.up_to_seq)
@@ -409,7 +540,7 @@ def create_app(svc: Services) -> QuartTrio:
     @api.route("GET", "/api/calls", summary="My call history, newest first",
                response=wire.CallsOut, query=("limit", "before"))
     async def calls_list() -> Response:
-        uid = me()
+        uid = await me()
         before_raw = request.args.get("before")
         before = None
         if before_raw:
@@ -427,7 +558,7 @@ def create_app(svc: Services) -> QuartTrio:
                "(TURN REST API credentials when a TURN secret is set)",
                response=wire.IceServersOut)
     async def ice_servers() -> Response:
-        return json_response(svc.calls.ice_servers(me()))
+        return json_response(svc.calls.ice_servers(await me()))
 
     # ---- ops
 

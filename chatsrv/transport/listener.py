@@ -160,6 +160,7 @@ async def serve(app: Any, endpoint: WebSocketEndpoint, config: Config, *,
             async with trio.open_nursery() as accepting:
                 await accepting.start(supervise, "ws-heartbeat", endpoint.run_heartbeat)
                 await accepting.start(supervise, "ws-flusher", endpoint.flusher.run)
+                await accepting.start(supervise, "ws-token-expiry", endpoint.run_expiry)
                 accepting.start_soon(partial(trio.serve_listeners,
                                              partial(_connection, http, endpoint), listeners,
                                              handler_nursery=connections))

@@ -16,11 +16,21 @@ from chatsrv.transport import wire
 
 
 def render_user(u: User, *, status: str | None = None, private: bool = False) -> wire.UserOut:
+    """`status` None: the viewer may not see this user's presence (not a contact), so
+    `last_seen` is withheld too."""
     return wire.UserOut(
         id=u.id, username=u.username, display_name=u.display_name,
-        email=u.email if private else None, status=status, last_seen=iso(u.last_seen),
+        email=u.email if private else None, status=status,
+        last_seen=iso(u.last_seen) if status is not None else None,
         created_at=iso(u.created_at),
     )
+
+
+def render_admin_user(u: User) -> wire.AdminUserOut:
+    return wire.AdminUserOut(
+        id=u.id, username=u.username, display_name=u.display_name, email=u.email,
+        is_admin=u.is_admin, active=u.active, created_at=iso(u.created_at) or "",
+        last_seen=iso(u.last_seen), deactivated_at=iso(u.deactivated_at))
 
 
 def render_message(m: Message) -> wire.MessageOut:
@@ -32,7 +42,7 @@ def render_message(m: Message) -> wire.MessageOut:
 
 
 def render_conversation(c: Conversation, *, users: dict[str, User] | None = None,
-                        statuses: dict[str, str] | None = None,
+                        statuses: dict[str, str | None] | None = None,
                         summary: ConversationSummary | None = None) -> wire.ConversationOut:
     users = users or {}
     statuses = statuses or {}
@@ -54,9 +64,9 @@ def render_conversation(c: Conversation, *, users: dict[str, User] | None = None
     )
 
 
-def auth_out(s: Any) -> wire.AuthOut:
+def auth_out(s: Any, *, status: str) -> wire.AuthOut:
     return wire.AuthOut(token=s.token, refresh_token=s.refresh_token, expires_in=s.expires_in,
-                        user=render_user(s.user, private=True))
+                        user=render_user(s.user, private=True, status=status))
 
 
 def render_call(c: CallRecord, me: str) -> dict[str, Any]:

@@ -78,12 +78,32 @@ class Closing(Exception):
 
 
 class Handshake:
-    """What the endpoint needs from an upgrade request."""
+    """What the endpoint needs from an upgrade request (header names lower case)."""
 
-    __slots__ = ("path", "query", "subprotocols")
+    __slots__ = ("headers", "path", "peer", "query", "subprotocols")
 
-    def __init__(self, path: str, query: str, subprotocols: list[str]) -> None:
+    def __init__(self, path: str, query: str, subprotocols: list[str], *,
+                 headers: dict[str, str] | None = None, peer: str | None = None) -> None:
         self.path, self.query, self.subprotocols = path, query, subprotocols
+        self.headers = headers or {}
+        self.peer = peer
+
+    @property
+    def origin(self) -> str | None:
+        return self.headers.get("origin")
+
+    @property
+    def host(self) -> str:
+        return self.headers.get("host", "")
+
+    @property
+    def forwarded_for(self) -> str | None:
+        return self.headers.get("x-forwarded-for")
+
+    @property
+    def scheme(self) -> str:
+        # behind a TLS-terminating proxy the browser's origin is https://
+        return self.headers.get("x-forwarded-proto", "http").split(",")[0].strip() or "http"
 
 
 class FrameSocket(Protocol):
@@ -247,7 +267,7 @@ class WsSocket:
         # set by the endpoint: pongs go out through the outbox (the reader never writes)
         self.outbox: Outbox | None = None
 
-    async def handshake(self, head: bytes) -> Handshake | None:
+    async def handshake(self, head: bytes, *, peer: str | None = None) -> Handshake | None:
         """Parse the upgrade request (head + whatever completes it); None if it is not a
         valid WebSocket request (a 400 has been sent)."""
         ws = self._ws
@@ -257,7 +277,12 @@ class WsSocket:
                 for event in ws.events():
                     if isinstance(event, Request):
                         path, _, query = event.target.partition("?")
-                        return Handshake(unquote(path), query, list(event.subprotocols))
+                        headers = {bytes(k).decode("latin-1").lower():
+                                   bytes(v).decode("latin-1")
+                                   for k, v in event.extra_headers}
+                        headers["host"] = event.host
+                        return Handshake(unquote(path), query, list(event.subprotocols),
+                                         headers=headers, peer=peer)
                 data = await self._receive_some()
                 if not data:
                     return None

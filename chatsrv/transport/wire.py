@@ -53,6 +53,10 @@ class PingIn(Struct):
     pass
 
 
+class AuthIn(Struct):
+    token: str
+
+
 SDP = str | dict[str, Any]
 
 
@@ -86,6 +90,7 @@ INBOUND: dict[str, type[Struct]] = {
     "read_receipt": ReceiptIn,
     "sync": SyncIn,
     "ping": PingIn,
+    "auth": AuthIn,
     "call_offer": CallOfferIn,
     "call_answer": CallAnswerIn,
     "ice_candidate": IceCandidateIn,
@@ -231,6 +236,17 @@ class RefreshIn(Struct):
     refresh_token: str
 
 
+class LogoutIn(Struct):
+    """Either the session's refresh token, or nothing (the bearer token's session ends)."""
+
+    refresh_token: str | None = None
+
+
+class PasswordIn(Struct):
+    old_password: str
+    new_password: str
+
+
 class CreateConversationIn(Struct):
     member_ids: list[str]
     type: str = "one_to_one"
@@ -264,6 +280,22 @@ class UserOut(Struct):
     status: str | None = None
     last_seen: str | None = None
     created_at: str | None = None
+
+
+class AdminUserOut(Struct):
+    id: str
+    username: str
+    display_name: str
+    email: str
+    is_admin: bool
+    active: bool
+    created_at: str
+    last_seen: str | None = None
+    deactivated_at: str | None = None
+
+
+class AdminUsersOut(Struct):
+    users: list[AdminUserOut]
 
 
 class AuthOut(Struct):

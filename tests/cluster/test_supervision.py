@@ -71,3 +71,30 @@ async def test_a_bad_cluster_event_is_skipped_and_the_feed_goes_on(
             await failed.raised.wait()
             async with c2.ws(b):  # the next one is applied
                 await routable(n1, b.id)
+
+
+async def test_a_session_revoked_on_one_node_closes_its_sockets_on_every_node(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.e2e.test_security import closed_with
+
+    with trio.fail_after(30):
+        n1, n2, c1, c2, a, b, cid = await cluster.two_nodes_and_a_pair()
+        async with c1.ws(a) as on1, c2.ws(a) as on2:
+            r = await c1.http.post("/api/auth/logout", headers=a.headers)
+            assert r.status_code == 204
+            await closed_with(on1, 4401, within=2)
+            await closed_with(on2, 4401, within=2)  # over Redis
+        r = await c2.http.get("/api/users/me", headers=a.headers)
+        assert r.status_code == 401
+        # without Redis notes, the database poll still gets there within 2 s
+        monkeypatch.setattr(directory_of(n1), "sessions_revoked", _no_note)
+        async with c2.ws(b) as b_on2:
+            r = await c1.http.post("/api/auth/logout", headers=b.headers)
+            assert r.status_code == 204
+            await closed_with(b_on2, 4401, within=2)
+        r = await c2.http.get("/api/users/me", headers=b.headers)
+        assert r.status_code == 401
+
+
+async def _no_note(session_ids: list[str]) -> None:
+    await trio.lowlevel.checkpoint()

@@ -170,24 +170,63 @@ async def test_history_paging(store: SqlStore) -> None:
     assert [m.seq for m in await store.list_messages(conv, limit=2, after_seq=8)] == [9, 10]
 
 
-async def test_refresh_tokens_rotate_and_replay_revokes_the_family(store: SqlStore) -> None:
+async def test_refresh_tokens_rotate_and_replay_revokes_the_session(store: SqlStore) -> None:
     u = await make_user(store)
     later = utcnow() + timedelta(days=1)
-    await store.add_refresh_token(token_hash="h1", user_id=u.id, family_id=new_id(),
+    sid = new_id()
+    await store.open_session(session_id=sid, user_id=u.id, token_hash="h1", expires_at=later,
+                             created_at=utcnow())
+    outcome = await store.use_refresh_token("h1", now=utcnow())
+    assert outcome.grant is not None and outcome.grant.user_id == u.id
+    assert outcome.grant.family_id == sid and outcome.replayed is None
+    await store.add_refresh_token(token_hash="h2", user_id=u.id, family_id=sid,
                                   expires_at=later)
-    grant = await store.use_refresh_token("h1", now=utcnow())
-    assert grant is not None and grant.user_id == u.id
-    await store.add_refresh_token(token_hash="h2", user_id=u.id, family_id=grant.family_id,
-                                  expires_at=later)
-    assert await store.use_refresh_token("h1", now=utcnow()) is None  # replay
-    assert await store.use_refresh_token("h2", now=utcnow()) is None  # family revoked
+    replay = await store.use_refresh_token("h1", now=utcnow())
+    assert replay.grant is None and replay.replayed == sid
+    assert (await store.use_refresh_token("h2", now=utcnow())).grant is None  # revoked too
+    info = await store.get_session(sid)
+    assert info is not None and info.revoked_at is not None
+    revoked = await store.revoked_sessions_since(utcnow() - timedelta(minutes=1), limit=10)
+    assert sid in [s for s, _ in revoked]
+
+
+async def test_of_concurrent_refreshes_exactly_one_wins(store: SqlStore) -> None:
+    u = await make_user(store)
+    sid = new_id()
+    await store.open_session(session_id=sid, user_id=u.id, token_hash="once",
+                             expires_at=utcnow() + timedelta(days=1), created_at=utcnow())
+    outcomes = []
+
+    async def refresh() -> None:
+        outcomes.append(await store.use_refresh_token("once", now=utcnow()))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(12):
+            nursery.start_soon(refresh)
+    assert sum(o.grant is not None for o in outcomes) == 1
+    # the others were replays: the session is gone, so the winner's chain is dead too
+    assert (await store.get_session(sid)).revoked_at is not None  # type: ignore[union-attr]
 
 
 async def test_expired_refresh_token_is_refused(store: SqlStore) -> None:
     u = await make_user(store)
-    await store.add_refresh_token(token_hash="old", user_id=u.id, family_id=new_id(),
-                                  expires_at=utcnow() - timedelta(seconds=1))
-    assert await store.use_refresh_token("old", now=utcnow()) is None
+    await store.open_session(session_id=new_id(), user_id=u.id, token_hash="old",
+                             expires_at=utcnow() - timedelta(seconds=1), created_at=utcnow())
+    outcome = await store.use_refresh_token("old", now=utcnow())
+    assert outcome.grant is None and outcome.replayed is None
+
+
+async def test_admin_flags_deactivation_and_search(store: SqlStore) -> None:
+    u = await make_user(store)
+    await store.set_admin(u.id, True)
+    assert (await store.find_user(u.username.upper())).is_admin  # type: ignore[union-attr]
+    assert (await store.find_user(u.id)).id == u.id  # type: ignore[union-attr]
+    await store.set_deactivated(u.id, utcnow())
+    assert await store.search_users(u.username, limit=5) == []
+    listed = await store.list_users(u.username, limit=5)
+    assert [x.id for x in listed] == [u.id] and not listed[0].active
+    await store.set_deactivated(u.id, None)
+    assert [x.id for x in await store.search_users(u.username, limit=5)] == [u.id]
 
 
 async def test_members_contacts_and_positions(store: SqlStore) -> None:

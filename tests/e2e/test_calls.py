@@ -87,7 +87,8 @@ async def test_reject_busy_offline_and_client_call_id(client: Client) -> None:
             assert busy["type"] == "call_reject" and busy["payload"]["reason"] == "busy"
             dup = await wc.request("call_offer", {"call_id": my_id, "recipient_id": b.id,
                                                   "offer": "sdp"}, "never")
-            assert dup["payload"]["code"] in ("call_exists", "already_in_call")
+            # someone else's live call id: not revealed (not_found, never call_exists)
+            assert dup["payload"]["code"] == "not_found"
             bad = await wc.request("call_offer", {"call_id": "no spaces!", "recipient_id": b.id,
                                                   "offer": "sdp"}, "never")
             assert bad["payload"]["code"] == "invalid_request"

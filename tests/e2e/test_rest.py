@@ -101,9 +101,14 @@ async def test_users_me_by_id_and_search(client: Client) -> None:
     r = await client.http.get(f"/api/users/{b.id}", headers=a.headers)
     assert r.status_code == 200
     assert r.json()["username"] == b.username and r.json().get("email") is None
-    assert r.json()["status"] == "offline" and "last_seen" in r.json()
+    # a stranger's presence is not shown; a contact's is
+    assert r.json()["status"] is None and r.json()["last_seen"] is None
     r = await client.http.get("/api/users", params={"q": b.username[1:8]}, headers=a.headers)
     assert [u["id"] for u in r.json()["users"]] == [b.id]
+    assert r.json()["users"][0]["status"] is None
+    await client.conversation(a, b)
+    r = await client.http.get(f"/api/users/{b.id}", headers=a.headers)
+    assert r.json()["status"] == "offline"
 
 
 async def test_conversations_group_flow_and_admin_rules(client: Client) -> None:

@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from bench.server import LOAD_TEST_LIMITS
+
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0  # migrations on a fresh PostgreSQL database included
 STOP_TIMEOUT = 15.0  # SHUTDOWN_DEADLINE (5) + margin
@@ -68,7 +70,7 @@ class Node:
                if k not in ("DATABASE_URL", "REDIS_URL", "REDIS_HOST", "DB_HOST")}
         env.update({
             "HTTP_HOST": "127.0.0.1", "HTTP_PORT": "0", "CHATSRV_DATA_DIR": str(self.data_dir),
-            "BCRYPT_ROUNDS": "4", "RATE_PER_SECOND": "100000", "RATE_BURST": "100000",
+            "BCRYPT_ROUNDS": "4", **LOAD_TEST_LIMITS,
             "SHUTDOWN_DEADLINE": "5", "CONNECT_RETRY_DEADLINE": "10",
         })
         if self.database_url:

@@ -25,7 +25,8 @@ def user_of(r: Row) -> User:
     return User(
         id=str(r["id"]), username=r["username"], email=r["email"],
         display_name=r["display_name"], created_at=ts(r["created_at"]),
-        last_seen=opt_ts(r["last_seen"]),
+        last_seen=opt_ts(r["last_seen"]), is_admin=bool(r["is_admin"]),
+        deactivated_at=opt_ts(r["deactivated_at"]),
     )
 
 
@@ -52,6 +53,7 @@ def conversation_of(r: Row, members: Sequence[Member] = ()) -> Conversation:
     )
 
 
-USER_COLS = "id, username, email, display_name, created_at, last_seen"
+USER_COLS = ("id, username, email, display_name, created_at, last_seen, is_admin, "
+             "deactivated_at")
 MESSAGE_COLS = "id, conversation_id, seq, sender_id, content, message_type, client_msg_id, created_at"
 CONV_COLS = "id, type, name, created_by, created_at, last_seq"

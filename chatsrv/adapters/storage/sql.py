@@ -1,5 +1,6 @@
 """The Store port over SQL, the same on PostgreSQL and SQLite (see base.py for the drivers):
-users, refresh tokens and conversations here; messages and watermarks in messages.py; rows
+users and conversations here; messages and watermarks in messages.py; sessions, refresh
+tokens and administration in sessions.py; rows
 to entities in rows.py. A one_to_one conversation is unique per pair by its direct_key, also
 when both sides create it at once.
 """
@@ -18,9 +19,9 @@ from chatsrv.adapters.storage.rows import (
     conversation_of,
     member_of,
     message_of,
-    ts,
     user_of,
 )
+from chatsrv.adapters.storage.sessions import SessionStore, like_pattern
 from chatsrv.domain.errors import Conflict
 from chatsrv.domain.model import (
     Arrival,
@@ -28,7 +29,6 @@ from chatsrv.domain.model import (
     ConversationSummary,
     ConversationType,
     Member,
-    RefreshGrant,
     Role,
     User,
     Watermarks,
@@ -40,16 +40,10 @@ GET_USER = f"SELECT {USER_COLS} FROM users WHERE id = $1"
 FIND_LOGIN = f"""SELECT {USER_COLS}, password_hash FROM users
 WHERE lower(email) = lower($1) OR lower(username) = lower($1) LIMIT 1"""
 SEARCH_USERS = f"""SELECT {USER_COLS} FROM users
-WHERE lower(username) LIKE $1 ESCAPE '\\' OR lower(display_name) LIKE $1 ESCAPE '\\'
+WHERE (lower(username) LIKE $1 ESCAPE '\\' OR lower(display_name) LIKE $1 ESCAPE '\\')
+  AND deactivated_at IS NULL
 ORDER BY username LIMIT $2"""
 SET_LAST_SEEN = "UPDATE users SET last_seen = $2 WHERE id = $1"
-
-INSERT_REFRESH = """INSERT INTO refresh_tokens (token_hash, user_id, family_id, expires_at)
-VALUES ($1, $2, $3, $4)"""
-GET_REFRESH = """SELECT user_id, family_id, expires_at, used, revoked FROM refresh_tokens
-WHERE token_hash = $1"""
-USE_REFRESH = "UPDATE refresh_tokens SET used = TRUE WHERE token_hash = $1"
-REVOKE_FAMILY = "UPDATE refresh_tokens SET revoked = TRUE WHERE family_id = $1"
 
 INSERT_CONVERSATION = """INSERT INTO conversations (id, type, name, created_by, created_at, direct_key)
 VALUES ($1, $2, $3, $4, $5, $6)"""
@@ -84,14 +78,9 @@ CONTACTS_MANY_PG = """SELECT DISTINCT m.user_id, o.user_id AS contact FROM conve
 JOIN conversation_members o ON o.conversation_id = m.conversation_id
 WHERE m.user_id = ANY($1::uuid[]) AND o.user_id <> m.user_id"""
 
-def _like(query: str) -> str:
-    escaped = query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-class SqlStore(MessageStore):
+class SqlStore(MessageStore, SessionStore):
     """Implements domain.ports.Store on any Database driver (one `db.run` per method):
-    users, refresh tokens and conversations here, messages in MessageStore."""
+    users and conversations here, messages in MessageStore, sessions in SessionStore."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -141,7 +130,7 @@ class SqlStore(MessageStore):
 
     async def search_users(self, query: str, *, limit: int) -> list[User]:
         def op() -> Op[list[User]]:
-            found = yield rows(SEARCH_USERS, _like(query), limit)
+            found = yield rows(SEARCH_USERS, like_pattern(query), limit)
             return [user_of(r) for r in found]
 
         return await self.db.run(op(), write=False)
@@ -149,42 +138,6 @@ class SqlStore(MessageStore):
     async def set_last_seen(self, user_id: str, at: datetime) -> None:
         def op() -> Op[None]:
             yield exec_(SET_LAST_SEEN, user_id, at)
-
-        await self.db.run(op())
-
-    # refresh tokens ----------------------------------------------------------------------
-
-    async def add_refresh_token(
-        self, *, token_hash: str, user_id: str, family_id: str, expires_at: datetime
-    ) -> None:
-        def op() -> Op[None]:
-            yield exec_(INSERT_REFRESH, token_hash, user_id, family_id, expires_at)
-
-        await self.db.run(op())
-
-    async def use_refresh_token(self, token_hash: str, *, now: datetime) -> RefreshGrant | None:
-        def op() -> Op[RefreshGrant | None]:
-            row = yield one(GET_REFRESH, token_hash)
-            if row is None or row["revoked"]:
-                return None
-            family = str(row["family_id"])
-            if row["used"]:
-                # A rotated token came back: it was stolen or replayed. Kill the family.
-                yield exec_(REVOKE_FAMILY, family)
-                return None
-            if ts(row["expires_at"]) <= now:
-                return None
-            yield exec_(USE_REFRESH, token_hash)
-            return RefreshGrant(user_id=str(row["user_id"]), family_id=family,
-                                expires_at=ts(row["expires_at"]))
-
-        return await self.db.run(op())
-
-    async def revoke_refresh_family(self, token_hash: str) -> None:
-        def op() -> Op[None]:
-            row = yield one(GET_REFRESH, token_hash)
-            if row is not None:
-                yield exec_(REVOKE_FAMILY, str(row["family_id"]))
 
         await self.db.run(op())
 

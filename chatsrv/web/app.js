@@ -39,6 +39,7 @@ function el(tag, attrs = {}, ...children) {
     if (v == null || v === false) continue;
     if (k === 'class') node.className = v;
     else if (k === 'text') node.textContent = v;
+    else if (k === 'style') node.style.cssText = v; // CSSOM: allowed by a CSP without 'unsafe-inline'
     else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
     else node.setAttribute(k, v === true ? '' : String(v));
   }
@@ -1192,6 +1193,13 @@ function endCall(message) {
   if (call) refreshCalls(call.id); // the call's entry in the chat and in the history
 }
 
+const END_REASONS = { disconnected: 'connection lost', caller_disconnected: 'connection lost',
+                      timeout: 'no answer', offline: 'they are offline' };
+function endText(reason) {
+  const why = reason && reason !== 'hangup' ? END_REASONS[reason] || reason : '';
+  return why ? `Call ended (${why})` : 'Call ended';
+}
+
 function callStatus(text) { $('call-status').textContent = text; }
 
 function showCall(text) {
@@ -1341,7 +1349,7 @@ async function onCallFrame(type, p) {
     }
     case 'call_reject': endCall(p.reason === 'busy' ? `${userName(call.peer)} is busy` : 'Call declined'); break;
     case 'call_end':
-      endCall(call.state === 'incoming' ? `Missed call from ${userName(call.peer)}` : `Call ended${p.reason ? ` (${p.reason})` : ''}`);
+      endCall(call.state === 'incoming' ? `Missed call from ${userName(call.peer)}` : endText(p.reason));
       break;
     case 'call_answered_elsewhere': endCall('Call answered on another device'); break;
     default: break;

@@ -41,6 +41,9 @@ CHROMIUM_ARGS = [
     "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
     # WebRTC host candidates on loopback too, for machines without another interface
     "--allow-loopback-in-peer-connection",
+    # the tests hand the page its CSP header through Playwright's router (ui.CSP); Chromium
+    # then takes the document for a public one and blocks its WebSocket to 127.0.0.1
+    "--disable-features=LocalNetworkAccessChecks",
 ]
 REPO = Path(__file__).resolve().parents[2]
 SERVER_START_TIMEOUT = 30.0

@@ -22,6 +22,11 @@ except ImportError:  # the `browser` fixture then skips, or fails under CI, sayi
 DESKTOP: Any = {"width": 1100, "height": 720}  # playwright's ViewportSize (a TypedDict)
 PHONE: Any = {"width": 390, "height": 760}
 PASSWORD = "password123"
+# The page is served to the tests under the strict policy the security issue will add (no
+# 'unsafe-inline' anywhere): a violation is logged by Chromium and fails the test.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+       "connect-src 'self'; media-src 'self'; base-uri 'none'; form-action 'self'; "
+       "frame-ancestors 'none'")
 
 
 def exact(text: str) -> re.Pattern[str]:
@@ -42,17 +47,29 @@ class Person:
         self.context: BrowserContext = crowd.browser.new_context(
             viewport=PHONE if phone else DESKTOP, is_mobile=phone, has_touch=phone,
             permissions=["camera", "microphone"], base_url=crowd.server.url)
+        self.context.route(f"{crowd.server.url}/", self._with_csp)
         self.page: Page = self.new_page()
+
+    @staticmethod
+    def _with_csp(route: Any) -> None:
+        response = route.fetch()
+        route.fulfill(response=response,
+                      headers={**response.headers, "content-security-policy": CSP})
 
     # ---- pages and evidence
 
     def new_page(self) -> Page:
         page = self.context.new_page()
-        page.on("console", lambda m: self.console.append(f"[{m.type}] {m.text}"))
+        page.on("console", self._on_console)
         page.on("pageerror", lambda e: self.errors.append(str(e)))
         page.on("pageerror", lambda e: self.console.append(f"[pageerror] {e}"))
         page.on("websocket", self._watch_socket)
         return page
+
+    def _on_console(self, message: Any) -> None:
+        self.console.append(f"[{message.type}] {message.text}")
+        if "Content Security Policy" in message.text:
+            self.errors.append(f"CSP violation: {message.text}")
 
     def _watch_socket(self, ws: Any) -> None:
         def keep(direction: str, payload: Any) -> None:
@@ -171,7 +188,12 @@ class People:
                 person.shot(step)
 
     def page_errors(self) -> list[str]:
-        return [f"{p.name}: {e}" for p in self.everyone for e in p.errors]
+        counts: dict[str, int] = {}
+        for person in self.everyone:
+            for e in person.errors:
+                key = f"{person.name}: {e}"
+                counts[key] = counts.get(key, 0) + 1
+        return [f"{key} (x{n})" if n > 1 else key for key, n in counts.items()][:10]
 
     def failure_sections(self) -> list[tuple[str, str]]:
         sections = []

@@ -1,5 +1,6 @@
 """Groups in the web client: create, add a member by search, remove a member, leave; the
-admin badge and the admin-only controls; every change reaches the others live."""
+admin badge and the admin-only controls; every change reaches the others live. Bob uses
+the phone-sized layout (the details panel is a screen of its own there)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from tests.browser.ui import exact, expect
 
 
 def test_group_create_add_remove_leave(people) -> None:  # type: ignore[no-untyped-def]
-    alice, bob, carol = people("alice"), people("bob"), people("carol")
+    alice, bob, carol = people("alice"), people("bob", phone=True), people("carol")
     for person in (alice, bob, carol):
         person.register()
 
@@ -73,6 +74,8 @@ def test_group_create_add_remove_leave(people) -> None:  # type: ignore[no-untyp
     bob.page.locator("#leave-yes").click()
     expect(bob.conv_row("Trip")).to_have_count(0)
     expect(bob.page.locator("#conv-view")).to_be_hidden()
+    expect(bob.page.locator("#details")).to_be_hidden()
+    expect(bob.page.locator("#conv-list")).to_be_visible()  # his phone is back on the list
     expect(details.locator(".member")).to_have_count(1)
     expect(a.locator("#conv-sub")).to_have_text("1 member: You")
     people.shoot("bob-left")

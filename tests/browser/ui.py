@@ -47,6 +47,8 @@ class Person:
         self.context: BrowserContext = crowd.browser.new_context(
             viewport=PHONE if phone else DESKTOP, is_mobile=phone, has_touch=phone,
             permissions=["camera", "microphone"], base_url=crowd.server.url)
+        # every action and wait is bounded (expect's own default is set in conftest.py)
+        self.context.set_default_timeout(15_000)
         self.context.route(f"{crowd.server.url}/", self._with_csp)
         self.page: Page = self.new_page()
 

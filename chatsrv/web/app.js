@@ -927,6 +927,19 @@ async function removeMember(conv, uid, button) {
   } catch (err) { button.disabled = false; report(err); }
 }
 
+// The server lets the last admin leave, and then nobody can add or remove members: say so.
+function askLeave() {
+  const conv = S.convs.get(S.current);
+  if (!conv) return;
+  const admins = [...conv.members.values()].filter((m) => m.role === 'admin');
+  const lastAdmin = isAdmin(conv) && admins.length === 1 && conv.members.size > 1;
+  $('leave-text').textContent = lastAdmin
+    ? 'You are the only admin: after you leave, nobody can add or remove members. Leave anyway?'
+    : 'Leave this group? You will stop getting its messages.';
+  $('leave-btn').hidden = true;
+  $('leave-confirm').hidden = false;
+}
+
 async function leaveGroup() {
   const conv = S.convs.get(S.current);
   if (!conv || conv.type !== 'group') return;
@@ -1472,7 +1485,7 @@ function wire() {
   $('details-close').addEventListener('click', closeDetails);
   $('member-search').addEventListener('input', runMemberSearch);
   $('rename-form').addEventListener('submit', renameGroup);
-  $('leave-btn').addEventListener('click', () => { $('leave-btn').hidden = true; $('leave-confirm').hidden = false; });
+  $('leave-btn').addEventListener('click', askLeave);
   $('leave-cancel').addEventListener('click', () => { $('leave-btn').hidden = false; $('leave-confirm').hidden = true; });
   $('leave-yes').addEventListener('click', leaveGroup);
   $('composer').addEventListener('submit', (e) => { e.preventDefault(); sendMessage(); });

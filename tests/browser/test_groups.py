@@ -45,6 +45,11 @@ def test_group_create_add_remove_leave(people) -> None:  # type: ignore[no-untyp
     # Rename is a hook only (PATCH /api/conversations/{id} is not on the server yet)
     expect(a.locator("#rename-form")).to_be_hidden()
     people.shoot("carol-added")
+    # the only admin is warned before leaving (the server would leave the group adminless)
+    a.locator("#leave-btn").click()
+    expect(a.locator("#leave-text")).to_contain_text("You are the only admin")
+    a.locator("#leave-cancel").click()
+    expect(a.locator("#leave-confirm")).to_be_hidden()
 
     # Bob is a plain member: no add, no remove; he sees Alice's admin badge
     bob.open_conv("Trip")
@@ -69,7 +74,8 @@ def test_group_create_add_remove_leave(people) -> None:  # type: ignore[no-untyp
 
     # Bob leaves (with a confirmation step); Alice sees the group shrink to herself
     bob.page.locator("#leave-btn").click()
-    expect(bob.page.locator("#leave-confirm")).to_be_visible()
+    expect(bob.page.locator("#leave-text")).to_have_text(
+        "Leave this group? You will stop getting its messages.")
     bob.shot("leave-confirm")
     bob.page.locator("#leave-yes").click()
     expect(bob.conv_row("Trip")).to_have_count(0)

@@ -1,6 +1,10 @@
 // chatsrv web client: one page, plain ES module, no framework and no build step.
 // All state lives in `S`; the DOM is re-rendered from it in small batched passes.
 // User-provided text only ever reaches the DOM through text nodes / textContent.
+// UI state is drawn with inline SVG icons (icons.js), never with emoji glyphs.
+
+import { hydrateIcons, icon } from './icons.js';
+import { checkRegistration } from './rules.js';
 
 const $ = (id) => document.getElementById(id);
 const AUTH_KEY = 'chatsrv.auth';
@@ -18,6 +22,10 @@ const S = {
   typingOut: { cid: null, at: 0, idle: 0 },
   receipts: new Set(), receiptTimer: 0,
   call: null, cancelledOffer: 0,
+  calls: new Map(),           // call id -> /api/calls record (history, and entries in the chat)
+  callsTimer: 0,
+  side: 'chats',              // sidebar tab: 'chats' | 'calls'
+  details: false,             // group details panel open
   ice: { servers: null, expires: 0 },
   scrollToBottom: false,
 };
@@ -31,6 +39,7 @@ function el(tag, attrs = {}, ...children) {
     if (v == null || v === false) continue;
     if (k === 'class') node.className = v;
     else if (k === 'text') node.textContent = v;
+    else if (k === 'style') node.style.cssText = v; // CSSOM: allowed by a CSP without 'unsafe-inline'
     else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
     else node.setAttribute(k, v === true ? '' : String(v));
   }
@@ -265,6 +274,10 @@ function addMessage(m) {
   if (m.sender_id === me()) {
     advance(conv, me(), m.seq, m.seq); // the server marks my own messages read for me
   } else {
+    // The server moves a sender's watermarks to their new message without a
+    // message_status for it (SENDER_READ in adapters/storage/messages.py): apply the same
+    // rule here, or a reply sent before its read receipt leaves my earlier ticks unread.
+    advance(conv, m.sender_id, m.seq, m.seq);
     setTyping(conv.id, m.sender_id, false);
     queueReceipt(conv.id);
   }
@@ -329,6 +342,7 @@ async function connect() {
     S.forceRefresh = S.forceRefresh || ev.code === 4401 || !opened;
     const delay = Math.min(30000, 1000 * 2 ** S.attempt++) * (0.8 + Math.random() * 0.4);
     setConn('offline', delay);
+    invalidate('sidebar', 'header'); // others' presence is unknown until we are back
     S.reconnectTimer = setTimeout(connect, delay);
   };
 }
@@ -357,6 +371,9 @@ function onFrame({ type, payload: p = {}, ref }) {
     case 'typing': return setTyping(p.conversation_id, p.user_id, p.is_typing);
     case 'presence_update': return onPresence(p);
     case 'sync_result': return onSyncResult(p, ref);
+    case 'members_added': return onMembersAdded(p);
+    case 'member_removed': return onMemberRemoved(p);
+    case 'conversation_updated': return onConversationUpdated(p); // not sent yet (rename hook)
     case 'error': return onError(p, ref ?? p.ref);
     case 'pong': return undefined;
     default: if (type?.startsWith('call_') || type === 'ice_candidate') onCallFrame(type, p, ref);
@@ -399,6 +416,7 @@ function onReady(p) {
   send('sync', { conversations: since }, S.sync.ref);
   for (const conv of S.convs.values()) for (const pm of conv.pending.values()) if (!pm.failed) transmit(pm);
   if (S.current) queueReceipt(S.current);
+  loadCalls(); // calls that ended while we were away
   invalidate('sidebar', 'header', 'messages', 'typing');
 }
 
@@ -443,13 +461,57 @@ function onPresence(p) {
   invalidate('sidebar', 'header');
 }
 
+// Someone was added to a group: refresh its members; if it is me, the group is new to me.
+function onMembersAdded(p) {
+  const cid = p.conversation_id;
+  if (!cid) return;
+  if (!S.convs.get(cid)?.type || (p.user_ids || []).includes(me())) { reloadConversations(); return; }
+  refreshConversation(cid);
+}
+
+function onMemberRemoved(p) {
+  const conv = S.convs.get(p.conversation_id);
+  if (!conv) return;
+  if (p.user_id === me()) {
+    forgetConversation(conv, p.by === me() ? `You left "${convName(conv)}"` : `You were removed from "${convName(conv)}"`);
+    return;
+  }
+  conv.members.delete(p.user_id);
+  invalidate('sidebar', 'header', 'details');
+}
+
+function onConversationUpdated(p) {
+  const conv = S.convs.get(p.conversation_id || p.id);
+  if (!conv) return;
+  if ('name' in p) conv.name = p.name;
+  invalidate('sidebar', 'header', 'details');
+}
+
+function forgetConversation(conv, message) {
+  S.convs.delete(conv.id);
+  S.typingIn.delete(conv.id);
+  if (S.current === conv.id) closeConversation();
+  if (message) toast(message, 'info');
+  invalidate('sidebar');
+}
+
+async function refreshConversation(cid) {
+  try {
+    mergeConv(await api('GET', `/api/conversations/${cid}`));
+  } catch (err) {
+    if (err.status === 404) { const conv = S.convs.get(cid); if (conv) forgetConversation(conv); return; }
+    report(err);
+  }
+  invalidate('sidebar', 'header', 'details', cid === S.current && 'messages');
+}
+
 function onError(p, ref) {
   for (const conv of S.convs.values()) {
     const pm = ref && conv.pending.get(ref);
     if (!pm) continue;
     if (p.code === 'rate_limited') setTimeout(() => conv.pending.has(ref) && transmit(pm), (p.retry_after || 1) * 1000);
     else { pm.failed = p.message || p.code; toast(`Message not sent: ${pm.failed}`); }
-    invalidate('messages');
+    invalidate('messages', 'sidebar');
     return;
   }
   if (S.call && ref && ref === S.call.ref) return endCall(`Call failed: ${p.message || p.code}`);
@@ -536,13 +598,17 @@ function sendMessage() {
   autosize();
   stopTyping();
   S.scrollToBottom = true;
-  invalidate('messages');
+  invalidate('messages', 'sidebar');
 }
 
 async function openConversation(cid) {
   const conv = S.convs.get(cid);
   if (!conv) return;
   if (S.typingOut.cid && S.typingOut.cid !== cid) stopTyping();
+  if (cid !== S.current) {
+    S.details = false;
+    if (S.receiptTimer) { clearTimeout(S.receiptTimer); flushReceipts(); } // what was on screen was read
+  }
   S.current = cid;
   S.scrollToBottom = true;
   document.body.classList.add('show-pane');
@@ -564,7 +630,9 @@ async function openConversation(cid) {
 
 function closeConversation() {
   stopTyping();
+  if (S.receiptTimer) { clearTimeout(S.receiptTimer); flushReceipts(); } // what was on screen was read
   S.current = null;
+  S.details = false;
   document.body.classList.remove('show-pane');
   invalidate('sidebar', 'header', 'messages', 'typing');
 }
@@ -621,7 +689,8 @@ const picked = new Map();
 function renderPicked() {
   $('group-selected').replaceChildren(...[...picked.values()].map((u) => el('span', { class: 'chip' },
     u.display_name || u.username,
-    el('button', { type: 'button', title: 'Remove', onclick: () => { picked.delete(u.id); renderPicked(); } }, '×'))));
+    el('button', { type: 'button', title: 'Remove', 'aria-label': `Remove ${u.display_name || u.username}`,
+                   onclick: () => { picked.delete(u.id); renderPicked(); } }, icon('close')))));
 }
 const runGroupSearch = debounce(async () => {
   const q = $('group-search').value.trim();
@@ -676,8 +745,12 @@ function flushRender() {
   $('conv-view').hidden = !conv;
   if (!conv) document.body.classList.remove('show-pane');
   if (d.has('sidebar')) renderSidebar();
+  const details = Boolean(conv && conv.type === 'group' && S.details);
+  $('details').hidden = !details;
+  document.body.classList.toggle('show-details', details);
   if (!conv) return;
   if (d.has('header')) renderHeader(conv);
+  if (details && (d.has('details') || d.has('header'))) renderDetails(conv);
   if (d.has('messages')) renderMessages();
   if (d.has('typing')) renderTyping(conv);
 }
@@ -692,9 +765,43 @@ function avatar(name, status) {
 }
 
 function renderSidebar() {
+  for (const b of document.querySelectorAll('[data-side]')) {
+    b.classList.toggle('active', b.dataset.side === S.side);
+    b.setAttribute('aria-selected', String(b.dataset.side === S.side));
+  }
+  $('conv-list').hidden = S.side !== 'chats';
+  $('call-list').hidden = S.side !== 'calls';
+  if (S.side === 'calls') { renderCallList(); return; }
   const convs = [...S.convs.values()].filter((c) => c.type).sort((a, b) => activity(b) - activity(a));
   $('conv-list').replaceChildren(...(convs.length ? convs.map(convItem)
     : [el('li', { class: 'muted', text: 'No conversations yet. Search for someone to start.' })]));
+}
+
+function renderCallList() {
+  const calls = [...S.calls.values()].sort((a, b) => (toDate(b.started_at) || 0) - (toDate(a.started_at) || 0));
+  $('call-list').replaceChildren(...(calls.length ? calls.map(callItem)
+    : [el('li', { class: 'muted', text: 'No calls yet. Open a chat and press Call or Video.' })]));
+}
+
+function callItem(c) {
+  const peer = callPeer(c);
+  const u = S.users.get(peer);
+  const d = describeCall(c);
+  return el('li', {}, el('button', {
+    type: 'button', class: `row call-row ${d.kind}`, 'data-call-id': c.id, 'data-status': c.status,
+    onclick: () => openCallConversation(c),
+  },
+  avatar(userName(peer), u?.status),
+  el('span', { class: 'row-main' },
+    el('span', { class: 'row-top' },
+      el('span', { class: 'row-name', text: userName(peer) }),
+      el('span', { class: 'row-time', text: fmtShort(c.started_at) })),
+    el('span', { class: `row-sub call-sub ${d.kind}` }, icon(d.icon), d.text))));
+}
+
+async function openCallConversation(c) {
+  if (c.conversation_id && S.convs.get(c.conversation_id)?.type) { openConversation(c.conversation_id); return; }
+  await startDirect(callPeer(c)); // idempotent: the existing 1:1 with that person
 }
 
 function convItem(conv) {
@@ -702,13 +809,18 @@ function convItem(conv) {
   const unread = isVisible(conv.id) ? 0 : unreadOf(conv); // read receipt is on its way
   const typing = typers(conv.id).length > 0;
   const last = conv.last_message;
+  const pending = [...conv.pending.values()].at(-1);
   let preview = 'No messages yet';
+  let mark = null;
   if (typing) preview = 'typing…';
-  else if (last) {
+  else if (pending) {
+    preview = `You: ${pending.content}`;
+    mark = icon(pending.failed ? 'alert' : 'clock', { title: pending.failed ? 'Not sent' : 'Sending…', cls: 'preview-mark' });
+  } else if (last) {
     const who = last.sender_id === me() ? 'You: ' : conv.type === 'group' ? `${userName(last.sender_id)}: ` : '';
     preview = who + last.content;
   }
-  const status = conv.type === 'one_to_one' ? S.users.get(otherId(conv))?.status || 'offline' : null;
+  const status = conv.type === 'one_to_one' && S.wsReady ? S.users.get(otherId(conv))?.status || 'offline' : null;
   return el('li', {}, el('button', {
     type: 'button', class: `row conv${conv.id === S.current ? ' active' : ''}${unread ? ' unread' : ''}`,
     onclick: () => openConversation(conv.id),
@@ -719,7 +831,7 @@ function convItem(conv) {
       el('span', { class: 'row-name', text: name }),
       el('span', { class: 'row-time', text: fmtShort(last?.created_at) })),
     el('span', { class: 'row-top' },
-      el('span', { class: `row-sub${typing ? ' typing-text' : ''}`, text: preview }),
+      el('span', { class: `row-sub${typing ? ' typing-text' : ''}${mark ? ' with-mark' : ''}` }, mark, preview),
       unread ? el('span', { class: 'badge', text: unread > 99 ? '99+' : String(unread) }) : null))));
 }
 
@@ -727,43 +839,199 @@ function renderHeader(conv) {
   $('conv-title').textContent = convName(conv);
   let sub;
   if (conv.type === 'group') {
-    const names = [...conv.members.keys()].map(userName);
-    sub = `${names.length} members: ${names.join(', ')}`;
+    const names = membersInOrder(conv).map((m) => userName(m.user_id));
+    sub = `${names.length} member${names.length === 1 ? '' : 's'}: ${names.join(', ')}`;
   } else {
     const u = S.users.get(otherId(conv));
-    sub = u?.status === 'online' ? 'online' : fmtLastSeen(u?.last_seen);
+    sub = !S.wsReady ? 'connecting…' : u?.status === 'online' ? 'online' : fmtLastSeen(u?.last_seen);
   }
   $('conv-sub').textContent = sub;
   $('conv-sub').classList.toggle('online', sub === 'online');
+  // 1:1 calls only: the server rings one callee. Groups explain this in their details panel.
   $('call-buttons').hidden = conv.type !== 'one_to_one';
+  $('info-btn').hidden = conv.type !== 'group';
+  $('conv-title-btn').disabled = conv.type !== 'group';
 }
+
+// ---- group details: members with their role, add (admins), remove (admins), leave
+
+const isAdmin = (conv, uid = me()) => conv.members.get(uid)?.role === 'admin';
+
+// Me first, then admins, then by name.
+function membersInOrder(conv) {
+  const rank = (m) => (m.user_id === me() ? 0 : m.role === 'admin' ? 1 : 2);
+  return [...conv.members.values()].sort((a, b) => rank(a) - rank(b)
+    || userName(a.user_id).localeCompare(userName(b.user_id)));
+}
+
+function renderDetails(conv) {
+  const admin = isAdmin(conv);
+  $('details-title').textContent = convName(conv);
+  $('add-members').hidden = !admin;
+  // Rename hook: unhide for admins once PATCH /api/conversations/{id} exists (see index.html).
+  $('rename-form').hidden = true;
+  const members = membersInOrder(conv);
+  $('members-count').textContent = `${members.length} member${members.length === 1 ? '' : 's'}`;
+  $('members-list').replaceChildren(...members.map((m) => memberRow(conv, m, admin)));
+}
+
+function memberRow(conv, m, admin) {
+  const u = S.users.get(m.user_id) || {};
+  const self = m.user_id === me();
+  return el('li', { class: 'member', 'data-user-id': m.user_id },
+    avatar(u.display_name || u.username, u.status),
+    el('span', { class: 'row-main' },
+      el('span', { class: 'row-top' },
+        el('span', { class: 'row-name', text: self ? `${u.display_name || u.username || 'You'} (you)` : userName(m.user_id) }),
+        m.role === 'admin' ? el('span', { class: 'role-badge', text: 'admin' }) : null),
+      el('span', { class: 'row-sub', text: u.username ? `@${u.username}` : '' })),
+    self ? null : el('button', { type: 'button', class: 'ghost small', title: 'Open your chat with them',
+                                 onclick: () => startDirect(m.user_id) }, 'Message'),
+    admin && !self ? el('button', { type: 'button', class: 'danger-outline small', title: 'Remove from the group',
+                                    onclick: (e) => removeMember(conv, m.user_id, e.currentTarget) }, 'Remove') : null);
+}
+
+function openDetails() {
+  const conv = S.convs.get(S.current);
+  if (!conv || conv.type !== 'group') return;
+  S.details = true;
+  $('member-search').value = '';
+  $('member-results').replaceChildren();
+  $('leave-confirm').hidden = true;
+  $('leave-btn').hidden = false;
+  invalidate('details');
+  refreshConversation(conv.id); // fresh roles and presence
+}
+
+function closeDetails() {
+  S.details = false;
+  invalidate('details');
+}
+
+async function addMember(conv, uid, button) {
+  button.disabled = true;
+  try {
+    mergeConv(await api('POST', `/api/conversations/${conv.id}/members`, { member_ids: [uid] }));
+    $('member-search').value = '';
+    $('member-results').replaceChildren();
+    invalidate('details', 'header');
+  } catch (err) { button.disabled = false; report(err); }
+}
+
+async function removeMember(conv, uid, button) {
+  button.disabled = true;
+  try {
+    await api('DELETE', `/api/conversations/${conv.id}/members/${encodeURIComponent(uid)}`);
+    conv.members.delete(uid);
+    invalidate('details', 'header');
+  } catch (err) { button.disabled = false; report(err); }
+}
+
+// The server lets the last admin leave, and then nobody can add or remove members: say so.
+function askLeave() {
+  const conv = S.convs.get(S.current);
+  if (!conv) return;
+  const admins = [...conv.members.values()].filter((m) => m.role === 'admin');
+  const lastAdmin = isAdmin(conv) && admins.length === 1 && conv.members.size > 1;
+  $('leave-text').textContent = lastAdmin
+    ? 'You are the only admin: after you leave, nobody can add or remove members. Leave anyway?'
+    : 'Leave this group? You will stop getting its messages.';
+  $('leave-btn').hidden = true;
+  $('leave-confirm').hidden = false;
+}
+
+async function leaveGroup() {
+  const conv = S.convs.get(S.current);
+  if (!conv || conv.type !== 'group') return;
+  $('leave-yes').disabled = true;
+  try {
+    await api('DELETE', `/api/conversations/${conv.id}/members/${encodeURIComponent(me())}`);
+    S.details = false;
+    forgetConversation(conv, `You left "${convName(conv)}"`);
+  } catch (err) { report(err); } finally { $('leave-yes').disabled = false; }
+}
+
+// Rename hook: PATCH /api/conversations/{id} {name} (DESIGN §7) is not on the server yet.
+// When it is: unhide #rename-form for admins in renderDetails, call it here, and apply the
+// conversation_updated frame it fans out (onConversationUpdated already does).
+async function renameGroup(e) {
+  e.preventDefault();
+}
+
+const runMemberSearch = debounce(async () => {
+  const conv = S.convs.get(S.current);
+  const q = $('member-search').value.trim();
+  const list = $('member-results');
+  if (!q || !conv) { list.replaceChildren(); return; }
+  try {
+    const users = (await searchUsers(q)).filter((u) => !conv.members.has(u.id));
+    if ($('member-search').value.trim() !== q) return;
+    list.replaceChildren(...(users.length
+      ? users.map((u) => userRow(u, (ev) => addMember(conv, u.id, ev.currentTarget), 'Add'))
+      : [el('li', { class: 'muted', text: 'No one found (members are not listed)' })]));
+  } catch (err) { report(err); }
+}, 250);
+
+const TICK_LABEL = { sent: 'Sent', delivered: 'Delivered', read: 'Read' };
 
 function tick(conv, m) {
   if (m.failed) {
-    return el('button', { type: 'button', class: 'tick failed', title: `${m.failed}. Click to retry.`,
-                          onclick: () => { transmit(m); invalidate('messages'); } }, '⚠ retry');
+    return el('button', { type: 'button', class: 'tick failed', 'data-state': 'failed', title: `${m.failed}. Click to retry.`,
+                          onclick: () => { transmit(m); invalidate('messages'); } },
+    icon('alert'), 'Retry');
   }
-  if (m.pending) return el('span', { class: 'tick pending', title: 'Sending…' }, '⏳');
+  if (m.pending) return el('span', { class: 'tick pending', 'data-state': 'pending', title: 'Sending…' }, icon('clock', { title: 'Sending…' }));
   const st = statusOf(conv, m.seq);
-  return el('span', { class: `tick ${st}`, title: st }, st === 'sent' ? '✓' : '✓✓');
+  return el('span', { class: `tick ${st}`, 'data-state': st, title: TICK_LABEL[st] },
+    icon(st === 'sent' ? 'check' : 'checks', { title: TICK_LABEL[st] }));
 }
+
+// The timeline: messages in seq order, this conversation's calls merged in by time (only
+// those after the oldest loaded message while older history is still to load), then the
+// messages still being sent.
+function timeline(conv) {
+  const msgs = [...conv.msgs.values()].sort((a, b) => a.seq - b.seq)
+    .map((m) => ({ kind: 'msg', m, d: toDate(m.created_at) || new Date() }));
+  const oldest = msgs.length ? msgs[0].d.getTime() : -Infinity;
+  const calls = callsOf(conv).map((c) => ({ kind: 'call', c, d: toDate(c.started_at) || new Date() }))
+    .filter((x) => !conv.hasMore || x.d.getTime() >= oldest)
+    .sort((a, b) => a.d - b.d);
+  const out = [];
+  let j = 0;
+  for (const x of msgs) {
+    while (j < calls.length && calls[j].d < x.d) out.push(calls[j++]);
+    out.push(x);
+  }
+  out.push(...calls.slice(j));
+  for (const m of conv.pending.values()) out.push({ kind: 'msg', m, d: toDate(m.created_at) || new Date() });
+  return out;
+}
+
+const DAY_FORMAT = { weekday: 'short', year: 'numeric', month: 'short', day: 'numeric' };
 
 function renderMessages() {
   const conv = S.convs.get(S.current);
   const box = $('messages');
   if (!conv) return;
   const nearBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 80;
-  const list = [...conv.msgs.values()].sort((a, b) => a.seq - b.seq).concat([...conv.pending.values()]);
+  const items = timeline(conv);
   const nodes = [];
   if (conv.hasMore) nodes.push(el('button', { type: 'button', class: 'older', onclick: () => loadOlder(conv) }, 'Load older messages'));
-  else if (conv.loaded && !list.length) nodes.push(el('div', { class: 'muted center', text: 'No messages yet. Say hi!' }));
+  else if (conv.loaded && !items.length) nodes.push(el('div', { class: 'muted center', text: 'No messages yet. Say hi!' }));
   let prev = null;
-  for (const m of list) {
-    const d = toDate(m.created_at) || new Date();
-    if (!prev || !sameDay(prev.d, d)) nodes.push(el('div', { class: 'day', text: d.toLocaleDateString([], { weekday: 'short', year: 'numeric', month: 'short', day: 'numeric' }) }));
+  for (const it of items) {
+    const { d } = it;
+    if (!prev || !sameDay(prev.d, d)) nodes.push(el('div', { class: 'day', text: d.toLocaleDateString([], DAY_FORMAT) }));
+    if (it.kind === 'call') {
+      nodes.push(callEntry(it.c));
+      prev = { m: null, d };
+      continue;
+    }
+    const { m } = it;
     const mine = m.sender_id === me();
-    const grouped = prev && prev.m.sender_id === m.sender_id && sameDay(prev.d, d);
-    nodes.push(el('div', { class: `msg ${mine ? 'mine' : 'theirs'}${grouped ? ' grouped' : ''}`, title: d.toLocaleString() },
+    const grouped = prev?.m && prev.m.sender_id === m.sender_id && sameDay(prev.d, d);
+    nodes.push(el('div', { class: `msg ${mine ? 'mine' : 'theirs'}${grouped ? ' grouped' : ''}`, title: d.toLocaleString(),
+                           'data-id': m.id || null, 'data-seq': m.seq ?? null },
       conv.type === 'group' && !mine && !grouped ? el('div', { class: 'sender', text: userName(m.sender_id) }) : null,
       el('div', { class: 'body', text: m.content }),
       el('div', { class: 'meta' }, fmtTime(d), mine ? tick(conv, m) : null)));
@@ -772,7 +1040,7 @@ function renderMessages() {
   box.replaceChildren(...nodes);
   if (S.scrollToBottom || nearBottom) box.scrollTop = box.scrollHeight;
   S.scrollToBottom = false;
-  if (conv.type === 'group') for (const m of list) if (m.sender_id !== me()) ensureUser(m.sender_id);
+  if (conv.type === 'group') for (const { m } of items) if (m && m.sender_id !== me()) ensureUser(m.sender_id);
 }
 
 function renderTyping(conv) {
@@ -933,7 +1201,16 @@ function endCall(message) {
   $('local-video').srcObject = null;
   $('remote-video').srcObject = null;
   $('call-panel').hidden = true;
+  $('call-panel').className = 'call-panel';
   if (message) toast(message, 'info');
+  if (call) refreshCalls(call.id); // the call's entry in the chat and in the history
+}
+
+const END_REASONS = { disconnected: 'connection lost', caller_disconnected: 'connection lost',
+                      timeout: 'no answer', offline: 'they are offline' };
+function endText(reason) {
+  const why = reason && reason !== 'hangup' ? END_REASONS[reason] || reason : '';
+  return why ? `Call ended (${why})` : 'Call ended';
 }
 
 function callStatus(text) { $('call-status').textContent = text; }
@@ -942,11 +1219,102 @@ function showCall(text) {
   const call = S.call;
   const incoming = call.state === 'incoming';
   callStatus(text);
-  $('call-panel').hidden = false;
-  $('call-panel').classList.toggle('video', call.media === 'video' && !incoming);
+  const panel = $('call-panel');
+  panel.hidden = false;
+  panel.classList.toggle('video', call.media === 'video' && !incoming);
+  panel.classList.toggle('incoming', incoming);
+  panel.dataset.state = call.state;
+  $('call-icon').replaceChildren(icon(call.media === 'video' ? 'video' : 'phone'));
   $('call-accept').hidden = !incoming;
   $('call-reject').hidden = !incoming;
   $('call-hangup').hidden = incoming;
+}
+
+// ---- call history: /api/calls, shown in the Calls tab and as entries in each chat
+
+const TERMINAL_CALL = new Set(['ended', 'missed', 'rejected', 'busy', 'failed', 'cancelled']);
+
+async function loadCalls() {
+  if (!S.auth) return false;
+  try {
+    const r = await api('GET', '/api/calls?limit=100');
+    S.calls = new Map((r.calls || []).map((c) => [c.id, c]));
+    for (const c of S.calls.values()) ensureUser(callPeer(c));
+  } catch (err) {
+    console.warn('call history unavailable', err);
+    return false;
+  }
+  invalidate('sidebar', 'messages');
+  return true;
+}
+
+// After a call: the server records the end before telling the other side, but the side that
+// hung up may ask first; poll briefly until the record is final.
+function refreshCalls(callId, tries = 8) {
+  clearTimeout(S.callsTimer);
+  S.callsTimer = setTimeout(async () => {
+    await loadCalls();
+    const c = callId && S.calls.get(callId);
+    if (callId && (!c || !TERMINAL_CALL.has(c.status)) && tries > 1) refreshCalls(callId, tries - 1);
+  }, tries === 8 ? 0 : 400);
+}
+
+const callPeer = (c) => (c.caller_id === me() ? c.callee_id : c.caller_id);
+
+function fmtDuration(seconds) {
+  const t = Math.max(0, Math.round(seconds || 0));
+  const h = Math.floor(t / 3600);
+  const m = Math.floor((t % 3600) / 60);
+  const ss = String(t % 60).padStart(2, '0');
+  return h ? `${h}:${String(m).padStart(2, '0')}:${ss}` : `${m}:${ss}`;
+}
+
+// {kind, icon, text} of a call record from my side. kind: answered | missed | declined | other.
+function describeCall(c) {
+  const out = c.caller_id === me();
+  const what = c.media === 'video' ? 'video call' : 'audio call';
+  const What = what[0].toUpperCase() + what.slice(1);
+  switch (c.status) {
+    case 'ended':
+      if (c.answered_at) {
+        return { kind: 'answered', icon: out ? 'phone-out' : 'phone-in',
+                 text: `${out ? 'Outgoing' : 'Incoming'} ${what}, ${fmtDuration(c.duration_seconds)}` };
+      }
+      return { kind: 'other', icon: 'phone-off', text: `${What} ended` };
+    case 'missed':
+      return out ? { kind: 'missed', icon: 'phone-out', text: `${What}, no answer` }
+        : { kind: 'missed', icon: 'phone-missed', text: `Missed ${what}` };
+    case 'cancelled':
+      return out ? { kind: 'other', icon: 'phone-out', text: `Cancelled ${what}` }
+        : { kind: 'missed', icon: 'phone-missed', text: `Missed ${what}` };
+    case 'rejected':
+      return { kind: 'declined', icon: 'phone-off', text: out ? `${What} declined` : `Declined ${what}` };
+    case 'busy':
+      return out ? { kind: 'declined', icon: 'phone-off', text: `${What}: busy` }
+        : { kind: 'missed', icon: 'phone-missed', text: `Missed ${what} (busy)` };
+    case 'failed':
+      return { kind: 'declined', icon: 'phone-off', text: `${What} failed` };
+    default:
+      return { kind: 'other', icon: out ? 'phone-out' : 'phone-in',
+               text: S.call?.id === c.id ? `${What} in progress` : What };
+  }
+}
+
+// The calls that belong in a conversation's timeline (records made without a
+// conversation_id are matched to the 1:1 with the other person).
+function callsOf(conv) {
+  const peer = conv.type === 'one_to_one' ? otherId(conv) : null;
+  return [...S.calls.values()].filter((c) => c.conversation_id === conv.id
+    || (!c.conversation_id && peer && callPeer(c) === peer));
+}
+
+function callEntry(c) {
+  const d = describeCall(c);
+  const at = toDate(c.started_at);
+  return el('div', { class: `call-entry ${d.kind}`, 'data-call-id': c.id, 'data-status': c.status,
+                     title: at ? at.toLocaleString() : null },
+    icon(d.icon), el('span', { class: 'call-text', text: d.text }),
+    el('span', { class: 'call-time', text: at ? fmtTime(at) : '' }));
 }
 
 async function onCallFrame(type, p) {
@@ -994,7 +1362,7 @@ async function onCallFrame(type, p) {
     }
     case 'call_reject': endCall(p.reason === 'busy' ? `${userName(call.peer)} is busy` : 'Call declined'); break;
     case 'call_end':
-      endCall(call.state === 'incoming' ? `Missed call from ${userName(call.peer)}` : `Call ended${p.reason ? ` (${p.reason})` : ''}`);
+      endCall(call.state === 'incoming' ? `Missed call from ${userName(call.peer)}` : endText(p.reason));
       break;
     case 'call_answered_elsewhere': endCall('Call answered on another device'); break;
     default: break;
@@ -1024,11 +1392,14 @@ async function onAuthSubmit(e) {
   try {
     let data;
     if (authMode === 'register') {
-      if (!f.username || !f.email || !f.password) throw new Error('Username, email and password are required.');
-      data = await api('POST', '/api/auth/register', {
-        username: f.username.trim(), email: f.email.trim(), password: f.password,
-        display_name: (f.display_name || '').trim() || f.username.trim(),
-      });
+      const body = { username: (f.username || '').trim(), email: (f.email || '').trim(), password: f.password || '',
+                     display_name: (f.display_name || '').trim() || (f.username || '').trim() };
+      const broken = checkRegistration(body); // the server's rules, checked before asking it
+      if (broken) {
+        $('auth-form')[broken.field]?.focus();
+        throw new Error(broken.message);
+      }
+      data = await api('POST', '/api/auth/register', body);
     } else {
       const login = (f.login || '').trim();
       if (!login || !f.password) throw new Error('Enter your email (or username) and password.');
@@ -1055,8 +1426,15 @@ function start() {
     saveAuth({ ...S.auth, user: { ...S.auth.user, ...u } });
     $('me-name').textContent = u.display_name || u.username;
   }).catch(() => {});
+  loadCalls();
   invalidate('sidebar');
 }
+
+// Settings hook: changing the display name needs PATCH /api/users/me {display_name}
+// (DESIGN §7), not on the server yet. When it is: a "Profile" button in the me-bar opens a
+// small form calling it, then saveAuth() with the returned user and re-render.
+// Admin hook: once GET /api/admin/users and /deactivate, /reactivate exist, show an "Admin"
+// tab in the sidebar when S.auth.user.is_admin.
 
 function signOut(message) {
   if (S.call) hangUp();
@@ -1066,7 +1444,10 @@ function signOut(message) {
   localStorage.removeItem(AUTH_KEY);
   S.convs.clear();
   S.users.clear();
+  S.calls.clear();
   S.current = null;
+  S.details = false;
+  S.side = 'chats';
   document.body.classList.remove('show-pane');
   $('app-view').hidden = true;
   $('auth-view').hidden = false;
@@ -1096,6 +1477,17 @@ function wire() {
   $('group-form').addEventListener('submit', createGroup);
   $('group-cancel').addEventListener('click', () => $('group-dialog').close());
   $('back-btn').addEventListener('click', closeConversation);
+  for (const b of document.querySelectorAll('[data-side]')) {
+    b.addEventListener('click', () => { S.side = b.dataset.side; if (S.side === 'calls') loadCalls(); invalidate('sidebar'); });
+  }
+  $('info-btn').addEventListener('click', openDetails);
+  $('conv-title-btn').addEventListener('click', openDetails);
+  $('details-close').addEventListener('click', closeDetails);
+  $('member-search').addEventListener('input', runMemberSearch);
+  $('rename-form').addEventListener('submit', renameGroup);
+  $('leave-btn').addEventListener('click', askLeave);
+  $('leave-cancel').addEventListener('click', () => { $('leave-btn').hidden = false; $('leave-confirm').hidden = true; });
+  $('leave-yes').addEventListener('click', leaveGroup);
   $('composer').addEventListener('submit', (e) => { e.preventDefault(); sendMessage(); });
   const input = $('composer-input');
   input.addEventListener('keydown', (e) => {
@@ -1115,6 +1507,7 @@ function wire() {
   setInterval(() => invalidate('header'), 30000); // keep "last seen … ago" fresh
 }
 
+hydrateIcons();
 wire();
 setAuthMode('login');
 if (S.auth?.token) start();

@@ -112,13 +112,14 @@ class ConversationService:
             raise Forbidden("only group admins can remove members")
         if conv.member(member_id) is None:
             raise NotFound("not a member of this conversation")
-        await self._store.remove_member(conv.id, member_id)
+        _, heir = await self._store.remove_member(conv.id, member_id)
         await self._members.changed(conv.id)
-        self._router.publish(
-            [m.user_id for m in conv.members],
-            Event("member_removed", {"conversation_id": conv.id, "user_id": member_id,
-                                     "by": user_id}),
-        )
+        everyone = [m.user_id for m in conv.members]
+        self._router.publish(everyone, Event("member_removed", {
+            "conversation_id": conv.id, "user_id": member_id, "by": user_id}))
+        if heir is not None:  # the last admin left: the longest-standing member leads now
+            self._router.publish(everyone, Event("member_role_changed", {
+                "conversation_id": conv.id, "user_id": heir, "role": Role.ADMIN.value}))
 
     async def _admin_group(self, user_id: str, conversation_id: str) -> Conversation:
         conv = await self.get(user_id, conversation_id)

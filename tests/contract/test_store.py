@@ -236,10 +236,22 @@ async def test_members_contacts_and_positions(store: SqlStore) -> None:
     assert set(await store.contacts(a.id)) == {b.id, c.id}
     positions = await store.conversation_positions(c.id)
     assert positions[conv][0] == 1 and positions[conv][1] == Watermarks(0, 0)
-    assert await store.remove_member(conv, c.id)
+    assert await store.remove_member(conv, c.id) == (True, None)
     assert set(await store.member_ids(conv)) == {a.id, b.id}
     assert await store.add_members(conv, [(c.id, Role.MEMBER), (a.id, Role.MEMBER)],
                                    at=utcnow()) == [c.id]
+    # a member who joins starts at the end: nothing said before is theirs to tick
+    assert (await store.conversation_positions(c.id))[conv] == (1, Watermarks(1, 1))
+
+
+async def test_the_last_admin_leaving_makes_the_oldest_member_admin(store: SqlStore) -> None:
+    a, b, c = await make_user(store), await make_user(store), await make_user(store)
+    conv = await make_conversation(store, a, b, c, group=True)  # a is the only admin
+    left, heir = await store.remove_member(conv, a.id)
+    assert left and heir in (b.id, c.id)
+    roles = {m.user_id: m.role for m in (await store.get_conversation(conv)).members}  # type: ignore[union-attr]
+    assert roles[heir] is Role.ADMIN
+    assert await store.remove_member(conv, a.id) == (False, None)
 
 
 async def test_arrivals_of_several_users_in_one_call(store: SqlStore) -> None:

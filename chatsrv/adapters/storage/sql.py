@@ -56,6 +56,16 @@ FROM conversation_members WHERE conversation_id = $1 ORDER BY joined_at, user_id
 MEMBER_IDS = "SELECT user_id FROM conversation_members WHERE conversation_id = $1"
 DELETE_MEMBER = "DELETE FROM conversation_members WHERE conversation_id = $1 AND user_id = $2"
 IS_MEMBER = "SELECT 1 FROM conversation_members WHERE conversation_id = $1 AND user_id = $2"
+JOIN_AT_END = """UPDATE conversation_members
+SET delivered_seq = (SELECT last_seq FROM conversations WHERE id = $1),
+    read_seq = (SELECT last_seq FROM conversations WHERE id = $1)
+WHERE conversation_id = $1 AND user_id = $2"""
+ADMINS = """SELECT count(*) FROM conversation_members
+WHERE conversation_id = $1 AND role = 'admin'"""
+OLDEST_MEMBER = """SELECT user_id FROM conversation_members WHERE conversation_id = $1
+ORDER BY joined_at, user_id LIMIT 1"""
+MAKE_ADMIN = """UPDATE conversation_members SET role = 'admin'
+WHERE conversation_id = $1 AND user_id = $2"""
 MY_CONVERSATIONS = """SELECT c.id, c.type, c.name, c.created_by, c.created_at, c.last_seq,
        m.read_seq AS my_read_seq
 FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id
@@ -217,6 +227,8 @@ class SqlStore(MessageStore, SessionStore):
     async def add_members(
         self, conversation_id: str, members: Sequence[tuple[str, Role]], *, at: datetime
     ) -> list[str]:
+        """New members start at the conversation's end (delivered and read up to last_seq):
+        what was said before they joined is not theirs to tick."""
         def op() -> Op[list[str]]:
             found = yield rows(MEMBER_IDS, conversation_id)
             before = {str(r["user_id"]) for r in found}
@@ -224,17 +236,26 @@ class SqlStore(MessageStore, SessionStore):
             for user_id, role in members:
                 if user_id not in before:
                     yield exec_(INSERT_MEMBER, conversation_id, user_id, role.value, at)
+                    yield exec_(JOIN_AT_END, conversation_id, user_id)
                     added.append(user_id)
             return added
 
         return await self.db.run(op())
 
-    async def remove_member(self, conversation_id: str, user_id: str) -> bool:
-        def op() -> Op[bool]:
+    async def remove_member(self, conversation_id: str, user_id: str) -> tuple[bool, str | None]:
+        """(whether they were a member, who became admin). A group whose last admin left
+        gets its longest-standing member as admin: never a group nobody can manage."""
+        def op() -> Op[tuple[bool, str | None]]:
             existed = yield val(IS_MEMBER, conversation_id, user_id)
-            if existed:
-                yield exec_(DELETE_MEMBER, conversation_id, user_id)
-            return bool(existed)
+            if not existed:
+                return False, None
+            yield exec_(DELETE_MEMBER, conversation_id, user_id)
+            if (yield val(ADMINS, conversation_id)):
+                return True, None
+            heir = yield val(OLDEST_MEMBER, conversation_id)
+            if heir is not None:
+                yield exec_(MAKE_ADMIN, conversation_id, heir)
+            return True, None if heir is None else str(heir)
 
         return await self.db.run(op())
 

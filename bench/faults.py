@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import trio
@@ -76,7 +77,7 @@ def tail(path: Path, lines: int = TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _as_postgres_user() -> dict[str, object]:
+def _as_postgres_user() -> dict[str, Any]:
     """Popen options that drop to the `postgres` user when we are root (PostgreSQL refuses
     to run as root); nothing otherwise."""
     if os.geteuid() != 0:
@@ -117,7 +118,7 @@ class Child:
         return self.proc.pid if self.proc is not None else None
 
     async def spawn(self, argv: list[str], *, env: Mapping[str, str],
-                    cwd: Path | None = None, **options: object) -> None:
+                    cwd: Path | None = None, **options: Any) -> None:
         if self.running:
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
         self.starts += 1
@@ -521,7 +522,7 @@ def _base_env() -> dict[str, str]:
     return env
 
 
-async def _run(argv: list[str], *, log: Path, **options: object) -> None:
+async def _run(argv: list[str], *, log: Path, **options: Any) -> None:
     """Run a set-up command to completion, its output appended to `log`."""
     with log.open("ab") as out:
         done = await trio.run_process(argv, check=False, stdout=out, stderr=subprocess.STDOUT,

@@ -185,7 +185,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = ("| fault | rep | faults injected | sent | acked | failures seen by senders "
             "| resends found stored | lost | false acks | stored twice | gaps "
             "| sync missing / dup | node deaths | recovery, first ack (median / max s) "
-            "| recovery, every sender (median / max s) |")
+            "| recovery, every sender (median / max s) | longest a sender waited for an ack (s) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         faults = r["faults"]
@@ -196,7 +196,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['stored_twice']} | {r['gaps']} "
             f"| {r['sync_missing']} / {r['sync_duplicated']} | {r['deaths']} "
             f"| {_stats([f['recover_first_s'] for f in faults])} "
-            f"| {_stats([f['recover_all_s'] for f in faults])} |")
+            f"| {_stats([f['recover_all_s'] for f in faults])} | {r['max_stall_s']:.2f} |")
     return "\n".join(lines)
 
 
@@ -215,7 +215,8 @@ def totals(rows: list[dict[str, Any]]) -> str:
             f"stored twice {sum(r['stored_twice'] for r in rs)}, "
             f"false acks {sum(r['false_acks'] for r in rs)}, "
             f"node deaths {sum(r['deaths'] for r in rs)}, failures {dict(failures)}, "
-            f"recovery every sender median/max {_stats([f['recover_all_s'] for f in faults])} s")
+            f"recovery every sender median/max {_stats([f['recover_all_s'] for f in faults])} s, "
+            f"longest wait for an ack {max(r['max_stall_s'] for r in rs):.2f} s")
     return "\n".join(out)
 
 

@@ -56,6 +56,13 @@ def missing_binaries(*, redis: bool = False) -> str | None:
                if not (PG_BIN / b).is_file()]
     if redis and shutil.which(REDIS_SERVER) is None:
         missing.append(REDIS_SERVER)
+    if os.geteuid() == 0 and not missing:
+        import pwd
+
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            missing.append("a `postgres` user (PostgreSQL refuses to run as root)")
     return f"not installed: {', '.join(missing)}" if missing else None
 
 

@@ -106,6 +106,9 @@ class Ledger:
     faults: list[Fault] = field(default_factory=list)
     last_ack: dict[str, float] = field(default_factory=dict)  # sender -> at
     in_hand: dict[str, str] = field(default_factory=dict)  # sender -> client_msg_id not acked yet
+    # the longest a sender went without an ack (from the start of sending): what a user
+    # would call the outage, whatever caused it (a node that died by itself included)
+    max_stall: float = 0.0
     started: float = math.nan
     stopped: float = math.nan
     _changed: trio.Event = field(default_factory=trio.Event)
@@ -117,6 +120,8 @@ class Ledger:
                                   f"and as {ack.id}/{ack.seq}")
         self.acks[ack.client_msg_id] = ack
         self.duplicate_acks += ack.duplicate
+        self.max_stall = max(self.max_stall,
+                             ack.at - self.last_ack.get(ack.sender, self.started))
         self.last_ack[ack.sender] = ack.at
         if self.in_hand.get(ack.sender) == ack.client_msg_id:
             del self.in_hand[ack.sender]
@@ -529,6 +534,7 @@ def counts(ledger: Ledger, result: Check) -> dict[str, Any]:
     return {
         "sent": ledger.sent, "acked": len(ledger.acks), "attempts": ledger.attempts,
         "resends_found_stored": ledger.duplicate_acks,
+        "max_stall_s": round(ledger.max_stall, 3),
         "failures": dict(ledger.failures),
         "stored": result.stored, "lost": result.lost, "false_acks": result.false_acks,
         "stored_twice": result.stored_twice, "stored_unacked": result.stored_unacked,

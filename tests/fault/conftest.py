@@ -39,16 +39,26 @@ def _require(*, redis: bool) -> None:
     pytest.skip(f"!!! SKIPPED: {reason}; install them to run the fault tests")
 
 
+# Sync fixtures: a skip raised in an async (trio) fixture reaches pytest wrapped in an
+# exception group, and its reason is lost.
 @pytest.fixture
-async def private_pg() -> AsyncIterator[PrivatePostgres]:
+def pg_binaries() -> None:
     _require(redis=False)
+
+
+@pytest.fixture
+def redis_binaries() -> None:
+    _require(redis=True)
+
+
+@pytest.fixture
+async def private_pg(pg_binaries: None) -> AsyncIterator[PrivatePostgres]:
     async with open_private_postgres() as pg:
         yield pg
 
 
 @pytest.fixture
-async def private_redis() -> AsyncIterator[PrivateRedis]:
-    _require(redis=True)
+async def private_redis(redis_binaries: None) -> AsyncIterator[PrivateRedis]:
     async with open_private_redis() as redis:
         yield redis
 

@@ -32,6 +32,8 @@ from typing import Any
 import httpx
 import trio
 
+from bench.server import LOAD_TEST_LIMITS
+
 PG_BIN = Path(os.environ.get("CHATSRV_PG_BIN", "/usr/lib/postgresql/15/bin"))
 REDIS_SERVER = os.environ.get("CHATSRV_REDIS_SERVER", "redis-server")
 SHARED_PORTS = frozenset({5432, 6379})  # the machine's own services: never ours
@@ -408,8 +410,7 @@ def node_env(*, database_url: str, data_dir: Path, http_port: int,
     env.update({
         "DATABASE_URL": database_url, "JWT_SECRET": JWT_SECRET,
         "HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(http_port),
-        "CHATSRV_DATA_DIR": str(data_dir), "BCRYPT_ROUNDS": "4",
-        "RATE_PER_SECOND": "100000", "RATE_BURST": "100000",
+        "CHATSRV_DATA_DIR": str(data_dir), "BCRYPT_ROUNDS": "4", **LOAD_TEST_LIMITS,
         "DB_TIMEOUT": "3", "CONNECT_RETRY_DEADLINE": "30", "PRESENCE_GRACE": "0.2",
         "NODE_ID": node_id, "LOG_LEVEL": "INFO",
     })

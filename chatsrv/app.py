@@ -16,6 +16,7 @@ import trio
 import trio_asyncio
 from hypercorn.config import Config as HypercornConfig
 
+from chatsrv.adapters.aio import contain_asyncio_errors
 from chatsrv.adapters.memory import LocalDirectory, LocalRouter
 from chatsrv.adapters.storage.base import Database
 from chatsrv.adapters.storage.calls import SqlCallLog
@@ -127,6 +128,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     everyone offline, shielded and bounded) and closes storage.
     """
     metrics = Metrics()
+    contain_asyncio_errors(metrics.task_failures)
     async with open_database(settings) as db, open_routing(settings, metrics) as routing:
         applied = await migrate(db)
         if applied:

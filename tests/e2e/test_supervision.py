@@ -141,3 +141,21 @@ async def test_a_heartbeat_failure_restarts_the_ticker(
     assert await metric(hb_server, "ws-heartbeat") == 1
     await stream.aclose()
     await client.aclose()
+
+
+async def test_an_orphan_asyncio_error_does_not_end_the_node(server: Server) -> None:
+    """What asyncpg's reconnect raised when it raced a PostgreSQL shutdown: an error no one
+    awaits, which trio-asyncio would re-raise into its loop's nursery (ending the node)."""
+    import trio_asyncio
+
+    loop = trio_asyncio.current_loop.get()
+    loop.call_exception_handler({"message": "Future exception was never retrieved",
+                                 "exception": ConnectionError("unexpected connection_lost()")})
+    client = server.client()
+    a, b, cid = await pair(client)
+    async with client.ws(a) as wa, client.ws(b) as wb:
+        await wa.request("chat_message", {"conversation_id": cid, "content": "still here"},
+                         "message_ack")
+        await wb.expect("new_message", content="still here")
+    assert await metric(server, "asyncio") == 1
+    await client.aclose()

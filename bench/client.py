@@ -1,5 +1,5 @@
 """Clients of the server under test: REST set-up (accounts, conversations) and WebSocket
-sockets that speak chatsrv's frames with the schemas of chatsrv.transport.wire.
+sockets that speak chatsrv's frames with the schemas of chatsrv.protocol.
 
 Every socket runs over a TCP stream this module opens itself, so a scenario can cut it
 abruptly (RST) as a dropped mobile link would. Two clients speak the same frames: the lean
@@ -29,7 +29,7 @@ from trio_websocket import (
 from wsproto.utilities import LocalProtocolError
 
 from bench.lean import LeanWs
-from chatsrv.transport import wire
+from chatsrv.protocol import frames
 
 PASSWORD = "bench-password"
 CONNECT_DEADLINE = 30.0  # one socket: TCP connect + handshake + `ready`
@@ -38,53 +38,37 @@ CLIENTS = ("lean", "trio-websocket")
 client_kind = "lean"  # set from --client
 
 _encode = msgspec.json.Encoder().encode
-_envelope = msgspec.json.Decoder(wire.Envelope)
+_envelope = msgspec.json.Decoder(frames.Envelope)
 
 
 # ---------------------------------------------------------------------------- frames
-# The server builds these from dicts; wire.py has schemas for what clients send and for REST
-# bodies, so the bench declares the server -> client payloads it reads (unknown fields are
-# ignored, as in wire.py). new_message and sync_result messages are wire.MessageOut.
+# The server's own payload types (chatsrv/protocol/frames.py): the bench decodes exactly what
+# the server encodes.
+AckOut = frames.MessageAck
+SyncResultOut = frames.SyncResult
+ErrorOut = frames.ErrorOut
 
 
-class AckOut(msgspec.Struct):
-    id: str
-    conversation_id: str
-    seq: int
-    client_msg_id: str | None = None
-    duplicate: bool = False
-
-
-class SyncResultOut(msgspec.Struct):
-    messages: list[wire.MessageOut]
-    has_more: bool
-
-
-class ErrorOut(msgspec.Struct):
-    code: str
-    message: str = ""
-
-
-decode_message = msgspec.json.Decoder(wire.MessageOut).decode
+decode_message = msgspec.json.Decoder(frames.MessagePayload).decode
 decode_ack = msgspec.json.Decoder(AckOut).decode
 decode_sync = msgspec.json.Decoder(SyncResultOut).decode
 decode_error = msgspec.json.Decoder(ErrorOut).decode
 
 
-def decode_envelope(data: str | bytes) -> wire.Envelope:
+def decode_envelope(data: str | bytes) -> frames.Envelope:
     return _envelope.decode(data)
 
 
 def chat_frame(conversation_id: str, content: str, *, ref: str | int,
                client_msg_id: str) -> str:
-    return _encode({"type": "chat_message", "ref": ref, "payload": wire.ChatMessageIn(
+    return _encode({"type": "chat_message", "ref": ref, "payload": frames.ChatMessageIn(
         conversation_id=conversation_id, content=content, client_msg_id=client_msg_id,
     )}).decode()
 
 
 def sync_frame(positions: dict[str, int], *, ref: str | int) -> str:
     return _encode({"type": "sync", "ref": ref,
-                    "payload": wire.SyncIn(conversations=positions)}).decode()
+                    "payload": frames.SyncIn(conversations=positions)}).decode()
 
 
 def ping_frame(ref: str | int) -> str:
@@ -197,7 +181,7 @@ class Ws(Protocol):
     @property
     def closed(self) -> bool: ...
     async def send(self, text: str) -> None: ...
-    async def recv(self) -> tuple[wire.Envelope, int]:
+    async def recv(self) -> tuple[frames.Envelope, int]:
         """The next frame and its arrival time (perf_counter_ns). Raises ConnectionClosed."""
         ...
     async def close(self, deadline: float = 5.0) -> None: ...
@@ -223,7 +207,7 @@ class TrioWs:
     async def send(self, text: str) -> None:
         await self.conn.send_message(text)
 
-    async def recv(self) -> tuple[wire.Envelope, int]:
+    async def recv(self) -> tuple[frames.Envelope, int]:
         """The next frame and its arrival time (perf_counter_ns). Raises ConnectionClosed."""
         data = await self.conn.get_message()
         return decode_envelope(data), time.perf_counter_ns()

@@ -28,11 +28,11 @@ from trio_websocket import CloseReason, ConnectionClosed, HandshakeError
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import CloseConnection, Pong, TextMessage
 
-from chatsrv.transport import wire
+from chatsrv.protocol import frames
 
 MAX_RECV = 262144
 EAGER_READS = 16  # reads in a row without yielding to other tasks
-_envelope = msgspec.json.Decoder(wire.Envelope).decode
+_envelope = msgspec.json.Decoder(frames.Envelope).decode
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -116,7 +116,7 @@ class LeanWs:
         finally:
             self._sending.release()
 
-    async def recv(self) -> tuple[wire.Envelope, int]:
+    async def recv(self) -> tuple[frames.Envelope, int]:
         """The next frame and when it was read (perf_counter_ns). Raises ConnectionClosed."""
         data, t = await self.get_message()
         return _envelope(data), t

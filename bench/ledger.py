@@ -41,7 +41,7 @@ from bench.client import (
     decode_sync,
     sync_frame,
 )
-from chatsrv.transport import wire
+from chatsrv.protocol import frames, rest
 
 REPLY_DEADLINE = 10.0  # one send -> ack or error; the node's DB_TIMEOUT is 3 s in fault runs
 RETRY_PAUSE = 0.1  # after an error frame or a dropped socket, before the resend
@@ -395,10 +395,10 @@ class Check:
         return out + self.notes[:20]
 
 
-async def stored_messages(url: str, cid: str, viewer: User) -> list[wire.MessageOut]:
+async def stored_messages(url: str, cid: str, viewer: User) -> list[frames.MessagePayload]:
     """The whole history of `cid`, oldest first, paged forward by after_seq."""
-    out: list[wire.MessageOut] = []
-    decode = msgspec.json.Decoder(wire.MessagesOut).decode
+    out: list[frames.MessagePayload] = []
+    decode = msgspec.json.Decoder(rest.MessagesOut).decode
     async with httpx.AsyncClient(base_url=url, timeout=10) as http:
         after = 0
         while True:
@@ -415,12 +415,12 @@ async def stored_messages(url: str, cid: str, viewer: User) -> list[wire.Message
 
 
 async def synced_messages(url: str, user: User, cids: Sequence[str],
-                          nursery: trio.Nursery) -> tuple[list[wire.MessageOut], list[str]]:
+                          nursery: trio.Nursery) -> tuple[list[frames.MessagePayload], list[str]]:
     """What a fresh client of `user` receives by `sync` from 0 in `cids`, following
     `has_more`; and notes on anything odd (a page that repeats a position)."""
     host, port = _host_port(url)
     ws = await connect(nursery, host, port, user, kind="lean")
-    got: list[wire.MessageOut] = []
+    got: list[frames.MessagePayload] = []
     notes: list[str] = []
     try:
         positions = dict.fromkeys(cids, 0)
@@ -458,10 +458,10 @@ async def check(ledger: Ledger, work: Workload, urls: Sequence[str]) -> Check:
     """Hold the store to the ledger (through urls[0]) and the sync of a fresh client of
     every sender to the store (on every node in `urls`)."""
     c = Check(conversations=len(work.members))
-    stored: dict[str, list[wire.MessageOut]] = {}
+    stored: dict[str, list[frames.MessagePayload]] = {}
     for cid, members in work.members.items():
         stored[cid] = await stored_messages(urls[0], cid, members[0])
-    by_id: dict[str, wire.MessageOut] = {}
+    by_id: dict[str, frames.MessagePayload] = {}
     by_cmid: Counter[str] = Counter()
     for cid, messages in stored.items():
         c.stored += len(messages)

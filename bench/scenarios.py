@@ -36,9 +36,9 @@ from bench.client import (
 )
 from bench.runner import Ctx, Scale, wait_until
 from bench.stats import Timeline, rate, summarize
-from chatsrv.transport import wire
+from chatsrv.protocol import frames
 
-Frame = Callable[[wire.Envelope, int], None]
+Frame = Callable[[frames.Envelope, int], None]
 
 
 def _ms(ns: int) -> float:
@@ -93,7 +93,7 @@ async def latency_1to1(ctx: Ctx) -> dict[str, Any]:
     recv: list[float] = []
     errors: list[str] = []
 
-    def on_frame(env: wire.Envelope, t: int) -> None:
+    def on_frame(env: frames.Envelope, t: int) -> None:
         if env.type == "message_ack":
             acks.append(_ms(t - int(env.ref)))  # type: ignore[arg-type]
         elif env.type == "new_message":
@@ -163,7 +163,7 @@ async def throughput_1to1(ctx: Ctx) -> dict[str, Any]:
     timeline = Timeline(time.perf_counter_ns())
 
     def on_sender(i: int) -> Frame:
-        def on_frame(env: wire.Envelope, t: int) -> None:
+        def on_frame(env: frames.Envelope, t: int) -> None:
             nonlocal duplicates
             if env.type == "message_ack":
                 duplicates += decode_ack(env.payload).duplicate
@@ -176,7 +176,7 @@ async def throughput_1to1(ctx: Ctx) -> dict[str, Any]:
                 windows[i].release()
         return on_frame
 
-    def on_receiver(env: wire.Envelope, t: int) -> None:
+    def on_receiver(env: frames.Envelope, t: int) -> None:
         if env.type == "new_message":
             rcv_sent.append(stamp_of(decode_message(env.payload).content))
             rcv_at.append(t)
@@ -312,7 +312,7 @@ async def _fanout_one(ctx: Ctx, size: int) -> dict[str, Any]:
     closed: list[int] = []
     incomplete = 0
 
-    def on_member(env: wire.Envelope, t: int) -> None:
+    def on_member(env: frames.Envelope, t: int) -> None:
         if env.type != "new_message":
             return
         st = stamp_of(decode_message(env.payload).content)
@@ -323,7 +323,7 @@ async def _fanout_one(ctx: Ctx, size: int) -> dict[str, Any]:
             if state["got"] == others:
                 done.set()
 
-    def on_sender(env: wire.Envelope, t: int) -> None:
+    def on_sender(env: frames.Envelope, t: int) -> None:
         if env.type == "message_ack":
             ack_ms.append(_ms(t - int(env.ref)))  # type: ignore[arg-type]
 
@@ -406,7 +406,7 @@ async def broadcast_throughput(ctx: Ctx) -> dict[str, Any]:
     acked = 0
     timeline = Timeline(time.perf_counter_ns())
 
-    def on_frame(env: wire.Envelope, t: int) -> None:
+    def on_frame(env: frames.Envelope, t: int) -> None:
         nonlocal acked
         if env.type == "new_message":
             m = decode_message(env.payload)
@@ -835,7 +835,7 @@ async def reconnect_storm_loss(ctx: Ctx) -> dict[str, Any]:
     gate = _Gate()
 
     def on_sender(i: int) -> Frame:
-        def on_frame(env: wire.Envelope, t: int) -> None:
+        def on_frame(env: frames.Envelope, t: int) -> None:
             if env.type == "message_ack":
                 a = decode_ack(env.payload)
                 acked[a.conversation_id][a.seq] = a.id

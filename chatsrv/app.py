@@ -18,17 +18,19 @@ from hypercorn.config import Config as HypercornConfig
 
 from chatsrv.adapters.aio import contain_asyncio_errors
 from chatsrv.adapters.memory import LocalDirectory, LocalRouter
+from chatsrv.adapters.peers import ClusterRouter
 from chatsrv.adapters.storage.base import Database
 from chatsrv.adapters.storage.calls import SqlCallLog
 from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.sql import SqlStore
 from chatsrv.config import ConfigError, Settings
 from chatsrv.domain.ports import Directory, Router
+from chatsrv.metrics import Metrics
 from chatsrv.services.auth import AdminService, AuthService
 from chatsrv.services.batching import Coalescer
 from chatsrv.services.calls import CallService
 from chatsrv.services.commit import GroupCommitter
-from chatsrv.services.container import Metrics, Services
+from chatsrv.services.container import Services
 from chatsrv.services.conversations import ConversationService
 from chatsrv.services.limits import Limiter, LocalLimiter, RateLimits
 from chatsrv.services.membership import MembershipCache
@@ -143,33 +145,33 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         sessions.publish_with(directory.sessions_revoked)
         directory.on_sessions_revoked(sessions.apply)
         # SQLite has one writer anyway (its write lock)
-        commits = GroupCommitter(store, max_batch=settings.commit_batch,
+        commits = GroupCommitter(store, metrics, max_batch=settings.commit_batch,
                                  queue_size=settings.commit_queue_size,
                                  writers=settings.db_writers if settings.database_url else 1)
         presence = PresenceService(store, router, directory, grace=settings.presence_grace,
                                    cleanup_deadline=settings.cleanup_deadline)
         if routing.on_users_back is not None:
             routing.on_users_back(presence.users_back)
+        conversations = ConversationService(
+            store, router, members, statuses=presence.statuses,
+            max_group_members=settings.max_group_members)
+        messaging = MessagingService(store, router, members, commits,
+                                     max_content_chars=settings.max_content_chars,
+                                     history_max_limit=settings.history_max_limit,
+                                     history_default_limit=settings.history_default_limit,
+                                     sync_page_size=settings.sync_page_size)
+        calls = CallService(store, SqlCallLog(db), router,
+                            ring_timeout=settings.ring_timeout, stun_urls=settings.stun_urls,
+                            turn_urls=settings.turn_urls, turn_secret=settings.turn_secret,
+                            turn_ttl=settings.turn_ttl, record_deadline=settings.cleanup_deadline)
         svc = Services(
             settings=settings, store=store, router=router, members=members,
             auth=auth, sessions=sessions, admin=AdminService(store, auth), limits=limits,
-            conversations=ConversationService(store, router, members,
-                                              max_group_members=settings.max_group_members),
-            messaging=MessagingService(store, router, members, commits,
-                                       max_content_chars=settings.max_content_chars,
-                                       history_max_limit=settings.history_max_limit,
-                                       history_default_limit=settings.history_default_limit,
-                                       sync_page_size=settings.sync_page_size),
-            presence=presence,
-            commits=commits,
-            arrivals=Coalescer(store.arrivals, max_batch=settings.commit_batch),
-            calls=CallService(store, SqlCallLog(db), router, members,
-                              ring_timeout=settings.ring_timeout, stun_urls=settings.stun_urls,
-                              turn_urls=settings.turn_urls, turn_secret=settings.turn_secret,
-                              turn_ttl=settings.turn_ttl,
-                              record_deadline=settings.cleanup_deadline),
-            metrics=metrics,
+            conversations=conversations, messaging=messaging, presence=presence,
+            commits=commits, arrivals=Coalescer(store.arrivals, max_batch=settings.commit_batch),
+            calls=calls, metrics=metrics,
         )
+        _gauges(metrics, svc)
         supervise = partial(supervised, failures=metrics.task_failures,
                             first_delay=settings.task_restart_delay)
         async with open_background() as nursery:
@@ -183,6 +185,27 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 await nursery.start(supervise, f"commit-lane-{lane}", commits.run_lane, lane,
                                     svc.messaging.announce)
             yield svc
+
+
+def _gauges(metrics: Metrics, svc: Services) -> None:
+    router, commits = svc.router, svc.commits
+    if isinstance(router, LocalRouter | ClusterRouter):
+        metrics.gauge("connections", "WebSocket connections on this node",
+                      router.connection_count)
+        metrics.gauge("users_connected", "users with a connection on this node",
+                      router.user_count)
+    if isinstance(router, ClusterRouter):
+        for name in ("peer_events_sent", "peer_batches_sent", "peer_events_dropped",
+                     "peer_droppable_dropped", "peer_rpc_failures"):
+            metrics.counter(name, f"node-to-node: {name.replace('_', ' ')}",
+                            partial(router.counters.__getitem__, name))
+    metrics.gauge("calls_active", "calls ringing or in progress", svc.calls.active_calls)
+    metrics.gauge("sessions_cached", "sessions seen alive, cached", svc.sessions.live_count)
+    metrics.counter("commit_batches", "group-commit batches", lambda: commits.batches)
+    metrics.counter("commit_messages", "messages in group-commit batches",
+                    lambda: commits.batched)
+    metrics.counter("commit_failed_batches", "batches that failed for an unforeseen reason",
+                    lambda: commits.failed_batches)
 
 
 def hypercorn_config(settings: Settings, *, bind: str | None = None) -> HypercornConfig:
@@ -204,12 +227,28 @@ def hypercorn_config(settings: Settings, *, bind: str | None = None) -> Hypercor
 
 def build_asgi(svc: Services) -> tuple[Any, Any]:
     """One ASGI app: WebSockets go to the WebSocket endpoint, everything else to Quart.
-    Returns (app, ws endpoint)."""
+    Returns (app, ws endpoint). The transports get the services they call, nothing else."""
     from chatsrv.transport.http import create_app
+    from chatsrv.transport.session import FrameRates, SessionDeps
     from chatsrv.transport.ws import WebSocketEndpoint
 
-    quart_app = create_app(svc)
-    ws = WebSocketEndpoint(svc)
+    settings = svc.settings
+    quart_app = create_app(
+        settings, auth_service=svc.auth, admin_service=svc.admin, presence=svc.presence,
+        conversation_service=svc.conversations, messaging=svc.messaging,
+        call_service=svc.calls, limits=svc.limits, ready=svc.store.ping,
+        metrics=svc.metrics.render)
+    endpoint: WebSocketEndpoint
+
+    def bind(session: Any, principal: Any) -> None:
+        endpoint.bind(session, principal)
+
+    deps = SessionDeps(settings=settings, metrics=svc.metrics, auth=svc.auth,
+                       messaging=svc.messaging, presence=svc.presence, calls=svc.calls,
+                       rates=FrameRates(rate=settings.rate_per_second,
+                                        burst=settings.rate_burst), bind=bind)
+    ws = endpoint = WebSocketEndpoint(settings, svc.metrics, auth=svc.auth,
+                                      sessions=svc.sessions, arrivals=svc.arrivals, deps=deps)
 
     async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "websocket":

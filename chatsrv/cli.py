@@ -208,5 +208,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:  # the last edge: a bug, still one line (traceback with --debug)
         detail = "" if debug else " (run with --debug for the traceback)"
-        return _fail(f"internal error: {type(exc).__name__}: {exc}{detail}", exc, debug=debug,
-                     status=1)
+        found = leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+        what = "; ".join(f"{type(e).__name__}: {e}" for e in found)
+        return _fail(f"internal error: {what}{detail}", exc, debug=debug, status=1)

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import trio
 
-from chatsrv.domain.events import Event
 from chatsrv.domain.ports import Subscriber
+from chatsrv.protocol.frames import Frame
 
 
 class LocalRouter:
@@ -34,13 +34,18 @@ class LocalRouter:
         if not subs:
             del self._subs[sub.user_id]
 
-    def publish(self, user_ids: Iterable[str], event: Event, *,
-                exclude: Subscriber | None = None) -> None:
-        # The event is encoded once (Event.text is cached) for every connection it reaches.
+    def publish(self, user_ids: Iterable[str], event: Frame, *,
+                exclude: str | None = None) -> None:
+        # The frame is encoded once (Frame.text is cached) for every connection it reaches.
         for uid in user_ids:
             for sub in self._subs.get(uid, ()):
-                if sub is not exclude:
+                if sub.connection_id != exclude:
                     sub.send_nowait(event)
+
+    def send_to(self, user_id: str, connection_id: str, event: Frame) -> None:
+        for sub in self._subs.get(user_id, ()):
+            if sub.connection_id == connection_id:
+                sub.send_nowait(event)
 
     def local(self, user_id: str) -> Sequence[Subscriber]:
         return tuple(self._subs.get(user_id, ()))

@@ -29,8 +29,8 @@ from trio_asyncio import aio_as_trio
 from chatsrv._pb.chatsrv.node.v1 import node_grpc, node_pb2
 from chatsrv.adapters.memory import LocalRouter
 from chatsrv.config import Settings
-from chatsrv.domain.events import Event
 from chatsrv.domain.ports import Subscriber
+from chatsrv.protocol.frames import Frame
 from chatsrv.tasks import open_background, supervised
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 _RPC_FAILED = (OSError, grpclib.exceptions.GRPCError, grpclib.exceptions.StreamTerminatedError,
                grpclib.exceptions.ProtocolError, trio.TooSlowError, AttributeError)
 
-Item = tuple[Sequence[str], Event]
+Item = tuple[Sequence[str], Frame]
 
 NODE_KEY_HEADER = "x-chatsrv-node-key"
 
@@ -93,7 +93,7 @@ class PeerLink:
         self.done = trio.Event()
         self._failures = 0
 
-    def send_nowait(self, user_ids: Sequence[str], event: Event) -> None:
+    def send_nowait(self, user_ids: Sequence[str], event: Frame) -> None:
         if event.droppable and self._send.statistics().current_buffer_used >= self._size // 2:
             self._counters["peer_droppable_dropped"] += 1
             return
@@ -233,8 +233,8 @@ class ClusterRouter:
     def local(self, user_id: str) -> Sequence[Subscriber]:
         return self.local_router.local(user_id)
 
-    def publish(self, user_ids: Iterable[str], event: Event, *,
-                exclude: Subscriber | None = None) -> None:
+    def publish(self, user_ids: Iterable[str], event: Frame, *,
+                exclude: str | None = None) -> None:
         ids = user_ids if isinstance(user_ids, (list, tuple)) else list(user_ids)
         self.local_router.publish(ids, event, exclude=exclude)
         targets: dict[str, list[str]] = {}
@@ -243,6 +243,10 @@ class ClusterRouter:
                 targets.setdefault(instance, []).append(uid)
         for instance, uids in targets.items():
             self._links[instance].send_nowait(uids, event)
+
+    def send_to(self, user_id: str, connection_id: str, event: Frame) -> None:
+        # a call's device on this node (calls across nodes: issue 12)
+        self.local_router.send_to(user_id, connection_id, event)
 
     def connection_count(self) -> int:
         return self.local_router.connection_count()

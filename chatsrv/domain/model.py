@@ -147,6 +147,16 @@ class ConversationSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class ConversationView:
+    """A conversation as its members see it: the members' profiles and presence too."""
+
+    conversation: Conversation
+    users: dict[str, User]
+    statuses: dict[str, str | None]
+    summary: ConversationSummary | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Watermarks:
     """A member's position in a conversation: everything <= delivered_seq reached a device,
     everything <= read_seq was read."""

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from chatsrv.domain.errors import NotFound
-from chatsrv.domain.events import Event
 from chatsrv.domain.model import (
     Arrival,
     CallRecord,
@@ -21,6 +20,9 @@ from chatsrv.domain.model import (
     User,
     Watermarks,
 )
+
+if TYPE_CHECKING:  # frames are the protocol's; the domain only passes them on
+    from chatsrv.protocol.frames import Frame
 
 
 class Store(Protocol):
@@ -138,16 +140,12 @@ class CallLog(Protocol):
 
 
 class Subscriber(Protocol):
-    """A live client connection as the router sees it."""
+    """A live client connection as the router sees it: who, and a way to queue a frame."""
 
     user_id: str
-    session_id: str
+    connection_id: str
 
-    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
-        """Run a task owned by this connection: cancelled when the connection closes."""
-        ...
-
-    def send_nowait(self, event: Event) -> None:
+    def send_nowait(self, event: Frame) -> None:
         """Queue without blocking. A full outbox drops a droppable event or evicts the
         connection; never raises, never blocks."""
         ...
@@ -158,8 +156,13 @@ class Router(Protocol):
 
     def attach(self, sub: Subscriber) -> None: ...
     def detach(self, sub: Subscriber) -> None: ...
-    def publish(self, user_ids: Iterable[str], event: Event, *,
-                exclude: Subscriber | None = None) -> None: ...
+    def publish(self, user_ids: Iterable[str], event: Frame, *,
+                exclude: str | None = None) -> None:
+        """To every connection of these users, but the connection `exclude` (an id)."""
+        ...
+    def send_to(self, user_id: str, connection_id: str, event: Frame) -> None:
+        """To one connection of a user (a call's device)."""
+        ...
     def local(self, user_id: str) -> Sequence[Subscriber]: ...
 
 

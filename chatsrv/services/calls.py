@@ -1,11 +1,20 @@
 """WebRTC call signalling: offer → ring every callee device → first answer wins → ICE → end.
 
-Media never touches the server. Lifetimes (DESIGN §1):
-- the call session is a task (the caller leg) in the caller's connection nursery; the ring
-  timeout is its cancel-scope deadline;
-- the answering device's participation is a task (the callee leg) in its connection nursery;
-- closing either socket cancels its leg, whose `finally` ends the call for the other side.
-Every call is recorded in the CallLog (ringing at offer, then its final status).
+Media never touches the server. The call's state lives here (`LiveCall`, around the pure
+state machine domain/calls.py); each device that takes part runs a *leg*, a task its
+connection's Session starts in its own nursery (`await nursery.start(calls.run_leg, ...)`):
+
+- the caller's leg rings until the deadline (the ring timeout is its `move_on_at`), then
+  lives until the call is over;
+- the answering device's leg lives until the call is over;
+- a leg ends by itself when the call is over (`LiveCall.over` is set), and a leg cancelled
+  because its socket closed ends the call for the other side in its `finally`.
+
+Nobody cancels another task's scope: state changes set events the legs wait on. Frames go
+to devices through the Router (`send_to` one connection, `publish` to every device of a
+user). Decisions (busy, glare, call id taken) are made with no await between the check and
+the registration, so concurrent offers cannot both pass. Every call is recorded in the
+CallLog (ringing at offer, then its final status).
 """
 
 from __future__ import annotations
@@ -24,10 +33,23 @@ import trio
 
 from chatsrv.domain.calls import CallSession, CallStatus, glare_winner
 from chatsrv.domain.errors import Conflict, Invalid, NotFound
-from chatsrv.domain.events import Event
 from chatsrv.domain.model import CallRecord, ConversationType, new_id, parse_id, utcnow
-from chatsrv.domain.ports import CallLog, Router, Store, Subscriber
-from chatsrv.services.membership import MembershipCache
+from chatsrv.domain.ports import CallLog, Router, Store
+from chatsrv.protocol.frames import (
+    CallAnsweredElsewhere,
+    CallAnswerIn,
+    CallAnswerOut,
+    CallOfferIn,
+    CallOfferOut,
+    CallOver,
+    CallReasonIn,
+    CallRejectOut,
+    CallRinging,
+    Frame,
+    IceCandidateIn,
+    IceCandidateOut,
+    Out,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,27 +64,43 @@ def _call_id(value: str) -> str:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One connection of one user: what takes part in a call."""
+
+    user_id: str
+    connection_id: str
+
+
 @dataclass(eq=False)
 class LiveCall:
     session: CallSession
-    caller: Subscriber
-    ringing: list[Subscriber]
-    callee: Subscriber | None = None
-    answered: trio.Event = field(default_factory=trio.Event)
+    caller: Device
+    callee: Device | None = None  # the device that answered
     answered_at: datetime | None = None
-    caller_scope: trio.CancelScope | None = None
-    callee_scope: trio.CancelScope | None = None
+    # set once ringing is over (answered or ended): the caller's leg stops waiting
+    ringing_over: trio.Event = field(default_factory=trio.Event)
+    over: trio.Event = field(default_factory=trio.Event)  # every leg returns
     early_candidates: list[tuple[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Offered:
+    """The answer to an offer: `reply` for the caller (call_ringing, or call_end /
+    call_reject when it ended at once); `ringing`: the caller's leg must run."""
+
+    call_id: str
+    reply: Out
+    ringing: bool
+
+
 class CallService:
-    def __init__(self, store: Store, history: CallLog, router: Router, members: MembershipCache,
-                 *, ring_timeout: float, stun_urls: tuple[str, ...], turn_urls: tuple[str, ...],
+    def __init__(self, store: Store, history: CallLog, router: Router, *,
+                 ring_timeout: float, stun_urls: tuple[str, ...], turn_urls: tuple[str, ...],
                  turn_secret: str, turn_ttl: float, record_deadline: float) -> None:
         self._store = store
         self._history = history
         self._router = router
-        self._members = members
         self._ring_timeout = ring_timeout
         self._stun_urls = stun_urls
         self._turn_urls = turn_urls
@@ -73,97 +111,156 @@ class CallService:
         self._calls: dict[str, LiveCall] = {}
         self._by_user: dict[str, LiveCall] = {}  # a user is in at most one call
 
-    # ------------------------------------------------------------------ frames
+    # ------------------------------------------------------------------ signalling
 
-    async def handle(self, conn: Subscriber, type_: str, p: Any, ref: Any) -> None:
-        if type_ == "call_offer":
-            await self._offer(conn, p, ref)
-            return
-        live = self._find(conn, p.call_id)
-        if type_ == "call_answer":
-            await self._answer(conn, live, p.answer)
-        elif type_ == "ice_candidate":
-            self._ice(conn, live, p.candidate)
-        elif type_ == "call_reject":
-            live.session.reject(conn.user_id, p.reason, now=trio.current_time())
-            await self._finish(live, by=conn)
-        elif type_ == "call_end":
-            live.session.end(conn.user_id, p.reason, now=trio.current_time())
-            await self._finish(live, by=conn)
-
-    def _find(self, conn: Subscriber, call_id: str) -> LiveCall:
-        live = self._calls.get(_call_id(call_id))
-        if live is None or not live.session.involves(conn.user_id):
-            raise NotFound("call not found (or already over)", code="call_not_found")
-        return live
-
-    async def _offer(self, conn: Subscriber, p: Any, ref: Any) -> None:
-        caller_id = conn.user_id
-        callee_id, conversation_id = await self._callee_of(caller_id, p)
+    async def offer(self, caller: Device, p: CallOfferIn) -> Offered:
+        """Place a call. Raises Invalid, NotFound (no shared conversation, someone else's
+        call id), Conflict (already in a call, the caller's own call id reused)."""
+        callee_id, conversation_id = await self._callee_of(caller.user_id, p)
         call_id = _call_id(p.call_id) if p.call_id else new_id()
-        taken = self._calls.get(call_id)
-        if taken is not None:
-            if taken.session.involves(caller_id):
-                raise Conflict("call_id is already in use", code="call_exists")
-            raise NotFound("call not found", code="not_found")  # someone else's: not revealed
         if p.call_id:
             earlier = await self._history.get_call(call_id)
             if earlier is not None:
-                if caller_id in (earlier.caller_id, earlier.callee_id):
+                if caller.user_id in (earlier.caller_id, earlier.callee_id):
                     raise Conflict("call_id was used for an earlier call", code="call_exists")
                 raise NotFound("call not found", code="not_found")
+        # From here to the registration: no await (concurrent offers decide one by one).
+        taken = self._calls.get(call_id)
+        if taken is not None:
+            if taken.session.involves(caller.user_id):
+                raise Conflict("call_id is already in use", code="call_exists")
+            raise NotFound("call not found", code="not_found")  # someone else's: not revealed
         now = trio.current_time()
         session = CallSession(
-            id=call_id, caller_id=caller_id, callee_id=callee_id,
+            id=call_id, caller_id=caller.user_id, callee_id=callee_id,
             conversation_id=conversation_id, media=p.media, started_at=now,
-            ring_deadline=now + self._ring_timeout, caller_session=conn.session_id,
+            ring_deadline=now + self._ring_timeout, caller_session=caller.connection_id,
         )
         started = utcnow()
-        mine = self._by_user.get(caller_id)
+        mine = self._by_user.get(caller.user_id)
         theirs = self._by_user.get(callee_id)
-        if theirs is not None and theirs is mine and theirs.session.caller_id == callee_id \
-                and theirs.session.status is CallStatus.RINGING:
-            # Glare: both called each other. One call survives, the same on both sides.
+        glare = theirs is not None and theirs is mine and theirs.session.caller_id == callee_id \
+            and theirs.session.status is CallStatus.RINGING
+        if glare:
+            assert theirs is not None
+            # Both called each other. One call survives, the same on both sides.
             if glare_winner(theirs.session, session) is theirs.session:
-                session.end(caller_id, "glare", now=now)
-                await self._record(session, started)
-                await self._finish_record(session, None)
-                conn.send_nowait(Event("call_end", {"call_id": call_id, "reason": "glare",
-                                                    "status": session.status.value,
-                                                    "kept_call_id": theirs.session.id}, ref=ref))
-                return
+                session.end(caller.user_id, "glare", now=now)
+                await self._record(session, started, final=True)
+                return Offered(call_id, CallOver(call_id=call_id, reason="glare",
+                                                 status=session.status.value,
+                                                 kept_call_id=theirs.session.id), False)
             theirs.session.end(callee_id, "glare", now=now)
             await self._finish(theirs, by=None, kept_call_id=call_id)
             mine = theirs = None
         if mine is not None:
             raise Conflict("you are already in a call", code="already_in_call")
-        await self._record(session, started)
-        if theirs is not None:
-            session.reject(callee_id, "busy", now=now)
-            await self._finish_record(session, None)
-            conn.send_nowait(Event("call_reject", {"call_id": call_id, "reason": "busy",
-                                                   "status": session.status.value}, ref=ref))
-            return
-        devices = list(self._router.local(callee_id))
-        if not devices:
-            session.unreachable(now=now)
-            await self._finish_record(session, None)
-            conn.send_nowait(Event("call_end", {"call_id": call_id, "reason": "offline",
-                                                "status": session.status.value}, ref=ref))
-            return
-        live = LiveCall(session=session, caller=conn, ringing=devices)
+        devices = len(self._router.local(callee_id))
+        if theirs is not None or devices == 0:
+            if theirs is not None:
+                session.reject(callee_id, "busy", now=now)
+                reply: Out = CallRejectOut(call_id=call_id, reason="busy",
+                                           status=session.status.value)
+            else:
+                session.unreachable(now=now)
+                reply = CallOver(call_id=call_id, reason="offline", status=session.status.value)
+            await self._record(session, started, final=True)
+            return Offered(call_id, reply, False)
+        live = LiveCall(session=session, caller=caller)
         self._calls[call_id] = live
-        self._by_user[caller_id] = self._by_user[callee_id] = live
-        offer = Event("call_offer", {"call_id": call_id, "caller_id": caller_id,
-                                     "conversation_id": conversation_id, "media": p.media,
-                                     "offer": p.offer})
-        for device in devices:
-            device.send_nowait(offer)
-        conn.send_nowait(Event("call_ringing", {"call_id": call_id, "callee_id": callee_id,
-                                                "devices": len(devices)}, ref=ref))
-        conn.start_soon(self._caller_leg, live)
+        self._by_user[caller.user_id] = self._by_user[callee_id] = live
+        await self._record(session, started)
+        self._router.publish([callee_id], Frame(CallOfferOut(
+            call_id=call_id, caller_id=caller.user_id, conversation_id=conversation_id,
+            media=p.media, offer=p.offer)))
+        return Offered(call_id, CallRinging(call_id=call_id, callee_id=callee_id,
+                                            devices=devices), True)
 
-    async def _callee_of(self, caller_id: str, p: Any) -> tuple[str, str | None]:
+    async def answer(self, device: Device, p: CallAnswerIn) -> str:
+        """The first callee device to answer wins; its leg must run next (returns the call
+        id). Raises NotFound, Conflict (answered elsewhere, over)."""
+        live = self._find(device, p.call_id)
+        live.session.answer(device.user_id, device.connection_id, now=trio.current_time())
+        live.callee = device
+        live.answered_at = utcnow()
+        live.ringing_over.set()
+        call_id = live.session.id
+        caller = live.caller
+        self._router.send_to(caller.user_id, caller.connection_id, Frame(CallAnswerOut(
+            call_id=call_id, answer=p.answer, callee_id=device.user_id)))
+        self._router.publish([device.user_id], Frame(CallAnsweredElsewhere(call_id=call_id)),
+                             exclude=device.connection_id)
+        for connection_id, candidate in live.early_candidates:
+            if connection_id == device.connection_id:
+                self._router.send_to(caller.user_id, caller.connection_id,
+                                     self._candidate(live, device.user_id, candidate))
+        live.early_candidates.clear()
+        with trio.move_on_after(self._record_deadline, shield=True):
+            await self._history.mark_answered(call_id, live.answered_at)
+        return call_id
+
+    def ice(self, device: Device, p: IceCandidateIn) -> None:
+        """Relayed only between the two devices of the call (to every ringing callee
+        device until one answers; a callee's early candidates wait for its answer)."""
+        live = self._find(device, p.call_id)
+        s = live.session
+        frame = self._candidate(live, device.user_id, p.candidate)
+        if device == live.caller:
+            if live.callee is not None:
+                self._router.send_to(live.callee.user_id, live.callee.connection_id, frame)
+            else:
+                self._router.publish([s.callee_id], frame)
+        elif device.user_id == s.callee_id and live.callee is None:
+            if len(live.early_candidates) < MAX_EARLY_CANDIDATES:
+                live.early_candidates.append((device.connection_id, p.candidate))
+        elif device == live.callee:
+            self._router.send_to(live.caller.user_id, live.caller.connection_id, frame)
+        else:
+            raise Conflict("this device is not in the call", code="not_in_call")
+
+    async def reject(self, device: Device, p: CallReasonIn) -> None:
+        live = self._find(device, p.call_id)
+        live.session.reject(device.user_id, p.reason, now=trio.current_time())
+        await self._finish(live, by=device)
+
+    async def end(self, device: Device, p: CallReasonIn) -> None:
+        live = self._find(device, p.call_id)
+        live.session.end(device.user_id, p.reason, now=trio.current_time())
+        await self._finish(live, by=device)
+
+    # ------------------------------------------------------------------ legs
+
+    async def run_leg(self, call_id: str, device: Device, *,
+                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """A device's part in the call, run in its connection's nursery until the call is
+        over. The caller's leg rings until the deadline (then: missed). Cancelled (the socket
+        closed): the call ends for the other side, history written (shielded, bounded)."""
+        live = self._calls.get(call_id)
+        task_status.started()
+        if live is None:
+            return  # ended before the leg began
+        s = live.session
+        try:
+            if device == live.caller:
+                with trio.move_on_at(s.ring_deadline):
+                    await live.ringing_over.wait()
+                if s.timeout(now=trio.current_time()):
+                    await self._finish(live, by=None)
+            await live.over.wait()
+        finally:
+            if not live.over.is_set() and s.drop(device.user_id, now=trio.current_time()):
+                with trio.move_on_after(self._record_deadline, shield=True):
+                    await self._finish(live, by=device)
+
+    # ------------------------------------------------------------------ inside
+
+    def _find(self, device: Device, call_id: str) -> LiveCall:
+        live = self._calls.get(_call_id(call_id))
+        if live is None or not live.session.involves(device.user_id):
+            raise NotFound("call not found (or already over)", code="call_not_found")
+        return live
+
+    async def _callee_of(self, caller_id: str, p: CallOfferIn) -> tuple[str, str | None]:
         """Who is called, and in which conversation. Only users who share a conversation
         can call each other. Raises Invalid / NotFound."""
         if p.conversation_id:
@@ -191,119 +288,50 @@ class CallService:
             raise NotFound("no conversation shared with this user", code="not_a_contact")
         return callee, None
 
-    async def _answer(self, conn: Subscriber, live: LiveCall, answer: Any) -> None:
-        live.session.answer(conn.user_id, conn.session_id, now=trio.current_time())
-        live.callee = conn
-        live.answered_at = utcnow()
-        live.answered.set()
-        conn.start_soon(self._callee_leg, live)
-        call_id = live.session.id
-        live.caller.send_nowait(Event("call_answer", {"call_id": call_id, "answer": answer,
-                                                      "callee_id": conn.user_id}))
-        elsewhere = Event("call_answered_elsewhere", {"call_id": call_id})
-        for device in live.ringing:
-            if device is not conn:
-                device.send_nowait(elsewhere)
-        for session_id, candidate in live.early_candidates:
-            if session_id == conn.session_id:
-                live.caller.send_nowait(self._candidate(live, conn.user_id, candidate))
-        live.early_candidates.clear()
-        with trio.move_on_after(self._record_deadline, shield=True):
-            await self._history.mark_answered(call_id, live.answered_at)
-
-    def _ice(self, conn: Subscriber, live: LiveCall, candidate: Any) -> None:
-        """Relayed only between the two devices of the call (to every ringing callee
-        device until one answers)."""
-        s = live.session
-        if conn.user_id == s.caller_id and conn.session_id == s.caller_session:
-            targets = [live.callee] if live.callee is not None else live.ringing
-            event = self._candidate(live, conn.user_id, candidate)
-            for t in targets:
-                if t is not None:
-                    t.send_nowait(event)
-        elif conn.user_id == s.callee_id and live.callee is None:
-            if len(live.early_candidates) < MAX_EARLY_CANDIDATES:
-                live.early_candidates.append((conn.session_id, candidate))
-        elif conn.user_id == s.callee_id and conn.session_id == s.callee_session:
-            live.caller.send_nowait(self._candidate(live, conn.user_id, candidate))
-        else:
-            raise Conflict("this device is not in the call", code="not_in_call")
-
     @staticmethod
-    def _candidate(live: LiveCall, sender: str, candidate: Any) -> Event:
-        return Event("ice_candidate", {"call_id": live.session.id, "candidate": candidate,
-                                       "from": sender})
+    def _candidate(live: LiveCall, sender: str, candidate: Any) -> Frame:
+        return Frame(IceCandidateOut(call_id=live.session.id, candidate=candidate,
+                                     sender=sender))
 
-    # ------------------------------------------------------------------ legs
-
-    async def _caller_leg(self, live: LiveCall) -> None:
-        """The call session, owned by the caller's connection: rings until the deadline,
-        then lives until the call ends. Cancelled when the caller's socket closes."""
-        s = live.session
-        try:
-            with trio.CancelScope() as scope:
-                live.caller_scope = scope
-                with trio.move_on_at(s.ring_deadline):
-                    await live.answered.wait()
-                if s.timeout(now=trio.current_time()):
-                    await self._finish(live, by=None)
-                    return
-                await trio.sleep_forever()
-        finally:
-            if s.drop(s.caller_id, now=trio.current_time()):
-                with trio.move_on_after(self._record_deadline, shield=True):
-                    await self._finish(live, by=live.caller)
-
-    async def _callee_leg(self, live: LiveCall) -> None:
-        """The answering device's part, owned by its connection."""
-        s = live.session
-        try:
-            with trio.CancelScope() as scope:
-                live.callee_scope = scope
-                await trio.sleep_forever()
-        finally:
-            if s.drop(s.callee_id, now=trio.current_time()):
-                with trio.move_on_after(self._record_deadline, shield=True):
-                    await self._finish(live, by=live.callee)
-
-    async def _finish(self, live: LiveCall, *, by: Subscriber | None,
+    async def _finish(self, live: LiveCall, *, by: Device | None,
                       kept_call_id: str | None = None) -> None:
-        """The session reached a final state: record it, tell whoever is not `by`, end both
-        legs."""
+        """The session reached a final state: record it, tell every device not `by`, and
+        let the legs return."""
         s = live.session
         self._calls.pop(s.id, None)
         for uid in (s.caller_id, s.callee_id):
             if self._by_user.get(uid) is live:
                 del self._by_user[uid]
+        live.ringing_over.set()
+        live.over.set()
         # history first, so whoever is told the call is over can already read it there
-        await self._finish_record(s, live.answered_at)
-        payload: dict[str, Any] = {"call_id": s.id, "reason": s.end_reason,
-                                   "status": s.status.value}
-        if kept_call_id:
-            payload["kept_call_id"] = kept_call_id
-        to_caller = Event("call_reject" if s.status in (CallStatus.REJECTED, CallStatus.BUSY)
-                          else "call_end", payload)
-        to_callee = Event("call_end", payload)
-        if by is not live.caller:
-            live.caller.send_nowait(to_caller)
-        callee_devices = [live.callee] if live.callee is not None else live.ringing
-        for device in callee_devices:
-            if device is not None and device is not by:
-                device.send_nowait(to_callee)
-        for scope in (live.caller_scope, live.callee_scope):
-            if scope is not None:
-                scope.cancel()
+        await self._history.finish_call(s.id, status=s.status.value, end_reason=s.end_reason,
+                                        answered_at=live.answered_at, ended_at=utcnow())
+        rejected = s.status in (CallStatus.REJECTED, CallStatus.BUSY)
+        reason, status = s.end_reason, s.status.value
+        if by != live.caller:
+            cls = CallRejectOut if rejected else CallOver
+            self._router.send_to(live.caller.user_id, live.caller.connection_id, Frame(cls(
+                call_id=s.id, reason=reason, status=status, kept_call_id=kept_call_id)))
+        to_callee = Frame(CallOver(call_id=s.id, reason=reason, status=status,
+                                   kept_call_id=kept_call_id))
+        if live.callee is not None:
+            if by != live.callee:
+                self._router.send_to(live.callee.user_id, live.callee.connection_id, to_callee)
+        else:  # still ringing on every device of the callee
+            self._router.publish([s.callee_id], to_callee,
+                                 exclude=by.connection_id if by is not None else None)
 
-    async def _record(self, s: CallSession, started: datetime) -> None:
+    async def _record(self, s: CallSession, started: datetime, *, final: bool = False) -> None:
         await self._history.record_call(CallRecord(
             id=s.id, conversation_id=s.conversation_id, caller_id=s.caller_id,
             callee_id=s.callee_id, media=s.media, status=s.status.value, end_reason=None,
             started_at=started,
         ))
-
-    async def _finish_record(self, s: CallSession, answered_at: datetime | None) -> None:
-        await self._history.finish_call(s.id, status=s.status.value, end_reason=s.end_reason,
-                                        answered_at=answered_at, ended_at=utcnow())
+        if final:
+            await self._history.finish_call(s.id, status=s.status.value,
+                                            end_reason=s.end_reason, answered_at=None,
+                                            ended_at=utcnow())
 
     # ------------------------------------------------------------------ REST
 

@@ -27,6 +27,7 @@ import trio
 from chatsrv.domain.errors import ChatError, Internal, Unavailable
 from chatsrv.domain.model import Message
 from chatsrv.domain.ports import Store
+from chatsrv.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,11 @@ Announce = Callable[[Message, Any], Awaitable[None]]
 
 @dataclass(eq=False, slots=True)
 class Pending:
-    """A message handed to the committer. `done` is set once `outcome` is known; then
-    `on_done` (if any) is called, synchronously, in commit order."""
+    """A message handed to the committer. `done` is set once `outcome` is known (whoever
+    waits for it — the sender's acker — acks in its own order)."""
 
     draft: Message
     origin: Any = None  # the connection that sent it: it gets an ack, not new_message
-    on_done: Callable[[], None] | None = None
     done: trio.Event = field(default_factory=trio.Event)
     outcome: tuple[Message, bool] | ChatError | None = None
 
@@ -55,9 +55,10 @@ class Pending:
 
 
 class GroupCommitter:
-    def __init__(self, store: Store, *, max_batch: int, queue_size: int,
+    def __init__(self, store: Store, metrics: Metrics, *, max_batch: int, queue_size: int,
                  writers: int = 1) -> None:
         self._store = store
+        self._metrics = metrics
         self._max_batch = max_batch
         # Bounded: when full, senders wait here (backpressure on the sending connections).
         self._lanes = [trio.open_memory_channel[Pending](queue_size) for _ in range(writers)]
@@ -81,12 +82,11 @@ class GroupCommitter:
         await pending.done.wait()
         return pending.result()
 
-    async def submit(self, draft: Message, *, origin: Any = None,
-                     on_done: Callable[[], None] | None = None) -> Pending:
+    async def submit(self, draft: Message, *, origin: Any = None) -> Pending:
         """Queue one message without waiting for its commit (waits only while the lane is
         full). Messages of one conversation submitted one after another commit in that
         order."""
-        pending = Pending(draft, origin, on_done)
+        pending = Pending(draft, origin)
         send, _ = self._lanes[hash(draft.conversation_id) % len(self._lanes)]
         await send.send(pending)
         return pending
@@ -124,12 +124,15 @@ class GroupCommitter:
         started = trio.current_time()
         try:
             outcomes = await self._store.append_messages([p.draft for p in batch])
-            self.store_seconds += trio.current_time() - started
+            stored = trio.current_time()
+            self.store_seconds += stored - started
+            self._metrics.commit.observe(stored - started)
             for p, outcome in zip(batch, outcomes, strict=True):
                 p.outcome = outcome
             for p in batch:
                 if isinstance(p.outcome, tuple) and p.outcome[1]:
                     await self._announce(announce, p)
+            self._metrics.fanout.observe(trio.current_time() - stored)
         except ChatError as exc:
             for p in batch:
                 if p.outcome is None:
@@ -161,9 +164,3 @@ def _wake(batch: list[Pending], missing: ChatError) -> None:
         if p.outcome is None:
             p.outcome = missing
         p.done.set()
-    for p in batch:
-        if p.on_done is not None:
-            try:
-                p.on_done()
-            except Exception:
-                log.exception("on_done of a committed message failed")

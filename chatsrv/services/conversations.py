@@ -2,33 +2,56 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from chatsrv.domain.errors import Forbidden, Invalid, NotFound
-from chatsrv.domain.events import Event
 from chatsrv.domain.model import (
     Conversation,
-    ConversationSummary,
     ConversationType,
+    ConversationView,
     Role,
+    User,
     new_id,
     parse_id,
     utcnow,
 )
 from chatsrv.domain.ports import Router, Store
+from chatsrv.protocol.frames import Frame, MemberRemoved, MemberRoleChanged, MembersAdded
 from chatsrv.services.membership import MembershipCache
+
+Statuses = Callable[[Sequence[User]], Awaitable[dict[str, str | None]]]
 
 
 class ConversationService:
     def __init__(self, store: Store, router: Router, members: MembershipCache, *,
-                 max_group_members: int) -> None:
+                 statuses: Statuses, max_group_members: int) -> None:
         self._store = store
         self._router = router
         self._members = members
+        self._statuses = statuses  # presence of members (they share the conversation)
         self._max_group_members = max_group_members
 
+    async def overview(self, user_id: str) -> list[ConversationView]:
+        """My conversations, most recent activity first, with members' profiles."""
+        summaries = await self._store.list_conversations(user_id)
+        users = await self._profiles({m.user_id for s in summaries
+                                      for m in s.conversation.members})
+        statuses = await self._statuses(list(users.values()))
+        return [ConversationView(s.conversation, users, statuses, s) for s in summaries]
+
+    async def view(self, user_id: str, conversation_id: str) -> ConversationView:
+        return await self._view(await self.get(user_id, conversation_id))
+
+    async def _view(self, conv: Conversation) -> ConversationView:
+        users = await self._profiles({m.user_id for m in conv.members})
+        return ConversationView(conv, users, await self._statuses(list(users.values())))
+
+    async def _profiles(self, user_ids: set[str]) -> dict[str, User]:
+        return {u.id: u for u in await self._store.get_users(sorted(user_ids))}
+
     async def create(self, user_id: str, *, type: str, member_ids: Sequence[str],
-                     name: str | None = None, admin_ids: Sequence[str] = ()) -> tuple[Conversation, bool]:
+                     name: str | None = None,
+                     admin_ids: Sequence[str] = ()) -> tuple[ConversationView, bool]:
         """Returns (conversation, created). Raises Invalid for bad input or unknown users."""
         try:
             kind = ConversationType(type)
@@ -63,10 +86,7 @@ class ConversationService:
             conversation_id=new_id(), type=kind, name=name, created_by=user_id,
             members=members, direct_key=direct_key, created_at=utcnow(),
         )
-        return conv, created
-
-    async def list_for(self, user_id: str) -> list[ConversationSummary]:
-        return await self._store.list_conversations(user_id)
+        return await self._view(conv), created
 
     async def get(self, user_id: str, conversation_id: str) -> Conversation:
         """Raises NotFound for a conversation that does not exist or is not the user's
@@ -77,7 +97,7 @@ class ConversationService:
         return conv
 
     async def add_members(self, user_id: str, conversation_id: str,
-                          member_ids: Sequence[str]) -> Conversation:
+                          member_ids: Sequence[str]) -> ConversationView:
         conv = await self._admin_group(user_id, conversation_id)
         ids = list(dict.fromkeys(parse_id(m, "member_ids") for m in member_ids))
         if not ids:
@@ -95,10 +115,14 @@ class ConversationService:
         if added:
             self._router.publish(
                 [m.user_id for m in updated.members],
-                Event("members_added", {"conversation_id": conv.id, "user_ids": added,
-                                        "by": user_id}),
+                Frame(MembersAdded(conversation_id=conv.id, user_ids=added, by=user_id)),
             )
-        return updated
+        return await self._view(updated)
+
+    async def remove_members(self, user_id: str, conversation_id: str,
+                             member_ids: Sequence[str]) -> None:
+        for member_id in member_ids:
+            await self.remove_member(user_id, conversation_id, member_id)
 
     async def remove_member(self, user_id: str, conversation_id: str, member_id: str) -> None:
         """Admins remove anyone; any member may remove themselves (leave)."""
@@ -115,11 +139,11 @@ class ConversationService:
         _, heir = await self._store.remove_member(conv.id, member_id)
         await self._members.changed(conv.id)
         everyone = [m.user_id for m in conv.members]
-        self._router.publish(everyone, Event("member_removed", {
-            "conversation_id": conv.id, "user_id": member_id, "by": user_id}))
+        self._router.publish(everyone, Frame(MemberRemoved(
+            conversation_id=conv.id, user_id=member_id, by=user_id)))
         if heir is not None:  # the last admin left: the longest-standing member leads now
-            self._router.publish(everyone, Event("member_role_changed", {
-                "conversation_id": conv.id, "user_id": heir, "role": Role.ADMIN.value}))
+            self._router.publish(everyone, Frame(MemberRoleChanged(
+                conversation_id=conv.id, user_id=heir, role=Role.ADMIN.value)))
 
     async def _admin_group(self, user_id: str, conversation_id: str) -> Conversation:
         conv = await self.get(user_id, conversation_id)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from chatsrv.domain.errors import Invalid, NotFound
-from chatsrv.domain.events import Event, message_payload
 from chatsrv.domain.model import Message, Watermarks, new_id, parse_id, utcnow
 from chatsrv.domain.ports import Router, Store, Subscriber
+from chatsrv.domain.receipts import status_for
+from chatsrv.protocol.frames import Frame, MessageStatus, TypingOut
+from chatsrv.protocol.render import render_message
 from chatsrv.services.commit import GroupCommitter, Pending
 from chatsrv.services.membership import MembershipCache
 
@@ -55,10 +57,9 @@ class MessagingService:
 
     async def submit(self, user_id: str, *, conversation_id: str, content: str,
                      message_type: str = "text", client_msg_id: str | None = None,
-                     origin: Subscriber | None = None,
-                     on_done: Callable[[], None] | None = None) -> Pending:
+                     origin: Subscriber | None = None) -> Pending:
         """`send` without waiting for the commit: validates (raises Invalid at once) and
-        queues; `result(pending)` once `pending.done` is set (or in `on_done`)."""
+        queues; `result(pending)` once `pending.done` is set."""
         conversation_id = parse_id(conversation_id, "conversation_id")
         if not content or not content.strip():
             raise Invalid("content must not be empty", field="content")
@@ -74,7 +75,7 @@ class MessagingService:
             id=new_id(), conversation_id=conversation_id, seq=0, sender_id=user_id,
             content=content, message_type=message_type, client_msg_id=client_msg_id,
             created_at=utcnow(),
-        ), origin=origin, on_done=on_done)
+        ), origin=origin)
 
     @staticmethod
     def result(pending: Pending) -> tuple[Message, bool]:
@@ -89,8 +90,8 @@ class MessagingService:
     async def announce(self, message: Message, origin: Subscriber | None) -> None:
         """Fan a committed message out; called by the group committer in commit order."""
         members = await self._members.members(message.conversation_id)
-        self._router.publish(members, Event("new_message", message_payload(message)),
-                             exclude=origin)
+        self._router.publish(members, Frame(render_message(message)),
+                             exclude=origin.connection_id if origin is not None else None)
 
     async def history(self, user_id: str, conversation_id: str, *, limit: int | None,
                       offset: int = 0, before_seq: int | None = None,
@@ -118,6 +119,17 @@ class MessagingService:
         if after_seq is None:
             rows.reverse()  # fetched newest first
         return rows, has_more
+
+    async def status(self, user_id: str, message_id: str) -> tuple[Message, dict[str, str]]:
+        """A message and what each other member has of it: sent, delivered or read (from
+        watermarks). Raises NotFound (no such message, or not the user's)."""
+        message = await self._store.get_message(parse_id(message_id, "message_id"))
+        if message is None or user_id not in await self._members.members(
+                message.conversation_id):
+            raise NotFound("message not found")
+        marks = await self._store.watermarks(message.conversation_id)
+        return message, {u: status_for(message.seq, w) for u, w in marks.items()
+                         if u != message.sender_id}
 
     async def receipt(self, user_id: str, *, status: str, message_id: str | None = None,
                       conversation_id: str | None = None,
@@ -159,10 +171,9 @@ class MessagingService:
                 at = await self._store.list_messages(conversation_id, limit=1,
                                                      before_seq=mark + 1)
                 mid = at[0].id if at else None
-            self._router.publish(members, Event("message_status", {
-                "conversation_id": conversation_id, "message_id": mid, "user_id": user_id,
-                "status": kind, "up_to_seq": mark, "timestamp": utcnow().timestamp(),
-            }))
+            self._router.publish(members, Frame(MessageStatus(
+                conversation_id=conversation_id, message_id=mid, user_id=user_id,
+                status=kind, up_to_seq=mark, timestamp=utcnow().timestamp())))  # type: ignore[arg-type]
         return after
 
     async def sync(self, user_id: str, since: Mapping[str, int] | None) -> SyncResult:
@@ -213,8 +224,8 @@ class MessagingService:
             raise NotFound("conversation not found")
         self._router.publish(
             (m for m in members if m != user_id),
-            Event("typing", {"conversation_id": conversation_id, "user_id": user_id,
-                             "is_typing": is_typing}, droppable=True),
+            Frame(TypingOut(conversation_id=conversation_id, user_id=user_id,
+                            is_typing=is_typing)),
         )
 
     async def _require_member(self, user_id: str, conversation_id: str) -> str:

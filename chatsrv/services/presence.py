@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import trio
 
 from chatsrv.domain.errors import Unavailable
-from chatsrv.domain.events import Event
 from chatsrv.domain.model import User, iso, utcnow
 from chatsrv.domain.ports import Directory, Router, Store, Subscriber
 from chatsrv.domain.presence import PresenceBook, Status
+from chatsrv.protocol.frames import Frame, PresenceUpdate
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,14 @@ class PresenceService:
         self._router.attach(sub)
         # The directory says whether the user was offline on every node (cluster: a user
         # already online elsewhere is not announced again).
-        if self._book.connect(sub.user_id, sub.session_id) and \
+        if self._book.connect(sub.user_id, sub.connection_id) and \
                 await self._directory.set_online(sub.user_id):
             await self._announce(sub.user_id, Status.ONLINE, last_seen=None, contacts=contacts)
 
     def disconnected(self, sub: Subscriber) -> None:
         """Detach at once; the user turns offline after the grace period (see run)."""
         self._router.detach(sub)
-        if self._book.disconnect(sub.user_id, sub.session_id, now=trio.current_time()):
+        if self._book.disconnect(sub.user_id, sub.connection_id, now=trio.current_time()):
             self._wakeup.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -118,11 +118,9 @@ class PresenceService:
                 log.warning("presence of %s not announced: storage unavailable", user_id)
                 contacts = []
         now = utcnow()
-        event = Event("presence_update", {
-            "user_id": user_id, "status": status.value, "timestamp": int(now.timestamp()),
-            "last_seen": last_seen,
-        })
-        self._router.publish([*contacts, user_id], event)
+        frame = Frame(PresenceUpdate(user_id=user_id, status=status.value,  # type: ignore[arg-type]
+                                     timestamp=int(now.timestamp()), last_seen=last_seen))
+        self._router.publish([*contacts, user_id], frame)
 
     async def statuses(self, users: Sequence[User], *,
                        viewer: str | None = None) -> dict[str, str | None]:
@@ -140,3 +138,7 @@ class PresenceService:
 
     def is_local_online(self, user_id: str) -> bool:
         return self._book.is_online(user_id)
+
+    def connections_here(self, user_id: str) -> int:
+        """The user's connections attached on this node right now."""
+        return len(self._router.local(user_id))

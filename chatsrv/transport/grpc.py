@@ -20,7 +20,7 @@ from chatsrv._pb.chatsrv.node.v1 import node_grpc, node_pb2
 from chatsrv.adapters.memory import LocalRouter
 from chatsrv.adapters.peers import NODE_KEY_HEADER, node_key
 from chatsrv.config import Settings
-from chatsrv.domain.events import Event
+from chatsrv.protocol.frames import Frame
 from chatsrv.tasks import StartupError
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class NodeServicer(node_grpc.NodeBase):
         if request is None:
             return
         for envelope in request.events:
-            event = Event.from_text(envelope.type, envelope.text, droppable=envelope.droppable)
+            event = Frame.from_text(envelope.type, envelope.text, droppable=envelope.droppable)
             # `exclude` (the origin connection) never crosses nodes: it is local-only
             self._local.publish(envelope.user_ids, event)
         await stream.send_message(node_pb2.DeliverReply(accepted=len(request.events)))

@@ -39,7 +39,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from chatsrv.domain.events import Event
+from chatsrv.protocol.frames import Frame
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def text_frame(data: bytes) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, n) + data
 
 
-def frame_of(event: Event) -> bytes:
+def frame_of(event: Frame) -> bytes:
     """The event's frame, built once however many sockets it goes to."""
     cache = event.__dict__
     frame = cache.get("ws_frame")
@@ -114,7 +114,7 @@ class FrameSocket(Protocol):
     async def accept(self, subprotocol: str | None) -> None: ...
     async def refuse(self, status: int, body: dict[str, Any]) -> None: ...
     async def receive(self) -> str | bytes | None: ...
-    async def send(self, frames: list[Event | bytes]) -> None: ...
+    async def send(self, frames: list[Frame | bytes]) -> None: ...
     def ping(self) -> bytes | None: ...
     async def close(self, code: int, reason: str) -> None: ...
 
@@ -173,12 +173,12 @@ class Outbox:
         self.capacity = capacity
         self.write_now: Callable[[bytes], int] | None = None
         self.flusher: Flusher | None = None
-        self._items: deque[Event | bytes] = deque()
+        self._items: deque[Frame | bytes] = deque()
         self._lot = trio.lowlevel.ParkingLot()
         self._closed = False
         self._marked = False
 
-    def put(self, item: Event | bytes) -> bool:
+    def put(self, item: Frame | bytes) -> bool:
         """Queue `item` for sending; False when full (the caller decides: drop or evict)."""
         if self._closed:
             return True
@@ -217,7 +217,7 @@ class Outbox:
         self._closed = True
         self._lot.unpark_all()
 
-    async def take(self) -> list[Event | bytes]:
+    async def take(self) -> list[Frame | bytes]:
         """Everything queued (waits for at least one); [] once closed."""
         while not self._items:
             if self._closed:
@@ -238,7 +238,7 @@ def _declared_length(ws: WSConnection) -> int:
     return int(getattr(header, "payload_len", 0) or 0)
 
 
-def _frames(items: Iterable[Event | bytes]) -> bytes:
+def _frames(items: Iterable[Frame | bytes]) -> bytes:
     return b"".join(item if isinstance(item, bytes) else frame_of(item) for item in items)
 
 
@@ -347,7 +347,7 @@ class WsSocket:
             except RemoteProtocolError as exc:
                 raise Closing(CLOSE_PROTOCOL_ERROR, f"protocol error: {exc}") from None
 
-    async def send(self, frames: list[Event | bytes]) -> None:
+    async def send(self, frames: list[Frame | bytes]) -> None:
         """Send queued frames in one write (only the connection's writer calls this)."""
         await self._send_raw(_frames(frames))
 
@@ -451,9 +451,9 @@ class AsgiSocket:
         text = message.get("text")
         return text if text is not None else (message.get("bytes") or b"")
 
-    async def send(self, frames: list[Event | bytes]) -> None:
+    async def send(self, frames: list[Frame | bytes]) -> None:
         for item in frames:
-            if isinstance(item, Event):
+            if isinstance(item, Frame):
                 await self._send({"type": "websocket.send", "text": item.text})
 
     def ping(self) -> bytes | None:

@@ -3,7 +3,7 @@
 Two fuzzers, each a stream of examples on long-lived sockets:
 
 (a) `test_ws_frames_fuzz`: valid-looking frames of every client frame type in
-    `wire.INBOUND`, with hostile values — huge, negative and 2^63 integers, NUL and lone
+    `frames.INBOUND`, with hostile values — huge, negative and 2^63 integers, NUL and lone
     surrogates (JSON `\\u0000` / `\\ud800` escapes), 5,000-deep nesting, wrong types, unknown
     fields, huge strings, bogus and real ids, random `ref`s — plus envelopes that are not
     frames at all. The fuzzing user shares a 1:1 and a group with a victim who is online, so
@@ -41,7 +41,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from chatsrv.transport import wire
+from chatsrv.protocol import frames
 from tests.fuzz.node import Account, Node, conversation, register, rest, send
 from tests.fuzz.wsclient import Bystanders, Closed, WsClient, client_frame
 
@@ -160,7 +160,7 @@ def _ids(world: World) -> st.SearchStrategy[Any]:
 
 
 def _field_values(world: World) -> dict[str, st.SearchStrategy[Any]]:
-    """Plausible-then-hostile values per payload field name of wire.INBOUND."""
+    """Plausible-then-hostile values per payload field name of frames.PAYLOADS."""
     ids = _ids(world)
     sdp = st.one_of(st.just("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\n"),
                     st.fixed_dictionaries({"type": st.sampled_from(["offer", "answer", "x"]),
@@ -212,7 +212,7 @@ def _valid_values(world: World) -> dict[str, st.SearchStrategy[Any]]:
 
 @st.composite
 def _payload(draw: st.DrawFn, world: World, type_: str) -> Any:
-    cls = wire.INBOUND.get(type_)
+    cls = frames.PAYLOADS.get(type_)
     hostile = _field_values(world)
     if cls is None or draw(st.integers(0, 9)) == 0:  # not an object, or anything at all
         return draw(st.one_of(any_json, deep))
@@ -241,10 +241,10 @@ def frame_texts(draw: st.DrawFn, world: World) -> str:
     kind = draw(st.integers(0, 19))
     if kind == 0:  # not JSON, or JSON that is not a frame
         return draw(st.one_of(st.text(max_size=50), any_json.map(json.dumps)))
-    type_ = draw(st.one_of(st.sampled_from(sorted(wire.INBOUND)),
+    type_ = draw(st.one_of(st.sampled_from(sorted(frames.INBOUND)),
                            st.sampled_from(["", "PING", "error", "ready", "new_message"]),
                            st.text(max_size=12))) if kind == 1 else \
-        draw(st.sampled_from(sorted(wire.INBOUND)))
+        draw(st.sampled_from(sorted(frames.INBOUND)))
     frame: dict[str, Any] = {"type": type_ if kind != 2 else draw(any_json)}
     if draw(st.integers(0, 9)):
         frame["payload"] = draw(_payload(world, type_))

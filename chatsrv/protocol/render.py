@@ -1,18 +1,22 @@
-"""Domain entities to REST response schemas (transport/wire.py)."""
+"""Entities to payloads: one rendering per entity, for frames and REST bodies alike."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from chatsrv.domain.errors import ChatError
 from chatsrv.domain.model import (
     CallRecord,
     Conversation,
     ConversationSummary,
+    ConversationView,
     Message,
     User,
+    Watermarks,
     iso,
 )
-from chatsrv.transport import wire
+from chatsrv.protocol import frames
+from chatsrv.protocol import rest as wire
 
 
 def render_user(u: User, *, status: str | None = None, private: bool = False) -> wire.UserOut:
@@ -33,12 +37,38 @@ def render_admin_user(u: User) -> wire.AdminUserOut:
         last_seen=iso(u.last_seen), deactivated_at=iso(u.deactivated_at))
 
 
-def render_message(m: Message) -> wire.MessageOut:
-    return wire.MessageOut(
+def render_message(m: Message) -> frames.MessagePayload:
+    return frames.MessagePayload(
         id=m.id, conversation_id=m.conversation_id, seq=m.seq, sender_id=m.sender_id,
         content=m.content, message_type=m.message_type, client_msg_id=m.client_msg_id,
         created_at=iso(m.created_at) or "",
     )
+
+
+def render_ack(m: Message, *, duplicate: bool) -> frames.MessageAck:
+    created = iso(m.created_at) or ""
+    return frames.MessageAck(id=m.id, message_id=m.id, conversation_id=m.conversation_id,
+                             seq=m.seq, client_msg_id=m.client_msg_id, created_at=created,
+                             duplicate=duplicate)
+
+
+def render_error(err: ChatError, ref: frames.Ref) -> frames.ErrorOut:
+    details = err.details
+    user_ids = details.get("user_ids")
+    return frames.ErrorOut(
+        code=err.code, message=err.message, ref=ref,
+        field=details.get("field"),  # type: ignore[arg-type]
+        retry_after=details.get("retry_after"),  # type: ignore[arg-type]
+        user_ids=list(user_ids) if isinstance(user_ids, list | tuple) else None)
+
+
+def render_marks(marks: Watermarks) -> frames.MemberMarks:
+    return frames.MemberMarks(delivered_seq=marks.delivered_seq, read_seq=marks.read_seq)
+
+
+def render_view(view: ConversationView) -> wire.ConversationOut:
+    return render_conversation(view.conversation, users=view.users, statuses=view.statuses,
+                               summary=view.summary)
 
 
 def render_conversation(c: Conversation, *, users: dict[str, User] | None = None,
@@ -69,15 +99,13 @@ def auth_out(s: Any, *, status: str) -> wire.AuthOut:
                         user=render_user(s.user, private=True, status=status))
 
 
-def render_call(c: CallRecord, me: str) -> dict[str, Any]:
+def render_call(c: CallRecord, me: str) -> wire.CallOut:
     duration = None
     if c.answered_at and c.ended_at:
         duration = round((c.ended_at - c.answered_at).total_seconds(), 3)
-    return {
-        "id": c.id, "call_id": c.id, "conversation_id": c.conversation_id,
-        "caller_id": c.caller_id, "callee_id": c.callee_id, "media": c.media,
-        "status": c.status, "end_reason": c.end_reason,
-        "direction": "outgoing" if c.caller_id == me else "incoming",
-        "started_at": iso(c.started_at), "answered_at": iso(c.answered_at),
-        "ended_at": iso(c.ended_at), "duration_seconds": duration,
-    }
+    return wire.CallOut(
+        id=c.id, call_id=c.id, conversation_id=c.conversation_id, caller_id=c.caller_id,
+        callee_id=c.callee_id, media=c.media, status=c.status, end_reason=c.end_reason,
+        direction="outgoing" if c.caller_id == me else "incoming",
+        started_at=iso(c.started_at) or "", answered_at=iso(c.answered_at),
+        ended_at=iso(c.ended_at), duration_seconds=duration)

@@ -18,7 +18,6 @@ from hypercorn.config import Config as HypercornConfig
 
 from chatsrv.adapters.aio import contain_asyncio_errors
 from chatsrv.adapters.memory import LocalDirectory, LocalRouter
-from chatsrv.adapters.peers import ClusterRouter
 from chatsrv.adapters.storage.base import Database
 from chatsrv.adapters.storage.calls import SqlCallLog
 from chatsrv.adapters.storage.migrate import migrate
@@ -78,13 +77,14 @@ async def open_routing(settings: Settings, metrics: Metrics) -> AsyncIterator[Ro
     Cluster mode needs PostgreSQL (ConfigError otherwise) and the trio-asyncio loop."""
     local = LocalRouter()
     if not settings.redis_url:
+        local.register_metrics(metrics)
         yield Routing(local, LocalDirectory())
         return
     settings.check_cluster()
-    from chatsrv.adapters.peers import open_cluster_router
-    from chatsrv.adapters.redis import open_redis, open_redis_directory
-    from chatsrv.adapters.redis_limits import RedisLimiter
-    from chatsrv.transport.grpc import serve_node_rpc
+    from chatsrv.adapters.cluster.node_rpc import serve_node_rpc
+    from chatsrv.adapters.cluster.peers import open_cluster_router
+    from chatsrv.adapters.cluster.redis import open_redis, open_redis_directory
+    from chatsrv.adapters.cluster.redis_limits import RedisLimiter
 
     failures = metrics.task_failures
     async with open_redis(settings) as redis, open_background() as nursery:
@@ -93,6 +93,7 @@ async def open_routing(settings: Settings, metrics: Metrics) -> AsyncIterator[Ro
         async with open_cluster_router(settings, local, failures=failures) as router, \
                 open_redis_directory(redis, settings, router, address=address,
                                      failures=failures) as directory:
+            router.register_metrics(metrics)
             yield Routing(router, directory, directory.watch_nodes, directory.on_users_back,
                           RedisLimiter(redis, prefix=settings.redis_prefix,
                                        timeout=settings.redis_timeout))
@@ -188,17 +189,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
 
 
 def _gauges(metrics: Metrics, svc: Services) -> None:
-    router, commits = svc.router, svc.commits
-    if isinstance(router, LocalRouter | ClusterRouter):
-        metrics.gauge("connections", "WebSocket connections on this node",
-                      router.connection_count)
-        metrics.gauge("users_connected", "users with a connection on this node",
-                      router.user_count)
-    if isinstance(router, ClusterRouter):
-        for name in ("peer_events_sent", "peer_batches_sent", "peer_events_dropped",
-                     "peer_droppable_dropped", "peer_rpc_failures"):
-            metrics.counter(name, f"node-to-node: {name.replace('_', ' ')}",
-                            partial(router.counters.__getitem__, name))
+    commits = svc.commits
     metrics.gauge("calls_active", "calls ringing or in progress", svc.calls.active_calls)
     metrics.gauge("sessions_cached", "sessions seen alive, cached", svc.sessions.live_count)
     metrics.counter("commit_batches", "group-commit batches", lambda: commits.batches)

@@ -65,15 +65,18 @@ class Ws:
                     return frame  # type: ignore[no-any-return]
                 self.backlog.append(frame)
 
-    async def nothing(self, type: str, *, within: float = 0.5, **match: Any) -> None:
-        """Assert no frame of `type` (matching) arrives within `within` seconds."""
+    async def settle(self) -> None:
+        """A barrier: everything the server queued for this socket before it handled this
+        ping is in the backlog once the pong is here (one socket's frames leave in order,
+        and a node publishes an event to every socket before it answers the frame that
+        caused it)."""
+        await self.request("ping", {}, "pong")
+
+    async def none(self, type: str, **match: Any) -> None:
+        """Assert no frame of `type` (matching) was queued for this socket before now."""
+        await self.settle()
         for frame in self.backlog:
             assert not (frame["type"] == type and _matches(frame, match)), frame
-        with trio.move_on_after(within):
-            while True:
-                frame = json.loads(await self.conn.get_message())
-                assert not (frame["type"] == type and _matches(frame, match)), frame
-                self.backlog.append(frame)
 
     async def request(self, type: str, payload: dict[str, Any], reply: str) -> dict[str, Any]:
         ref = uuid.uuid4().hex

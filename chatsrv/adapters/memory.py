@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 import trio
 
 from chatsrv.domain.ports import Subscriber
+from chatsrv.metrics import Metrics
 from chatsrv.protocol.frames import Frame
 
 
@@ -52,6 +53,12 @@ class LocalRouter:
 
     def connection_count(self) -> int:
         return sum(len(s) for s in self._subs.values())
+
+    def register_metrics(self, metrics: Metrics) -> None:
+        metrics.gauge("connections", "WebSocket connections on this node",
+                      self.connection_count)
+        metrics.gauge("users_connected", "users with a connection on this node",
+                      self.user_count)
 
     def user_count(self) -> int:
         return len(self._subs)

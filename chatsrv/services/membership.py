@@ -38,6 +38,7 @@ class MembershipCache:
         self._entries: dict[str, tuple[float, frozenset[str]]] = {}
         self._generation: dict[str, int] = {}  # bumped by every change seen here
         self._epoch = 0  # bumped when everything is dropped
+        self._invalidated = trio.lowlevel.ParkingLot()
 
     async def members(self, conversation_id: str) -> frozenset[str]:
         """The members now. Raises Unavailable (storage down, nothing cached)."""
@@ -59,6 +60,7 @@ class MembershipCache:
     def invalidate(self, conversation_id: str | None) -> None:
         """Drop the entry (the members changed: here, or on another node); None drops every
         entry (notes from the other nodes may have been missed)."""
+        self._invalidated.unpark_all()
         if conversation_id is None:
             self._epoch += 1
             self._entries.clear()
@@ -68,6 +70,11 @@ class MembershipCache:
         self._entries.pop(conversation_id, None)
         if len(self._generation) > self._max:
             self.invalidate(None)
+
+    async def wait_uncached(self, conversation_id: str) -> None:
+        """Until nothing is cached for the conversation (a change reached this node)."""
+        while conversation_id in self._entries:
+            await self._invalidated.park()
 
     async def changed(self, conversation_id: str) -> None:
         """Members changed here: drop the entry and tell the other nodes (before the change

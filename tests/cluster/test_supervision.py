@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from chatsrv.adapters.peers import PeerLink
+from chatsrv.adapters.cluster.peers import PeerLink
 from tests.cluster.conftest import Cluster
 from tests.cluster.test_cluster import routable
 from tests.e2e.test_supervision import metric
@@ -36,7 +36,8 @@ async def test_a_peer_link_failure_loses_one_batch_and_the_link_goes_on(
             # and the batch the failure took is healed by sync: nothing acked is lost
             result = await wb.request("sync", {"conversations": {cid: 0}}, "sync_result")
             assert [m["content"] for m in result["payload"]["messages"]] == ["lost live", "live"]
-        assert await metric(n1, "peer-link-") == 1
+        # (the one failure hit whichever link delivered first: a's message, or a presence note)
+        assert await metric(n1, "peer-link-") + await metric(n2, "peer-link-") == 1
 
 
 async def test_a_redis_heartbeat_failure_restarts_the_heartbeat(

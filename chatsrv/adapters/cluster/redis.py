@@ -42,8 +42,8 @@ import redis.exceptions
 import trio
 from trio_asyncio import aio_as_trio
 
-from chatsrv.adapters.peers import ClusterRouter
-from chatsrv.adapters.redis_ops import Keys, RedisOps, decoder
+from chatsrv.adapters.cluster.peers import ClusterRouter
+from chatsrv.adapters.cluster.redis_ops import Keys, RedisOps, decoder
 from chatsrv.config import Settings
 from chatsrv.domain.errors import Unavailable
 from chatsrv.tasks import StartupError, open_background, retry, supervised

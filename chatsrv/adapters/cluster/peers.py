@@ -17,7 +17,7 @@ import hmac
 import logging
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -30,6 +30,7 @@ from chatsrv._pb.chatsrv.node.v1 import node_grpc, node_pb2
 from chatsrv.adapters.memory import LocalRouter
 from chatsrv.config import Settings
 from chatsrv.domain.ports import Subscriber
+from chatsrv.metrics import Metrics
 from chatsrv.protocol.frames import Frame
 from chatsrv.tasks import open_background, supervised
 
@@ -210,14 +211,18 @@ class ClusterRouter:
     by the Redis directory only; `exclude` (the origin connection) is local-only.
     """
 
-    def __init__(self, local: LocalRouter, nursery: trio.Nursery, *, instance: str,
-                 settings: Settings, failures: Counter[str]) -> None:
+    def __init__(self, local: LocalRouter, *, instance: str, settings: Settings,
+                 failures: Counter[str]) -> None:
         self.local_router = local
         self._failures = failures
         self.instance = instance
         self.counters: Counter[str] = Counter()
-        self._nursery = nursery
         self._settings = settings
+        # links made by set_node (called from the directory's tasks), waiting for `run` to
+        # start them: at most one per known node
+        self._to_start: list[PeerLink] = []
+        self._wakeup = trio.lowlevel.ParkingLot()
+        self._view_changed = trio.lowlevel.ParkingLot()
         self._links: dict[str, PeerLink] = {}
         self._users_of: dict[str, set[str]] = {}  # remote instance -> its users
         self._where: dict[str, set[str]] = {}  # remote user -> instances
@@ -279,9 +284,8 @@ class ClusterRouter:
                 instance, address, origin=self.instance, settings=self._settings,
                 counters=self.counters)
             self._users_of[instance] = set()
-            self._nursery.start_soon(partial(
-                supervised, f"peer-link-{instance}", link.run, failures=self._failures,
-                first_delay=self._settings.task_restart_delay))
+            self._to_start.append(link)
+            self._wakeup.unpark()  # `run` starts it; events queue in the link meanwhile
         if users is not None:
             old = self._users_of[instance]
             new = set(users)
@@ -311,10 +315,17 @@ class ClusterRouter:
         for instance, (address, users) in nodes.items():
             self.set_node(instance, address, users)
 
+    async def wait_view(self, predicate: Callable[[], bool]) -> None:
+        """Until `predicate()` holds, re-checked whenever the view changes (e.g. a user
+        becomes routable). The caller bounds it."""
+        while not predicate():
+            await self._view_changed.park()
+
     def _remember(self, instance: str, user_ids: set[str]) -> None:
         self._users_of[instance] |= user_ids
         for uid in user_ids:
             self._where.setdefault(uid, set()).add(instance)
+        self._view_changed.unpark_all()
 
     def _forget(self, instance: str, user_ids: set[str]) -> None:
         if instance in self._users_of:
@@ -325,6 +336,28 @@ class ClusterRouter:
                 where.discard(instance)
                 if not where:
                     del self._where[uid]
+        self._view_changed.unpark_all()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Forever: own the peer links — start each new one (supervised) in this task's
+        nursery. A dropped link stops by itself (PeerLink.cancel)."""
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                while not self._to_start:
+                    await self._wakeup.park()
+                links, self._to_start = self._to_start, []
+                for link in links:
+                    nursery.start_soon(partial(
+                        supervised, f"peer-link-{link.instance}", link.run,
+                        failures=self._failures, first_delay=self._settings.task_restart_delay))
+
+    def register_metrics(self, metrics: Metrics) -> None:
+        self.local_router.register_metrics(metrics)
+        for name in ("peer_events_sent", "peer_batches_sent", "peer_events_dropped",
+                     "peer_droppable_dropped", "peer_rpc_failures"):
+            metrics.counter(name, f"node-to-node: {name.replace('_', ' ')}",
+                            partial(self.counters.__getitem__, name))
 
     async def aclose(self) -> None:
         """Stop taking events and wait until every link has sent what it holds."""
@@ -347,9 +380,10 @@ async def open_cluster_router(settings: Settings, local: LocalRouter, *,
     """Own the peer links for the block. On exit, queued events are flushed (shielded,
     within CLEANUP_DEADLINE: presence's last offline announcements go out this way), then
     links close."""
+    router = ClusterRouter(local, instance=new_instance_id(settings.node_id),
+                           settings=settings, failures=failures)
     async with open_background() as nursery:
-        router = ClusterRouter(local, nursery, instance=new_instance_id(settings.node_id),
-                               settings=settings, failures=failures)
+        await nursery.start(router.run)
         try:
             yield router
         finally:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -163,7 +164,7 @@ def started_server(backend: str, out_dir: Path, *, pg_admin_dsn: str,
                                  port=port, pid=proc.pid, env=knobs,
                                  database=dsn.rsplit("/", 1)[1] if dsn else None)
             finally:
-                _stop(proc)
+                stop_process(proc)
 
 
 @contextmanager
@@ -175,7 +176,8 @@ def _maybe_postgres(backend: str, admin_dsn: str) -> Iterator[str | None]:
         yield dsn
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL after STOP_DEADLINE (the server's own deadline is 10 s)."""
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)

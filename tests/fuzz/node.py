@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -22,11 +21,11 @@ from typing import Any
 
 import httpx
 
-from bench.server import LOAD_TEST_LIMITS
+from bench.server import LOAD_TEST_LIMITS, stop_process
+from tests.helpers import Account
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0  # migrations on a fresh PostgreSQL database included
-STOP_TIMEOUT = 15.0  # SHUTDOWN_DEADLINE (5) + margin
 TIMEOUT = 10.0  # one request
 JWT_SECRET = "fuzz-secret-" + "x" * 40
 
@@ -47,7 +46,7 @@ class Node:
     """One `chatsrv serve` process on a free port; its log goes to a file we can read.
 
     `start` blocks until the node reports its address (or fails with its log); `stop` sends
-    SIGTERM and kills it if it does not exit within STOP_TIMEOUT. A node that died is
+    SIGTERM and kills it if it does not exit within bench.server.STOP_DEADLINE. A node that died is
     restarted by `ensure_running` (same data, new port), and the death is remembered in
     `deaths` so the test that caused it can say so.
     """
@@ -136,14 +135,8 @@ class Node:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        if proc is not None:
+            stop_process(proc)
 
     # ------------------------------------------------------------------ the log
 
@@ -190,20 +183,6 @@ class Node:
 
 
 # ---------------------------------------------------------------------------- REST, sync
-
-
-@dataclass
-class Account:
-    id: str
-    username: str
-    email: str
-    password: str
-    token: str
-    refresh_token: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
 
 
 def rest(node: Node) -> httpx.Client:

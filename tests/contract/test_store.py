@@ -1,4 +1,4 @@
-"""The storage contract: the same tests on SQLite and on the real PostgreSQL."""
+"""The storage contract: the same tests in memory, on SQLite and on the real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,16 +11,18 @@ from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.sql import SqlStore
 from chatsrv.domain.errors import Conflict, NotFound
 from chatsrv.domain.model import ConversationType, Role, User, Watermarks, new_id, utcnow
+from chatsrv.domain.ports import Store
+from tests.conftest import BACKENDS
 
 
-async def make_user(store: SqlStore, name: str | None = None) -> User:
+async def make_user(store: Store, name: str | None = None) -> User:
     uid = new_id()
     name = name or f"u{uid[:8]}"
     return await store.create_user(user_id=uid, username=name, email=f"{name}@example.com",
                                    display_name=name, password_hash="x", created_at=utcnow())
 
 
-async def make_conversation(store: SqlStore, *users: User, group: bool = False) -> str:
+async def make_conversation(store: Store, *users: User, group: bool = False) -> str:
     conv, created = await store.create_conversation(
         conversation_id=new_id(), type=ConversationType.GROUP if group else ConversationType.ONE_TO_ONE,
         name="g" if group else None, created_by=users[0].id,
@@ -32,25 +34,27 @@ async def make_conversation(store: SqlStore, *users: User, group: bool = False) 
     return conv.id
 
 
-async def send(store: SqlStore, conv: str, sender: User, text: str = "hi",
+async def send(store: Store, conv: str, sender: User, text: str = "hi",
                client_msg_id: str | None = None):  # type: ignore[no-untyped-def]
     return await store.append_message(
         message_id=new_id(), conversation_id=conv, sender_id=sender.id, content=text,
         message_type="text", client_msg_id=client_msg_id, created_at=utcnow())
 
 
-async def test_migrations_are_idempotent(store: SqlStore) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)  # a schema is the SQL adapters' own
+async def test_migrations_are_idempotent(store: Store) -> None:
+    assert isinstance(store, SqlStore)
     assert await migrate(store.db) == []
 
 
-async def test_usernames_and_emails_are_unique_case_insensitively(store: SqlStore) -> None:
+async def test_usernames_and_emails_are_unique_case_insensitively(store: Store) -> None:
     await make_user(store, "alice_x")
     with pytest.raises(Conflict) as exc:
         await make_user(store, "ALICE_X")
     assert exc.value.code in ("username_taken", "email_taken")
 
 
-async def test_find_login_by_email_or_username(store: SqlStore) -> None:
+async def test_find_login_by_email_or_username(store: Store) -> None:
     u = await make_user(store)
     by_email = await store.find_login(u.email.upper())
     by_name = await store.find_login(u.username)
@@ -59,7 +63,7 @@ async def test_find_login_by_email_or_username(store: SqlStore) -> None:
     assert await store.find_login("nobody@example.com") is None
 
 
-async def test_search_escapes_wildcards(store: SqlStore) -> None:
+async def test_search_escapes_wildcards(store: Store) -> None:
     h = new_id()[:12]
     underscore = await make_user(store, f"a_{h}")
     await make_user(store, f"ab{h}")  # would match "a_…" if "_" were a LIKE wildcard
@@ -67,7 +71,7 @@ async def test_search_escapes_wildcards(store: SqlStore) -> None:
     assert await store.search_users(f"%{h}%zz", limit=10) == []
 
 
-async def test_direct_conversation_is_one_per_pair_even_when_racing(store: SqlStore) -> None:
+async def test_direct_conversation_is_one_per_pair_even_when_racing(store: Store) -> None:
     a, b = await make_user(store), await make_user(store)
     key = ":".join(sorted((a.id, b.id)))
     results = []
@@ -86,7 +90,7 @@ async def test_direct_conversation_is_one_per_pair_even_when_racing(store: SqlSt
     assert sum(created for _, created in results) == 1
 
 
-async def test_concurrent_sends_get_gap_free_unique_seqs(store: SqlStore) -> None:
+async def test_concurrent_sends_get_gap_free_unique_seqs(store: Store) -> None:
     users = [await make_user(store) for _ in range(5)]
     conv = await make_conversation(store, *users, group=True)
     seqs: list[int] = []
@@ -105,7 +109,7 @@ async def test_concurrent_sends_get_gap_free_unique_seqs(store: SqlStore) -> Non
     assert [m.seq for m in page] == list(range(1, 51))
 
 
-async def test_client_msg_id_makes_sends_idempotent_even_concurrently(store: SqlStore) -> None:
+async def test_client_msg_id_makes_sends_idempotent_even_concurrently(store: Store) -> None:
     a, b = await make_user(store), await make_user(store)
     conv = await make_conversation(store, a, b)
     results = []
@@ -121,7 +125,7 @@ async def test_client_msg_id_makes_sends_idempotent_even_concurrently(store: Sql
     assert (await store.get_conversation(conv)).last_seq == 1  # type: ignore[union-attr]
 
 
-async def test_outsider_cannot_append(store: SqlStore) -> None:
+async def test_outsider_cannot_append(store: Store) -> None:
     a, b, outsider = await make_user(store), await make_user(store), await make_user(store)
     conv = await make_conversation(store, a, b)
     with pytest.raises(NotFound):
@@ -129,7 +133,7 @@ async def test_outsider_cannot_append(store: SqlStore) -> None:
     assert (await store.get_conversation(conv)).last_seq == 0  # type: ignore[union-attr]
 
 
-async def test_watermarks_move_forward_only_and_never_past_last_seq(store: SqlStore) -> None:
+async def test_watermarks_move_forward_only_and_never_past_last_seq(store: Store) -> None:
     a, b = await make_user(store), await make_user(store)
     conv = await make_conversation(store, a, b)
     for _ in range(5):
@@ -145,7 +149,7 @@ async def test_watermarks_move_forward_only_and_never_past_last_seq(store: SqlSt
     assert marks[a.id] == Watermarks(5, 5)  # the sender has read what they sent
 
 
-async def test_list_conversations_has_last_message_and_unread(store: SqlStore) -> None:
+async def test_list_conversations_has_last_message_and_unread(store: Store) -> None:
     a, b = await make_user(store), await make_user(store)
     conv = await make_conversation(store, a, b)
     for i in range(3):
@@ -158,7 +162,7 @@ async def test_list_conversations_has_last_message_and_unread(store: SqlStore) -
     assert mine.unread == 0
 
 
-async def test_history_paging(store: SqlStore) -> None:
+async def test_history_paging(store: Store) -> None:
     a, b = await make_user(store), await make_user(store)
     conv = await make_conversation(store, a, b)
     for i in range(10):
@@ -170,7 +174,7 @@ async def test_history_paging(store: SqlStore) -> None:
     assert [m.seq for m in await store.list_messages(conv, limit=2, after_seq=8)] == [9, 10]
 
 
-async def test_refresh_tokens_rotate_and_replay_revokes_the_session(store: SqlStore) -> None:
+async def test_refresh_tokens_rotate_and_replay_revokes_the_session(store: Store) -> None:
     u = await make_user(store)
     later = utcnow() + timedelta(days=1)
     sid = new_id()
@@ -190,7 +194,7 @@ async def test_refresh_tokens_rotate_and_replay_revokes_the_session(store: SqlSt
     assert sid in [s for s, _ in revoked]
 
 
-async def test_of_concurrent_refreshes_exactly_one_wins(store: SqlStore) -> None:
+async def test_of_concurrent_refreshes_exactly_one_wins(store: Store) -> None:
     u = await make_user(store)
     sid = new_id()
     await store.open_session(session_id=sid, user_id=u.id, token_hash="once",
@@ -208,7 +212,7 @@ async def test_of_concurrent_refreshes_exactly_one_wins(store: SqlStore) -> None
     assert (await store.get_session(sid)).revoked_at is not None  # type: ignore[union-attr]
 
 
-async def test_expired_refresh_token_is_refused(store: SqlStore) -> None:
+async def test_expired_refresh_token_is_refused(store: Store) -> None:
     u = await make_user(store)
     await store.open_session(session_id=new_id(), user_id=u.id, token_hash="old",
                              expires_at=utcnow() - timedelta(seconds=1), created_at=utcnow())
@@ -216,7 +220,7 @@ async def test_expired_refresh_token_is_refused(store: SqlStore) -> None:
     assert outcome.grant is None and outcome.replayed is None
 
 
-async def test_admin_flags_deactivation_and_search(store: SqlStore) -> None:
+async def test_admin_flags_deactivation_and_search(store: Store) -> None:
     u = await make_user(store)
     await store.set_admin(u.id, True)
     assert (await store.find_user(u.username.upper())).is_admin  # type: ignore[union-attr]
@@ -229,7 +233,7 @@ async def test_admin_flags_deactivation_and_search(store: SqlStore) -> None:
     assert [x.id for x in await store.search_users(u.username, limit=5)] == [u.id]
 
 
-async def test_members_contacts_and_positions(store: SqlStore) -> None:
+async def test_members_contacts_and_positions(store: Store) -> None:
     a, b, c = await make_user(store), await make_user(store), await make_user(store)
     conv = await make_conversation(store, a, b, c, group=True)
     await send(store, conv, b)
@@ -244,7 +248,7 @@ async def test_members_contacts_and_positions(store: SqlStore) -> None:
     assert (await store.conversation_positions(c.id))[conv] == (1, Watermarks(1, 1))
 
 
-async def test_the_last_admin_leaving_makes_the_oldest_member_admin(store: SqlStore) -> None:
+async def test_the_last_admin_leaving_makes_the_oldest_member_admin(store: Store) -> None:
     a, b, c = await make_user(store), await make_user(store), await make_user(store)
     conv = await make_conversation(store, a, b, c, group=True)  # a is the only admin
     left, heir = await store.remove_member(conv, a.id)
@@ -254,7 +258,7 @@ async def test_the_last_admin_leaving_makes_the_oldest_member_admin(store: SqlSt
     assert await store.remove_member(conv, a.id) == (False, None)
 
 
-async def test_arrivals_of_several_users_in_one_call(store: SqlStore) -> None:
+async def test_arrivals_of_several_users_in_one_call(store: Store) -> None:
     a, b, c, lone = (await make_user(store), await make_user(store), await make_user(store),
                      await make_user(store))
     group = await make_conversation(store, a, b, c, group=True)
@@ -274,7 +278,7 @@ async def test_arrivals_of_several_users_in_one_call(store: SqlStore) -> None:
     assert sorted(got[a.id].contacts) == sorted(await store.contacts(a.id))
 
 
-async def test_last_seen_persists(store: SqlStore) -> None:
+async def test_last_seen_persists(store: Store) -> None:
     u = await make_user(store)
     at = utcnow()
     await store.set_last_seen(u.id, at)
@@ -283,7 +287,7 @@ async def test_last_seen_persists(store: SqlStore) -> None:
     assert abs((got.last_seen - at).total_seconds()) < 0.01
 
 
-async def test_group_commit_batch_has_an_outcome_per_draft(store: SqlStore) -> None:
+async def test_group_commit_batch_has_an_outcome_per_draft(store: Store) -> None:
     from chatsrv.domain.model import Message
 
     a, b, c, outsider = [await make_user(store) for _ in range(4)]
@@ -307,7 +311,7 @@ async def test_group_commit_batch_has_an_outcome_per_draft(store: SqlStore) -> N
     assert marks[a.id].read_seq == 2 and marks[b.id].read_seq == 3
 
 
-async def test_group_commit_same_client_id_twice_in_one_batch(store: SqlStore) -> None:
+async def test_group_commit_same_client_id_twice_in_one_batch(store: Store) -> None:
     from chatsrv.domain.model import Message
 
     a, b = await make_user(store), await make_user(store)

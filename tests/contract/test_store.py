@@ -10,7 +10,15 @@ import trio
 from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.sql import SqlStore
 from chatsrv.domain.errors import Conflict, NotFound
-from chatsrv.domain.model import ConversationType, Role, User, Watermarks, new_id, utcnow
+from chatsrv.domain.model import (
+    ConversationType,
+    RefreshOutcome,
+    Role,
+    User,
+    Watermarks,
+    new_id,
+    utcnow,
+)
 from chatsrv.domain.ports import Store
 from tests.conftest import BACKENDS
 
@@ -51,7 +59,21 @@ async def test_usernames_and_emails_are_unique_case_insensitively(store: Store) 
     await make_user(store, "alice_x")
     with pytest.raises(Conflict) as exc:
         await make_user(store, "ALICE_X")
-    assert exc.value.code in ("username_taken", "email_taken")
+    assert exc.value.code in ("username_taken", "email_taken")  # both are (backends differ)
+
+    async def register(username: str, email: str) -> None:
+        await store.create_user(user_id=new_id(), username=username, email=email,
+                                display_name=username, password_hash="x", created_at=utcnow())
+
+    other = new_id()[:8]
+    with pytest.raises(Conflict) as exc:
+        await register("Alice_X", f"{other}@example.com")
+    assert (exc.value.code, exc.value.details) == ("username_taken", {"field": "username"})
+    with pytest.raises(Conflict) as exc:
+        await register(f"u{other}", "ALICE_x@Example.COM")
+    assert (exc.value.code, exc.value.details) == ("email_taken", {"field": "email"})
+    assert await store.find_login(f"{other}@example.com") is None
+    assert await store.find_login(f"u{other}") is None
 
 
 async def test_find_login_by_email_or_username(store: Store) -> None:
@@ -323,3 +345,182 @@ async def test_group_commit_same_client_id_twice_in_one_batch(store: Store) -> N
     assert isinstance(first, tuple) and isinstance(second, tuple)
     assert first[0].id == second[0].id and [first[1], second[1]] == [True, False]
     assert (await store.get_conversation(conv)).last_seq == 1  # type: ignore[union-attr]
+
+
+async def test_get_users_leaves_unknown_ids_out(store: Store) -> None:
+    a, b = await make_user(store), await make_user(store)
+    got = await store.get_users([a.id, new_id(), b.id, a.id])
+    assert sorted(u.id for u in got) == sorted([a.id, b.id])
+    assert await store.get_users([new_id()]) == []
+    assert await store.get_users([]) == []
+
+
+async def test_arrivals_of_nobody_and_of_unknown_users(store: Store) -> None:
+    assert await store.arrivals([]) == {}
+    stranger = new_id()
+    got = await store.arrivals([stranger])
+    assert got[stranger].positions == {} and got[stranger].contacts == []
+
+
+async def test_list_conversations_most_recent_activity_first(store: Store) -> None:
+    a, b, c, d = [await make_user(store) for _ in range(4)]
+    t0 = utcnow() - timedelta(hours=1)
+
+    async def conv(*users: User, at: timedelta) -> str:
+        made, _ = await store.create_conversation(
+            conversation_id=new_id(), type=ConversationType.GROUP, name="g",
+            created_by=users[0].id, members=[(u.id, Role.MEMBER) for u in users],
+            direct_key=None, created_at=t0 + at)
+        return made.id
+
+    async def say(conversation_id: str, at: timedelta) -> None:
+        await store.append_message(
+            message_id=new_id(), conversation_id=conversation_id, sender_id=a.id,
+            content="hi", message_type="text", client_msg_id=None, created_at=t0 + at)
+
+    quiet = await conv(a, b, at=timedelta(minutes=0))
+    talked_long_ago = await conv(a, c, at=timedelta(minutes=1))
+    await say(talked_long_ago, timedelta(minutes=2))
+    new_and_silent = await conv(a, d, at=timedelta(minutes=3))
+    talked_last = await conv(a, b, c, at=timedelta(minutes=0, seconds=30))
+    await say(talked_last, timedelta(minutes=4))
+    summaries = await store.list_conversations(a.id)
+    assert [s.conversation.id for s in summaries] == [
+        talked_last, new_and_silent, talked_long_ago, quiet]
+    assert {m.user_id for m in summaries[0].conversation.members} == {a.id, b.id, c.id}
+    assert summaries[1].last_message is None
+    assert [s.conversation.id for s in await store.list_conversations(d.id)] == [new_and_silent]
+
+
+async def test_get_message_and_history_edges(store: Store) -> None:
+    a, b = await make_user(store), await make_user(store)
+    conv = await make_conversation(store, a, b)
+    sent = [(await send(store, conv, a, f"m{i}"))[0] for i in range(3)]
+    assert await store.get_message(sent[1].id) == sent[1]
+    assert await store.get_message(new_id()) is None
+    assert await store.list_messages(new_id(), limit=10) == []
+    assert await store.list_messages(conv, limit=0) == []
+    assert await store.list_messages(conv, limit=10, offset=3) == []
+    assert await store.list_messages(conv, limit=10, before_seq=1) == []
+    assert await store.list_messages(conv, limit=10, after_seq=3) == []
+    # a cursor wins over offset; after_seq over before_seq
+    assert [m.seq for m in await store.list_messages(conv, limit=10, offset=2,
+                                                     before_seq=99)] == [3, 2, 1]
+    assert [m.seq for m in await store.list_messages(conv, limit=10, before_seq=3,
+                                                     after_seq=1)] == [2, 3]
+    assert [m.content for m in await store.list_messages(conv, limit=10, after_seq=0)] == [
+        "m0", "m1", "m2"]
+
+
+async def test_a_repeated_client_msg_id_returns_the_stored_message_in_any_conversation(
+        store: Store) -> None:
+    # (sender, client_msg_id) is unique per sender, not per conversation
+    a, b, c = await make_user(store), await make_user(store), await make_user(store)
+    ab, ac = await make_conversation(store, a, b), await make_conversation(store, a, c)
+    first, created = await send(store, ab, a, "first", client_msg_id="k")
+    again, created_again = await send(store, ac, a, "second", client_msg_id="k")
+    assert created and not created_again
+    assert again == first and again.conversation_id == ab
+    assert (await store.get_conversation(ac)).last_seq == 0  # type: ignore[union-attr]
+
+
+async def test_watermarks_of_outsiders_and_of_all_my_conversations(store: Store) -> None:
+    a, b, c, lone = [await make_user(store) for _ in range(4)]
+    direct = await make_conversation(store, a, b)
+    group = await make_conversation(store, a, b, c, group=True)
+    await send(store, group, b)
+    await send(store, group, b)
+    await store.advance_watermarks(group, a.id, delivered_to=2, read_to=1)
+    with pytest.raises(NotFound):
+        await store.advance_watermarks(direct, c.id, delivered_to=1, read_to=1)
+    with pytest.raises(NotFound):
+        await store.advance_watermarks(new_id(), a.id, delivered_to=1, read_to=1)
+    assert await store.watermarks_of_my_conversations(a.id) == {
+        direct: {a.id: Watermarks(0, 0), b.id: Watermarks(0, 0)},
+        group: {a.id: Watermarks(2, 1), b.id: Watermarks(2, 2), c.id: Watermarks(0, 0)},
+    }
+    assert await store.watermarks_of_my_conversations(lone.id) == {}
+    assert await store.watermarks(new_id()) == {}
+
+
+async def test_sessions_logout_revocation_and_live_sessions(store: Store) -> None:
+    u = await make_user(store)
+    later = utcnow() + timedelta(days=1)
+    tag = new_id()
+    s1, s2, s3 = new_id(), new_id(), new_id()
+    for sid, token in ((s1, "t1"), (s2, "t2"), (s3, "t3")):
+        await store.open_session(session_id=sid, user_id=u.id, token_hash=f"{token}-{tag}",
+                                 expires_at=later, created_at=utcnow())
+    assert sorted(await store.live_sessions(u.id)) == sorted([s1, s2, s3])
+    # logout: the session of the refresh token; its tokens are dead, and not a replay
+    assert await store.revoke_by_refresh_token(f"t1-{tag}", at=utcnow(),
+                                               reason="logout") == s1
+    assert await store.use_refresh_token(f"t1-{tag}", now=utcnow()) == RefreshOutcome(None)
+    assert await store.revoke_by_refresh_token(f"none-{tag}", at=utcnow(),
+                                               reason="logout") is None
+    # revoke_sessions names those that were live until now
+    at = utcnow()
+    assert await store.revoke_sessions([s1, s2, new_id()], at=at, reason="password") == [s2]
+    assert await store.revoke_sessions([s2], at=utcnow(), reason="password") == []
+    assert await store.live_sessions(u.id) == [s3]
+    assert (await store.use_refresh_token(f"t2-{tag}", now=utcnow())).grant is None
+    info = await store.get_session(s2)
+    assert info is not None and info.revoked_at == at  # the first revocation stands
+    assert await store.get_session(new_id()) is None
+    assert await store.use_refresh_token(f"unknown-{tag}", now=utcnow()) == RefreshOutcome(None)
+
+
+async def test_revoked_sessions_since_oldest_first_from_a_point(store: Store) -> None:
+    u = await make_user(store)
+    t0 = utcnow() + timedelta(days=3650)  # after every other test's revocations
+    sids = [new_id() for _ in range(3)]
+    for sid in sids:
+        await store.open_session(session_id=sid, user_id=u.id, token_hash=f"r-{sid}",
+                                 expires_at=t0, created_at=utcnow())
+    for i, sid in reversed(list(enumerate(sids))):  # the order of revoking is not the order
+        await store.revoke_sessions([sid], at=t0 + timedelta(seconds=i), reason="test")
+    since = t0 + timedelta(seconds=1)
+    assert await store.revoked_sessions_since(since, limit=10) == [
+        (sids[1], t0 + timedelta(seconds=1)), (sids[2], t0 + timedelta(seconds=2))]
+    assert await store.revoked_sessions_since(since, limit=1) == [
+        (sids[1], t0 + timedelta(seconds=1))]
+
+
+async def test_session_info_follows_the_account(store: Store) -> None:
+    u = await make_user(store)
+    sid = new_id()
+    await store.open_session(session_id=sid, user_id=u.id, token_hash=f"i-{sid}",
+                             expires_at=utcnow() + timedelta(days=1), created_at=utcnow())
+    info = await store.get_session(sid)
+    assert info is not None and info.user_id == u.id and info.user_active
+    assert not info.is_admin and info.revoked_at is None
+    await store.set_admin(u.id, True)
+    await store.set_deactivated(u.id, utcnow())
+    info = await store.get_session(sid)
+    assert info is not None and info.is_admin and not info.user_active
+
+
+async def test_set_password_changes_what_login_finds(store: Store) -> None:
+    u = await make_user(store)
+    await store.set_password(u.id, "new-hash")
+    found = await store.find_login(u.email)
+    assert found is not None and found[1] == "new-hash"
+
+
+async def test_find_user_by_email_and_list_users_by_username(store: Store) -> None:
+    tag = new_id()[:8]
+    names = [f"{tag}c", f"{tag}a", f"{tag}b"]
+    users = {n: await make_user(store, n) for n in names}
+    assert (await store.find_user(f"{tag}A@EXAMPLE.COM")).id == users[f"{tag}a"].id  # type: ignore[union-attr]
+    assert await store.find_user(f"nobody-{tag}") is None
+    assert await store.find_user(new_id()) is None
+    listed = await store.list_users(tag, limit=10)
+    assert [u.username for u in listed] == sorted(names)
+    assert [u.username for u in await store.list_users(tag, limit=2)] == sorted(names)[:2]
+    assert [u.username for u in await store.search_users(tag, limit=10)] == sorted(names)
+    everyone = await store.list_users("", limit=10_000)
+    assert {u.id for u in users.values()} <= {u.id for u in everyone}
+
+
+async def test_the_store_answers_ping(store: Store) -> None:
+    await store.ping()

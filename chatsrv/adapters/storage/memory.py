@@ -27,9 +27,10 @@ Same results and errors as the SQL store, including what its schema enforces:
   - a unique violation the SQL store lets through as its internal UniqueViolation (a
     duplicate session id, refresh-token hash, conversation id or message id) is Conflict
     here, as the port says.
-Case folding is Python's `str.lower()` (what PostgreSQL's lower() does on a UTF-8 database
-for all but a few special letters; SQLite's lower() folds ASCII only). Orders the SQL leaves
-unspecified (member_ids, contacts, get_users, ties) follow insertion order here.
+Case folding is Python's `str.lower()` (PostgreSQL's lower() on our C.UTF-8 databases folds
+the same letters but a few special ones; SQLite's folds ASCII only). Where the SQL leaves
+the order open, member_ids come in join order and contacts, get_users, live_sessions and
+ties in insertion order.
 
 Test aid: `fail_next(method, error)` makes the next call of a method raise, before it
 changes anything or (`committed=True`) after its changes are made, as when the reply to a
@@ -68,14 +69,10 @@ from chatsrv.domain.receipts import advance, unread
 
 P = ParamSpec("P")
 R = TypeVar("R")
-Tables = TypeVar("Tables", bound="_Faults")
+S = TypeVar("S", bound="_Faults")
 
 INT64 = (-(2**63), 2**63 - 1)
 MEDIA = ("audio", "video")
-
-# "MemoryStore.create_user", ...: what fail_next accepts
-_ATOMIC: set[str] = set()
-
 
 @dataclass(frozen=True, slots=True)
 class _Fault:
@@ -94,7 +91,7 @@ class _Faults:
         committed=False: before the call changes anything (a refused or lost request);
         committed=True: after its changes are made (a COMMIT whose reply was lost).
         Raises ValueError for a name that is not a method of this store."""
-        if f"{type(self).__name__}.{method}" not in _ATOMIC:
+        if not hasattr(getattr(type(self), method, None), "__wrapped__"):  # not _atomic
             raise ValueError(f"{type(self).__name__} has no storage method {method!r}")
         self._faults.setdefault(method, deque()).append(_Fault(error, committed))
 
@@ -104,15 +101,14 @@ class _Faults:
 
 
 def _atomic(
-    body: Callable[Concatenate[Tables, P], R],
-) -> Callable[Concatenate[Tables, P], Coroutine[Any, Any, R]]:
+    body: Callable[Concatenate[S, P], R],
+) -> Callable[Concatenate[S, P], Coroutine[Any, Any, R]]:
     """Make a synchronous body one atomic storage call (module docstring). Cancellable at
     its checkpoint only, before it starts; raises what the body raises, or an armed fault."""
     name = body.__name__
-    _ATOMIC.add(body.__qualname__)
 
     @functools.wraps(body)
-    async def call(self: Tables, *args: P.args, **kwargs: P.kwargs) -> R:
+    async def call(self: S, *args: P.args, **kwargs: P.kwargs) -> R:
         await trio.lowlevel.checkpoint()
         fault = self._take_fault(name)
         if fault is not None and not fault.committed:

@@ -1,4 +1,4 @@
-"""The storage contract: the same tests on SQLite and on the real PostgreSQL."""
+"""The storage contract: the same tests in memory, on SQLite and on the real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,17 +10,27 @@ import trio
 from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.sql import SqlStore
 from chatsrv.domain.errors import Conflict, NotFound
-from chatsrv.domain.model import ConversationType, Role, User, Watermarks, new_id, utcnow
+from chatsrv.domain.model import (
+    ConversationType,
+    RefreshOutcome,
+    Role,
+    User,
+    Watermarks,
+    new_id,
+    utcnow,
+)
+from chatsrv.domain.ports import Store
+from tests.conftest import BACKENDS
 
 
-async def make_user(store: SqlStore, name: str | None = None) -> User:
+async def make_user(store: Store, name: str | None = None) -> User:
     uid = new_id()
     name = name or f"u{uid[:8]}"
     return await store.create_user(user_id=uid, username=name, email=f"{name}@example.com",
                                    display_name=name, password_hash="x", created_at=utcnow())
 
 
-async def make_conversation(store: SqlStore, *users: User, group: bool = False) -> str:
+async def make_conversation(store: Store, *users: User, group: bool = False) -> str:
     conv, created = await store.create_conversation(
         conversation_id=new_id(), type=ConversationType.GROUP if group else ConversationType.ONE_TO_ONE,
         name="g" if group else None, created_by=users[0].id,
@@ -32,25 +42,41 @@ async def make_conversation(store: SqlStore, *users: User, group: bool = False) 
     return conv.id
 
 
-async def send(store: SqlStore, conv: str, sender: User, text: str = "hi",
+async def send(store: Store, conv: str, sender: User, text: str = "hi",
                client_msg_id: str | None = None):  # type: ignore[no-untyped-def]
     return await store.append_message(
         message_id=new_id(), conversation_id=conv, sender_id=sender.id, content=text,
         message_type="text", client_msg_id=client_msg_id, created_at=utcnow())
 
 
-async def test_migrations_are_idempotent(store: SqlStore) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)  # a schema is the SQL adapters' own
+async def test_migrations_are_idempotent(store: Store) -> None:
+    assert isinstance(store, SqlStore)
     assert await migrate(store.db) == []
 
 
-async def test_usernames_and_emails_are_unique_case_insensitively(store: SqlStore) -> None:
+async def test_usernames_and_emails_are_unique_case_insensitively(store: Store) -> None:
     await make_user(store, "alice_x")
     with pytest.raises(Conflict) as exc:
         await make_user(store, "ALICE_X")
-    assert exc.value.code in ("username_taken", "email_taken")
+    assert exc.value.code in ("username_taken", "email_taken")  # both are (backends differ)
+
+    async def register(username: str, email: str) -> None:
+        await store.create_user(user_id=new_id(), username=username, email=email,
+                                display_name=username, password_hash="x", created_at=utcnow())
+
+    other = new_id()[:8]
+    with pytest.raises(Conflict) as exc:
+        await register("Alice_X", f"{other}@example.com")
+    assert (exc.value.code, exc.value.details) == ("username_taken", {"field": "username"})
+    with pytest.raises(Conflict) as exc:
+        await register(f"u{other}", "ALICE_x@Example.COM")
+    assert (exc.value.code, exc.value.details) == ("email_taken", {"field": "email"})
+    assert await store.find_login(f"{other}@example.com") is None
+    assert await store.find_login(f"u{other}") is None
 
 
-async def test_find_login_by_email_or_username(store: SqlStore) -> None:
+async def test_find_login_by_email_or_username(store: Store) -> None:
     u = await make_user(store)
     by_email = await store.find_login(u.email.upper())
     by_name = await store.find_login(u.username)
@@ -59,7 +85,7 @@ async def test_find_login_by_email_or_username(store: SqlStore) -> None:
     assert await store.find_login("nobody@example.com") is None
 
 
-async def test_search_escapes_wildcards(store: SqlStore) -> None:
+async def test_search_escapes_wildcards(store: Store) -> None:
     h = new_id()[:12]
     underscore = await make_user(store, f"a_{h}")
     await make_user(store, f"ab{h}")  # would match "a_…" if "_" were a LIKE wildcard
@@ -67,7 +93,7 @@ async def test_search_escapes_wildcards(store: SqlStore) -> None:
     assert await store.search_users(f"%{h}%zz", limit=10) == []
 
 
-async def test_direct_conversation_is_one_per_pair_even_when_racing(store: SqlStore) -> None:
+async def test_direct_conversation_is_one_per_pair_even_when_racing(store: Store) -> None:
     a, b = await make_user(store), await make_user(store)
     key = ":".join(sorted((a.id, b.id)))
     results = []
@@ -86,7 +112,7 @@ async def test_direct_conversation_is_one_per_pair_even_when_racing(store: SqlSt
     assert sum(created for _, created in results) == 1
 
 
-async def test_concurrent_sends_get_gap_free_unique_seqs(store: SqlStore) -> None:
+async def test_concurrent_sends_get_gap_free_unique_seqs(store: Store) -> None:
     users = [await make_user(store) for _ in range(5)]
     conv = await make_conversation(store, *users, group=True)
     seqs: list[int] = []
@@ -105,7 +131,7 @@ async def test_concurrent_sends_get_gap_free_unique_seqs(store: SqlStore) -> Non
     assert [m.seq for m in page] == list(range(1, 51))
 
 
-async def test_client_msg_id_makes_sends_idempotent_even_concurrently(store: SqlStore) -> None:
+async def test_client_msg_id_makes_sends_idempotent_even_concurrently(store: Store) -> None:
     a, b = await make_user(store), await make_user(store)
     conv = await make_conversation(store, a, b)
     results = []
@@ -121,7 +147,7 @@ async def test_client_msg_id_makes_sends_idempotent_even_concurrently(store: Sql
     assert (await store.get_conversation(conv)).last_seq == 1  # type: ignore[union-attr]
 
 
-async def test_outsider_cannot_append(store: SqlStore) -> None:
+async def test_outsider_cannot_append(store: Store) -> None:
     a, b, outsider = await make_user(store), await make_user(store), await make_user(store)
     conv = await make_conversation(store, a, b)
     with pytest.raises(NotFound):
@@ -129,7 +155,7 @@ async def test_outsider_cannot_append(store: SqlStore) -> None:
     assert (await store.get_conversation(conv)).last_seq == 0  # type: ignore[union-attr]
 
 
-async def test_watermarks_move_forward_only_and_never_past_last_seq(store: SqlStore) -> None:
+async def test_watermarks_move_forward_only_and_never_past_last_seq(store: Store) -> None:
     a, b = await make_user(store), await make_user(store)
     conv = await make_conversation(store, a, b)
     for _ in range(5):
@@ -145,7 +171,7 @@ async def test_watermarks_move_forward_only_and_never_past_last_seq(store: SqlSt
     assert marks[a.id] == Watermarks(5, 5)  # the sender has read what they sent
 
 
-async def test_list_conversations_has_last_message_and_unread(store: SqlStore) -> None:
+async def test_list_conversations_has_last_message_and_unread(store: Store) -> None:
     a, b = await make_user(store), await make_user(store)
     conv = await make_conversation(store, a, b)
     for i in range(3):
@@ -158,7 +184,7 @@ async def test_list_conversations_has_last_message_and_unread(store: SqlStore) -
     assert mine.unread == 0
 
 
-async def test_history_paging(store: SqlStore) -> None:
+async def test_history_paging(store: Store) -> None:
     a, b = await make_user(store), await make_user(store)
     conv = await make_conversation(store, a, b)
     for i in range(10):
@@ -170,7 +196,7 @@ async def test_history_paging(store: SqlStore) -> None:
     assert [m.seq for m in await store.list_messages(conv, limit=2, after_seq=8)] == [9, 10]
 
 
-async def test_refresh_tokens_rotate_and_replay_revokes_the_session(store: SqlStore) -> None:
+async def test_refresh_tokens_rotate_and_replay_revokes_the_session(store: Store) -> None:
     u = await make_user(store)
     later = utcnow() + timedelta(days=1)
     sid = new_id()
@@ -190,7 +216,7 @@ async def test_refresh_tokens_rotate_and_replay_revokes_the_session(store: SqlSt
     assert sid in [s for s, _ in revoked]
 
 
-async def test_of_concurrent_refreshes_exactly_one_wins(store: SqlStore) -> None:
+async def test_of_concurrent_refreshes_exactly_one_wins(store: Store) -> None:
     u = await make_user(store)
     sid = new_id()
     await store.open_session(session_id=sid, user_id=u.id, token_hash="once",
@@ -208,7 +234,7 @@ async def test_of_concurrent_refreshes_exactly_one_wins(store: SqlStore) -> None
     assert (await store.get_session(sid)).revoked_at is not None  # type: ignore[union-attr]
 
 
-async def test_expired_refresh_token_is_refused(store: SqlStore) -> None:
+async def test_expired_refresh_token_is_refused(store: Store) -> None:
     u = await make_user(store)
     await store.open_session(session_id=new_id(), user_id=u.id, token_hash="old",
                              expires_at=utcnow() - timedelta(seconds=1), created_at=utcnow())
@@ -216,7 +242,7 @@ async def test_expired_refresh_token_is_refused(store: SqlStore) -> None:
     assert outcome.grant is None and outcome.replayed is None
 
 
-async def test_admin_flags_deactivation_and_search(store: SqlStore) -> None:
+async def test_admin_flags_deactivation_and_search(store: Store) -> None:
     u = await make_user(store)
     await store.set_admin(u.id, True)
     assert (await store.find_user(u.username.upper())).is_admin  # type: ignore[union-attr]
@@ -229,7 +255,7 @@ async def test_admin_flags_deactivation_and_search(store: SqlStore) -> None:
     assert [x.id for x in await store.search_users(u.username, limit=5)] == [u.id]
 
 
-async def test_members_contacts_and_positions(store: SqlStore) -> None:
+async def test_members_contacts_and_positions(store: Store) -> None:
     a, b, c = await make_user(store), await make_user(store), await make_user(store)
     conv = await make_conversation(store, a, b, c, group=True)
     await send(store, conv, b)
@@ -244,7 +270,7 @@ async def test_members_contacts_and_positions(store: SqlStore) -> None:
     assert (await store.conversation_positions(c.id))[conv] == (1, Watermarks(1, 1))
 
 
-async def test_the_last_admin_leaving_makes_the_oldest_member_admin(store: SqlStore) -> None:
+async def test_the_last_admin_leaving_makes_the_oldest_member_admin(store: Store) -> None:
     a, b, c = await make_user(store), await make_user(store), await make_user(store)
     conv = await make_conversation(store, a, b, c, group=True)  # a is the only admin
     left, heir = await store.remove_member(conv, a.id)
@@ -254,7 +280,7 @@ async def test_the_last_admin_leaving_makes_the_oldest_member_admin(store: SqlSt
     assert await store.remove_member(conv, a.id) == (False, None)
 
 
-async def test_arrivals_of_several_users_in_one_call(store: SqlStore) -> None:
+async def test_arrivals_of_several_users_in_one_call(store: Store) -> None:
     a, b, c, lone = (await make_user(store), await make_user(store), await make_user(store),
                      await make_user(store))
     group = await make_conversation(store, a, b, c, group=True)
@@ -274,7 +300,7 @@ async def test_arrivals_of_several_users_in_one_call(store: SqlStore) -> None:
     assert sorted(got[a.id].contacts) == sorted(await store.contacts(a.id))
 
 
-async def test_last_seen_persists(store: SqlStore) -> None:
+async def test_last_seen_persists(store: Store) -> None:
     u = await make_user(store)
     at = utcnow()
     await store.set_last_seen(u.id, at)
@@ -283,7 +309,7 @@ async def test_last_seen_persists(store: SqlStore) -> None:
     assert abs((got.last_seen - at).total_seconds()) < 0.01
 
 
-async def test_group_commit_batch_has_an_outcome_per_draft(store: SqlStore) -> None:
+async def test_group_commit_batch_has_an_outcome_per_draft(store: Store) -> None:
     from chatsrv.domain.model import Message
 
     a, b, c, outsider = [await make_user(store) for _ in range(4)]
@@ -307,7 +333,7 @@ async def test_group_commit_batch_has_an_outcome_per_draft(store: SqlStore) -> N
     assert marks[a.id].read_seq == 2 and marks[b.id].read_seq == 3
 
 
-async def test_group_commit_same_client_id_twice_in_one_batch(store: SqlStore) -> None:
+async def test_group_commit_same_client_id_twice_in_one_batch(store: Store) -> None:
     from chatsrv.domain.model import Message
 
     a, b = await make_user(store), await make_user(store)
@@ -319,3 +345,182 @@ async def test_group_commit_same_client_id_twice_in_one_batch(store: SqlStore) -
     assert isinstance(first, tuple) and isinstance(second, tuple)
     assert first[0].id == second[0].id and [first[1], second[1]] == [True, False]
     assert (await store.get_conversation(conv)).last_seq == 1  # type: ignore[union-attr]
+
+
+async def test_get_users_leaves_unknown_ids_out(store: Store) -> None:
+    a, b = await make_user(store), await make_user(store)
+    got = await store.get_users([a.id, new_id(), b.id, a.id])
+    assert sorted(u.id for u in got) == sorted([a.id, b.id])
+    assert await store.get_users([new_id()]) == []
+    assert await store.get_users([]) == []
+
+
+async def test_arrivals_of_nobody_and_of_unknown_users(store: Store) -> None:
+    assert await store.arrivals([]) == {}
+    stranger = new_id()
+    got = await store.arrivals([stranger])
+    assert got[stranger].positions == {} and got[stranger].contacts == []
+
+
+async def test_list_conversations_most_recent_activity_first(store: Store) -> None:
+    a, b, c, d = [await make_user(store) for _ in range(4)]
+    t0 = utcnow() - timedelta(hours=1)
+
+    async def conv(*users: User, at: timedelta) -> str:
+        made, _ = await store.create_conversation(
+            conversation_id=new_id(), type=ConversationType.GROUP, name="g",
+            created_by=users[0].id, members=[(u.id, Role.MEMBER) for u in users],
+            direct_key=None, created_at=t0 + at)
+        return made.id
+
+    async def say(conversation_id: str, at: timedelta) -> None:
+        await store.append_message(
+            message_id=new_id(), conversation_id=conversation_id, sender_id=a.id,
+            content="hi", message_type="text", client_msg_id=None, created_at=t0 + at)
+
+    quiet = await conv(a, b, at=timedelta(minutes=0))
+    talked_long_ago = await conv(a, c, at=timedelta(minutes=1))
+    await say(talked_long_ago, timedelta(minutes=2))
+    new_and_silent = await conv(a, d, at=timedelta(minutes=3))
+    talked_last = await conv(a, b, c, at=timedelta(minutes=0, seconds=30))
+    await say(talked_last, timedelta(minutes=4))
+    summaries = await store.list_conversations(a.id)
+    assert [s.conversation.id for s in summaries] == [
+        talked_last, new_and_silent, talked_long_ago, quiet]
+    assert {m.user_id for m in summaries[0].conversation.members} == {a.id, b.id, c.id}
+    assert summaries[1].last_message is None
+    assert [s.conversation.id for s in await store.list_conversations(d.id)] == [new_and_silent]
+
+
+async def test_get_message_and_history_edges(store: Store) -> None:
+    a, b = await make_user(store), await make_user(store)
+    conv = await make_conversation(store, a, b)
+    sent = [(await send(store, conv, a, f"m{i}"))[0] for i in range(3)]
+    assert await store.get_message(sent[1].id) == sent[1]
+    assert await store.get_message(new_id()) is None
+    assert await store.list_messages(new_id(), limit=10) == []
+    assert await store.list_messages(conv, limit=0) == []
+    assert await store.list_messages(conv, limit=10, offset=3) == []
+    assert await store.list_messages(conv, limit=10, before_seq=1) == []
+    assert await store.list_messages(conv, limit=10, after_seq=3) == []
+    # a cursor wins over offset; after_seq over before_seq
+    assert [m.seq for m in await store.list_messages(conv, limit=10, offset=2,
+                                                     before_seq=99)] == [3, 2, 1]
+    assert [m.seq for m in await store.list_messages(conv, limit=10, before_seq=3,
+                                                     after_seq=1)] == [2, 3]
+    assert [m.content for m in await store.list_messages(conv, limit=10, after_seq=0)] == [
+        "m0", "m1", "m2"]
+
+
+async def test_a_repeated_client_msg_id_returns_the_stored_message_in_any_conversation(
+        store: Store) -> None:
+    # (sender, client_msg_id) is unique per sender, not per conversation
+    a, b, c = await make_user(store), await make_user(store), await make_user(store)
+    ab, ac = await make_conversation(store, a, b), await make_conversation(store, a, c)
+    first, created = await send(store, ab, a, "first", client_msg_id="k")
+    again, created_again = await send(store, ac, a, "second", client_msg_id="k")
+    assert created and not created_again
+    assert again == first and again.conversation_id == ab
+    assert (await store.get_conversation(ac)).last_seq == 0  # type: ignore[union-attr]
+
+
+async def test_watermarks_of_outsiders_and_of_all_my_conversations(store: Store) -> None:
+    a, b, c, lone = [await make_user(store) for _ in range(4)]
+    direct = await make_conversation(store, a, b)
+    group = await make_conversation(store, a, b, c, group=True)
+    await send(store, group, b)
+    await send(store, group, b)
+    await store.advance_watermarks(group, a.id, delivered_to=2, read_to=1)
+    with pytest.raises(NotFound):
+        await store.advance_watermarks(direct, c.id, delivered_to=1, read_to=1)
+    with pytest.raises(NotFound):
+        await store.advance_watermarks(new_id(), a.id, delivered_to=1, read_to=1)
+    assert await store.watermarks_of_my_conversations(a.id) == {
+        direct: {a.id: Watermarks(0, 0), b.id: Watermarks(0, 0)},
+        group: {a.id: Watermarks(2, 1), b.id: Watermarks(2, 2), c.id: Watermarks(0, 0)},
+    }
+    assert await store.watermarks_of_my_conversations(lone.id) == {}
+    assert await store.watermarks(new_id()) == {}
+
+
+async def test_sessions_logout_revocation_and_live_sessions(store: Store) -> None:
+    u = await make_user(store)
+    later = utcnow() + timedelta(days=1)
+    tag = new_id()
+    s1, s2, s3 = new_id(), new_id(), new_id()
+    for sid, token in ((s1, "t1"), (s2, "t2"), (s3, "t3")):
+        await store.open_session(session_id=sid, user_id=u.id, token_hash=f"{token}-{tag}",
+                                 expires_at=later, created_at=utcnow())
+    assert sorted(await store.live_sessions(u.id)) == sorted([s1, s2, s3])
+    # logout: the session of the refresh token; its tokens are dead, and not a replay
+    assert await store.revoke_by_refresh_token(f"t1-{tag}", at=utcnow(),
+                                               reason="logout") == s1
+    assert await store.use_refresh_token(f"t1-{tag}", now=utcnow()) == RefreshOutcome(None)
+    assert await store.revoke_by_refresh_token(f"none-{tag}", at=utcnow(),
+                                               reason="logout") is None
+    # revoke_sessions names those that were live until now
+    at = utcnow()
+    assert await store.revoke_sessions([s1, s2, new_id()], at=at, reason="password") == [s2]
+    assert await store.revoke_sessions([s2], at=utcnow(), reason="password") == []
+    assert await store.live_sessions(u.id) == [s3]
+    assert (await store.use_refresh_token(f"t2-{tag}", now=utcnow())).grant is None
+    info = await store.get_session(s2)
+    assert info is not None and info.revoked_at == at  # the first revocation stands
+    assert await store.get_session(new_id()) is None
+    assert await store.use_refresh_token(f"unknown-{tag}", now=utcnow()) == RefreshOutcome(None)
+
+
+async def test_revoked_sessions_since_oldest_first_from_a_point(store: Store) -> None:
+    u = await make_user(store)
+    t0 = utcnow() + timedelta(days=3650)  # after every other test's revocations
+    sids = [new_id() for _ in range(3)]
+    for sid in sids:
+        await store.open_session(session_id=sid, user_id=u.id, token_hash=f"r-{sid}",
+                                 expires_at=t0, created_at=utcnow())
+    for i, sid in reversed(list(enumerate(sids))):  # the order of revoking is not the order
+        await store.revoke_sessions([sid], at=t0 + timedelta(seconds=i), reason="test")
+    since = t0 + timedelta(seconds=1)
+    assert await store.revoked_sessions_since(since, limit=10) == [
+        (sids[1], t0 + timedelta(seconds=1)), (sids[2], t0 + timedelta(seconds=2))]
+    assert await store.revoked_sessions_since(since, limit=1) == [
+        (sids[1], t0 + timedelta(seconds=1))]
+
+
+async def test_session_info_follows_the_account(store: Store) -> None:
+    u = await make_user(store)
+    sid = new_id()
+    await store.open_session(session_id=sid, user_id=u.id, token_hash=f"i-{sid}",
+                             expires_at=utcnow() + timedelta(days=1), created_at=utcnow())
+    info = await store.get_session(sid)
+    assert info is not None and info.user_id == u.id and info.user_active
+    assert not info.is_admin and info.revoked_at is None
+    await store.set_admin(u.id, True)
+    await store.set_deactivated(u.id, utcnow())
+    info = await store.get_session(sid)
+    assert info is not None and info.is_admin and not info.user_active
+
+
+async def test_set_password_changes_what_login_finds(store: Store) -> None:
+    u = await make_user(store)
+    await store.set_password(u.id, "new-hash")
+    found = await store.find_login(u.email)
+    assert found is not None and found[1] == "new-hash"
+
+
+async def test_find_user_by_email_and_list_users_by_username(store: Store) -> None:
+    tag = new_id()[:8]
+    names = [f"{tag}c", f"{tag}a", f"{tag}b"]
+    users = {n: await make_user(store, n) for n in names}
+    assert (await store.find_user(f"{tag}A@EXAMPLE.COM")).id == users[f"{tag}a"].id  # type: ignore[union-attr]
+    assert await store.find_user(f"nobody-{tag}") is None
+    assert await store.find_user(new_id()) is None
+    listed = await store.list_users(tag, limit=10)
+    assert [u.username for u in listed] == sorted(names)
+    assert [u.username for u in await store.list_users(tag, limit=2)] == sorted(names)[:2]
+    assert [u.username for u in await store.search_users(tag, limit=10)] == sorted(names)
+    everyone = await store.list_users("", limit=10_000)
+    assert {u.id for u in users.values()} <= {u.id for u in everyone}
+
+
+async def test_the_store_answers_ping(store: Store) -> None:
+    await store.ping()

@@ -1,0 +1,54 @@
+"""The contract suite runs on every Store: in memory, on SQLite and on the real PostgreSQL.
+
+`backend` is overridden here (the e2e servers in ../conftest.py still run on the SQL
+backends only); a test about the SQL adapters alone narrows it with
+`@pytest.mark.parametrize("backend", BACKENDS)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio_asyncio
+
+from chatsrv.adapters.storage.calls import SqlCallLog
+from chatsrv.adapters.storage.memory import MemoryCallLog, MemoryStore
+from chatsrv.adapters.storage.migrate import migrate
+from chatsrv.adapters.storage.sql import SqlStore
+from chatsrv.app import open_database
+from chatsrv.config import Settings
+from chatsrv.domain.ports import CallLog, Store
+from tests.conftest import BACKENDS
+
+CONTRACT_BACKENDS = ["memory", *BACKENDS]
+
+
+@pytest.fixture(params=CONTRACT_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def sql_settings(backend: str, request: pytest.FixtureRequest) -> Settings | None:
+    """The SQL backends' settings (resolved before Trio starts); None in memory."""
+    return None if backend == "memory" else request.getfixturevalue("settings")
+
+
+@pytest.fixture
+async def store(sql_settings: Settings | None) -> AsyncIterator[Store]:
+    if sql_settings is None:
+        yield MemoryStore()
+        return
+    async with trio_asyncio.open_loop(), open_database(sql_settings) as db:
+        await migrate(db)
+        yield SqlStore(db)
+
+
+@pytest.fixture
+def call_log(store: Store) -> CallLog:
+    """The call history beside `store`, on the same tables."""
+    if isinstance(store, MemoryStore):
+        return MemoryCallLog(store)
+    assert isinstance(store, SqlStore)
+    return SqlCallLog(store.db)

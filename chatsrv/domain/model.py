@@ -12,6 +12,7 @@ from enum import StrEnum
 
 from chatsrv.domain.errors import Invalid
 
+NO_ID = "00000000-0000-0000-0000-000000000000"  # sorts before every id (keyset paging)
 _CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _random = threading.local()  # per thread: a buffer of os.urandom bytes
 

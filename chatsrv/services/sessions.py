@@ -24,7 +24,7 @@ from datetime import timedelta
 import trio
 
 from chatsrv.domain.errors import Unauthorized, Unavailable
-from chatsrv.domain.model import utcnow
+from chatsrv.domain.model import NO_ID, utcnow
 from chatsrv.domain.ports import Store
 
 log = logging.getLogger(__name__)
@@ -136,13 +136,14 @@ class SessionRegistry:
         """Everything revoked since the last successful poll began (minus CLOCK_SKEW),
         page by page. Raises Unavailable: the next poll reads from the same point."""
         began = utcnow()
-        since = self._since
+        since, after = self._since, NO_ID
         while True:
-            found = await self._store.revoked_sessions_since(since, limit=POLL_PAGE)
+            found = await self._store.revoked_sessions_since(since, after_id=after,
+                                                             limit=POLL_PAGE)
             self.apply([sid for sid, _ in found])
             if len(found) < POLL_PAGE:
                 break
-            since = found[-1][1]
+            after, since = found[-1]  # keyset: sessions revoked together share a time
         self._since = began - CLOCK_SKEW
 
     def live_count(self) -> int:

@@ -11,6 +11,7 @@ from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.sql import SqlStore
 from chatsrv.domain.errors import Conflict, NotFound
 from chatsrv.domain.model import (
+    NO_ID,
     ConversationType,
     RefreshOutcome,
     Role,
@@ -486,6 +487,26 @@ async def test_revoked_sessions_since_oldest_first_from_a_point(store: Store) ->
         (sids[1], t0 + timedelta(seconds=1))]
 
 
+async def test_sessions_revoked_together_are_paged_by_id(store: Store) -> None:
+    """A password change revokes many sessions at one instant: paging must not loop."""
+    u = await make_user(store)
+    t0 = utcnow() + timedelta(days=3660)  # after every other test's revocations
+    sids = sorted(new_id() for _ in range(5))
+    for sid in sids:
+        await store.open_session(session_id=sid, user_id=u.id, token_hash=f"t-{sid}",
+                                 expires_at=t0, created_at=utcnow())
+    await store.revoke_sessions(sids, at=t0, reason="password_changed")
+    seen: list[str] = []
+    since, after = t0, NO_ID
+    for _ in range(5):
+        page = await store.revoked_sessions_since(since, after_id=after, limit=2)
+        seen += [sid for sid, _ in page]
+        if len(page) < 2:
+            break
+        after, since = page[-1]
+    assert seen == sids
+
+
 async def test_session_info_follows_the_account(store: Store) -> None:
     u = await make_user(store)
     sid = new_id()
@@ -524,3 +545,14 @@ async def test_find_user_by_email_and_list_users_by_username(store: Store) -> No
 
 async def test_the_store_answers_ping(store: Store) -> None:
     await store.ping()
+
+
+async def test_letters_beyond_ascii_are_one_name_in_any_case(store: Store) -> None:
+    name = f"Ärger{new_id()[:6]}"
+    await store.create_user(user_id=new_id(), username=name, email=f"{name}@example.com",
+                            display_name="Ä", password_hash="x", created_at=utcnow())
+    with pytest.raises(Conflict):
+        await store.create_user(user_id=new_id(), username=name.lower(),
+                                email=f"other{name}@example.com", display_name="ä",
+                                password_hash="x", created_at=utcnow())
+    assert [u.username for u in await store.search_users(name.lower(), limit=5)] == [name]

@@ -50,6 +50,7 @@ import trio
 
 from chatsrv.domain.errors import Conflict, Invalid, NotFound
 from chatsrv.domain.model import (
+    NO_ID,
     Arrival,
     CallRecord,
     Conversation,
@@ -407,14 +408,15 @@ class MemoryStore(_Faults):
         return [sid for sid in sessions if self._sessions[sid].revoked_at is None]
 
     @_atomic
-    def revoked_sessions_since(self, since: datetime, *,
+    def revoked_sessions_since(self, since: datetime, *, after_id: str = NO_ID,
                                limit: int) -> list[tuple[str, datetime]]:
-        """Sessions revoked at or after `since`, oldest first."""
+        """Sessions revoked after (since, after_id), by (revoked_at, id)."""
         limit = _count(limit, "LIMIT")
         since = _ts(since)
         found = sorted(((s.id, s.revoked_at) for s in self._sessions.values()
-                        if s.revoked_at is not None and s.revoked_at >= since),
-                       key=lambda pair: pair[1])
+                        if s.revoked_at is not None
+                        and (s.revoked_at, s.id) > (since, after_id)),
+                       key=lambda pair: (pair[1], pair[0]))
         return found[:limit]
 
     # administration --------------------------------------------------------------------

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from chatsrv.adapters.storage.base import Database, Op, exec_, one, rows, val
+from chatsrv.adapters.storage.base import Database, Op, UniqueViolation, exec_, one, rows, val
 from chatsrv.adapters.storage.rows import USER_COLS, opt_ts, ts, user_of
-from chatsrv.domain.model import RefreshGrant, RefreshOutcome, SessionInfo, User
+from chatsrv.domain.errors import Conflict
+from chatsrv.domain.model import NO_ID, RefreshGrant, RefreshOutcome, SessionInfo, User
 
 INSERT_SESSION = "INSERT INTO sessions (id, user_id, created_at) VALUES ($1, $2, $3)"
 INSERT_REFRESH = """INSERT INTO refresh_tokens (token_hash, user_id, family_id, expires_at)
@@ -31,8 +32,10 @@ REVOKE_FAMILY = "UPDATE refresh_tokens SET revoked = TRUE WHERE family_id = $1"
 REVOKE_SESSION = """UPDATE sessions SET revoked_at = $2, revoke_reason = $3
 WHERE id = $1 AND revoked_at IS NULL"""
 LIVE_SESSIONS_OF = "SELECT id FROM sessions WHERE user_id = $1 AND revoked_at IS NULL"
-REVOKED_SINCE = """SELECT id, revoked_at FROM sessions WHERE revoked_at >= $1
-ORDER BY revoked_at LIMIT $2"""
+# keyset paging on (revoked_at, id): many sessions revoked in one statement share a time
+REVOKED_SINCE = """SELECT id, revoked_at FROM sessions
+WHERE revoked_at > $1 OR (revoked_at = $1 AND id > $2)
+ORDER BY revoked_at, id LIMIT $3"""
 SET_PASSWORD = "UPDATE users SET password_hash = $2 WHERE id = $1"
 SET_ADMIN = "UPDATE users SET is_admin = $2 WHERE id = $1"
 SET_DEACTIVATED = "UPDATE users SET deactivated_at = $2 WHERE id = $1"
@@ -56,14 +59,20 @@ class SessionStore:
             yield exec_(INSERT_SESSION, session_id, user_id, created_at)
             yield exec_(INSERT_REFRESH, token_hash, user_id, session_id, expires_at)
 
-        await self.db.run(op())
+        try:
+            await self.db.run(op())
+        except UniqueViolation:
+            raise Conflict("session or refresh token already exists", code="conflict") from None
 
     async def add_refresh_token(self, *, token_hash: str, user_id: str, family_id: str,
                                 expires_at: datetime) -> None:
         def op() -> Op[None]:
             yield exec_(INSERT_REFRESH, token_hash, user_id, family_id, expires_at)
 
-        await self.db.run(op())
+        try:
+            await self.db.run(op())
+        except UniqueViolation:
+            raise Conflict("refresh token already exists", code="conflict") from None
 
     async def get_session(self, session_id: str) -> SessionInfo | None:
         def op() -> Op[SessionInfo | None]:
@@ -129,11 +138,12 @@ class SessionStore:
 
         return await self.db.run(op(), write=False)
 
-    async def revoked_sessions_since(self, since: datetime, *,
+    async def revoked_sessions_since(self, since: datetime, *, after_id: str = NO_ID,
                                      limit: int) -> list[tuple[str, datetime]]:
-        """Sessions revoked at or after `since`, oldest first (what other nodes revoked)."""
+        """Sessions revoked after (since, after_id), by (revoked_at, id): what other nodes
+        revoked, page by page."""
         def op() -> Op[list[tuple[str, datetime]]]:
-            found = yield rows(REVOKED_SINCE, since, limit)
+            found = yield rows(REVOKED_SINCE, since, after_id, limit)
             return [(str(r["id"]), ts(r["revoked_at"])) for r in found]
 
         return await self.db.run(op(), write=False)

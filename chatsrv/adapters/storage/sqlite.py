@@ -122,9 +122,17 @@ def _run_in_thread(db: sqlite3.Connection, deadline: _Deadline, op: Op[T], begin
         deadline.at = float("inf")
 
 
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
 def _connect(path: Path) -> tuple[sqlite3.Connection, _Deadline]:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.row_factory = sqlite3.Row
+    # SQLite's own lower() folds ASCII only: "Ärger" and "ärger" were two usernames here and
+    # one on PostgreSQL. Python's, as PostgreSQL's, folds every letter (the unique indexes on
+    # lower(username) and lower(email) use it; migration 004 rebuilt them).
+    db.create_function("lower", 1, _lower, deterministic=True)
     db.execute("PRAGMA journal_mode=WAL")
     # FULL: a message is on disk before its ack, even across an OS crash or power loss
     # (NORMAL would only survive a process crash). Group commit amortises the fsync.

@@ -19,7 +19,7 @@ from chatsrv.metrics import Metrics
 from chatsrv.protocol.frames import Frame
 from chatsrv.transport.session import FrameRates, Session, SessionDeps
 from chatsrv.transport.websocket import Outbox
-from tests.unit.test_services import World, world  # noqa: F401 (the fixture)
+from tests.unit.conftest import World
 
 TTL = 6.0
 
@@ -90,7 +90,7 @@ def settings(tmp_path: Any) -> Settings:
 
 
 @pytest.fixture
-async def session_of(world: World, settings: Settings  # noqa: F811
+async def session_of(world: World, settings: Settings
                      ) -> AsyncIterator[Any]:
     async with trio.open_nursery() as nursery:
         async def start(user: User, *, outbox: int | None = None) -> tuple[Session, MemorySocket]:
@@ -108,7 +108,7 @@ async def session_of(world: World, settings: Settings  # noqa: F811
 
 
 async def test_typing_expires_after_the_ttl_without_a_refresh(
-        world: World, session_of: Any, autojump_clock: trio.testing.MockClock) -> None:  # noqa: F811
+        world: World, session_of: Any, autojump_clock: trio.testing.MockClock) -> None:
     a, b = await world.user(), await world.user()
     cid = await world.conversation(a, b)
     watcher = world.connect(b)
@@ -123,7 +123,7 @@ async def test_typing_expires_after_the_ttl_without_a_refresh(
 
 
 async def test_pipelined_messages_are_acked_in_send_order_before_the_next_frame(
-        world: World, session_of: Any, autojump_clock: trio.testing.MockClock) -> None:  # noqa: F811
+        world: World, session_of: Any, autojump_clock: trio.testing.MockClock) -> None:
     a, b = await world.user(), await world.user()
     cid = await world.conversation(a, b)
     _, sock = await session_of(a, outbox=256)
@@ -139,7 +139,7 @@ async def test_pipelined_messages_are_acked_in_send_order_before_the_next_frame(
 
 
 async def test_a_reader_too_slow_for_its_outbox_is_cut_with_1013(
-        world: World, session_of: Any, autojump_clock: trio.testing.MockClock) -> None:  # noqa: F811
+        world: World, session_of: Any, autojump_clock: trio.testing.MockClock) -> None:
     a, b = await world.user(), await world.user()
     cid = await world.conversation(a, b)
     session, sock = await session_of(b, outbox=8)

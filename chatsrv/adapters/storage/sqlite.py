@@ -122,7 +122,7 @@ def _run_in_thread(db: sqlite3.Connection, deadline: _Deadline, op: Op[T], begin
         deadline.at = float("inf")
 
 
-def _lower(value: object) -> object:
+def _lower(value: str | None) -> str | None:
     return value.lower() if isinstance(value, str) else value
 
 

@@ -6,6 +6,7 @@ import gc
 import logging
 import resource
 import signal
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -17,13 +18,14 @@ import trio_asyncio
 from hypercorn.config import Config as HypercornConfig
 
 from chatsrv.adapters.aio import contain_asyncio_errors
-from chatsrv.adapters.memory import LocalDirectory, LocalRouter
+from chatsrv.adapters.memory import LOCAL_INSTANCE, LocalDirectory, LocalRouter, NoBus
 from chatsrv.adapters.storage.base import Database
 from chatsrv.adapters.storage.calls import SqlCallLog
 from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.sql import SqlStore
 from chatsrv.config import ConfigError, Settings
-from chatsrv.domain.ports import Directory, Router
+from chatsrv.domain.model import CallSignal
+from chatsrv.domain.ports import CallBus, Directory, Router
 from chatsrv.metrics import Metrics
 from chatsrv.services.auth import AdminService, AuthService
 from chatsrv.services.batching import Coalescer
@@ -62,6 +64,12 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
 class Routing:
     router: Router
     directory: Directory
+    # calls across nodes: signals out (the cluster router) and in (from the node servicer);
+    # `signals_in` is kept so the inbox stays open
+    bus: CallBus
+    signals: trio.MemoryReceiveChannel[CallSignal]
+    signals_in: trio.MemorySendChannel[CallSignal]
+    instance: str
     # cluster only: the task that turns the users of a node that stopped heartbeating offline
     watch_nodes: Callable[..., Awaitable[None]] | None = None
     # cluster only: registers who announces users back online after this node was reaped
@@ -76,9 +84,11 @@ async def open_routing(settings: Settings, metrics: Metrics) -> AsyncIterator[Ro
     the node-to-node gRPC server, links to the other nodes, and the Redis directory.
     Cluster mode needs PostgreSQL (ConfigError otherwise) and the trio-asyncio loop."""
     local = LocalRouter()
+    # call signals from other nodes; full (a flood), a signal is dropped and counted
+    signals_in, signals = trio.open_memory_channel[CallSignal](settings.peer_queue_size)
     if not settings.redis_url:
         local.register_metrics(metrics)
-        yield Routing(local, LocalDirectory())
+        yield Routing(local, LocalDirectory(), NoBus(), signals, signals_in, LOCAL_INSTANCE)
         return
     settings.check_cluster()
     from chatsrv.adapters.cluster.node_rpc import serve_node_rpc
@@ -88,13 +98,16 @@ async def open_routing(settings: Settings, metrics: Metrics) -> AsyncIterator[Ro
 
     failures = metrics.task_failures
     async with open_redis(settings) as redis, open_background() as nursery:
-        address = await nursery.start(serve_node_rpc, local, settings)
+        address = await nursery.start(partial(
+            serve_node_rpc, local, signals_in, settings,
+            counters=metrics.sources.setdefault("node_rpc_dropped", Counter())))
         # exit order: leave the cluster, flush what is queued for the others, stop serving
         async with open_cluster_router(settings, local, failures=failures) as router, \
                 open_redis_directory(redis, settings, router, address=address,
                                      failures=failures) as directory:
             router.register_metrics(metrics)
-            yield Routing(router, directory, directory.watch_nodes, directory.on_users_back,
+            yield Routing(router, directory, router, signals, signals_in, router.instance,
+                          directory.watch_nodes, directory.on_users_back,
                           RedisLimiter(redis, prefix=settings.redis_prefix,
                                        timeout=settings.redis_timeout))
 
@@ -161,7 +174,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                                      history_max_limit=settings.history_max_limit,
                                      history_default_limit=settings.history_default_limit,
                                      sync_page_size=settings.sync_page_size)
-        calls = CallService(store, SqlCallLog(db), router,
+        calls = CallService(store, SqlCallLog(db), router, directory, routing.bus,
+                            routing.signals, instance=routing.instance,
                             ring_timeout=settings.ring_timeout, stun_urls=settings.stun_urls,
                             turn_urls=settings.turn_urls, turn_secret=settings.turn_secret,
                             turn_ttl=settings.turn_ttl, record_deadline=settings.cleanup_deadline)
@@ -178,6 +192,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         async with open_background() as nursery:
             await nursery.start(supervise, "presence", presence.run)
             await nursery.start(supervise, "sessions", sessions.run)
+            await nursery.start(supervise, "calls", calls.run)
             await nursery.start(supervise, "arrivals", svc.arrivals.run)
             if routing.watch_nodes is not None:
                 await nursery.start(supervise, "node-watch", routing.watch_nodes,

@@ -6,13 +6,17 @@ the cluster adapters build on the router for their local deliveries.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 
 import trio
 
+from chatsrv.domain.model import CallSignal
 from chatsrv.domain.ports import Subscriber
 from chatsrv.metrics import Metrics
 from chatsrv.protocol.frames import Frame
+
+log = logging.getLogger(__name__)
 
 
 class LocalRouter:
@@ -43,10 +47,17 @@ class LocalRouter:
                 if sub.connection_id != exclude:
                     sub.send_nowait(event)
 
-    def send_to(self, user_id: str, connection_id: str, event: Frame) -> None:
+    def send_to(self, user_id: str, connection_id: str, event: Frame, *,
+                node: str = "") -> None:
         for sub in self._subs.get(user_id, ()):
             if sub.connection_id == connection_id:
                 sub.send_nowait(event)
+
+    def reach(self, user_id: str) -> int:
+        return len(self._subs.get(user_id, ()))
+
+    def on_node_lost(self, callback: Callable[[str], None]) -> None:
+        pass  # no other node to lose
 
     def local(self, user_id: str) -> Sequence[Subscriber]:
         return tuple(self._subs.get(user_id, ()))
@@ -62,6 +73,16 @@ class LocalRouter:
 
     def user_count(self) -> int:
         return len(self._subs)
+
+
+LOCAL_INSTANCE = "local"  # the one node of a single-node deployment
+
+
+class NoBus:
+    """The CallBus of a single node: every call is owned here, nothing goes elsewhere."""
+
+    def signal(self, instance: str, signal: CallSignal) -> None:
+        log.warning("call signal for unknown node %s dropped", instance)
 
 
 class LocalDirectory:
@@ -85,6 +106,10 @@ class LocalDirectory:
     async def online(self, user_ids: Sequence[str]) -> set[str]:
         await trio.lowlevel.checkpoint()
         return self._online.intersection(user_ids)
+
+    async def instance_alive(self, instance: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        return instance == LOCAL_INSTANCE  # the only node: any other owner is from before
 
     async def members_changed(self, conversation_id: str) -> None:
         await trio.lowlevel.checkpoint()  # no other node to tell

@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from chatsrv.domain.errors import Invalid
 
@@ -189,6 +190,39 @@ class RefreshOutcome:
 
     grant: RefreshGrant | None
     replayed: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One connection of one user, on one node (`node`: its instance; "" = this node)."""
+
+    user_id: str
+    connection_id: str
+    node: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CallSignal:
+    """Call signalling between the node that owns a call and the node of one device:
+    answer, ice, reject, end, left (to the owner); over (to the device's node)."""
+
+    call_id: str
+    action: str
+    device: Device
+    payload: Any = None  # the SDP answer, the ICE candidate, or the reason
+    ref: str | int | None = None  # the client's ref, for an error frame back
+
+
+@dataclass(frozen=True, slots=True)
+class CallClaim:
+    """A call holding its two users (nobody else can call them, they cannot call others),
+    owned by one node instance."""
+
+    call_id: str
+    caller_id: str
+    callee_id: str
+    owner: str
+    answered: bool = False
 
 
 @dataclass(frozen=True, slots=True)

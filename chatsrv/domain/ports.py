@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Protocol
 from chatsrv.domain.errors import NotFound
 from chatsrv.domain.model import (
     Arrival,
+    CallClaim,
     CallRecord,
+    CallSignal,
     Conversation,
     ConversationSummary,
     ConversationType,
@@ -140,6 +142,24 @@ class CallLog(Protocol):
     async def get_call(self, call_id: str) -> CallRecord | None: ...
     async def list_calls(self, user_id: str, *, before: datetime, limit: int) -> list[CallRecord]: ...
 
+    # claims: who is in a call now, cluster-wide (services/calls.py)
+    async def claim_call(self, claim: CallClaim, *,
+                         replacing: str | None = None) -> list[CallClaim]:
+        """Claim the caller and the callee for a call, atomically: of concurrent claims on
+        a user exactly one wins. Returns [] when claimed, else the claims in the way (on
+        either user), claiming nothing. `replacing`: a call id whose claims are taken over
+        (glare: the winning call replaces the losing one)."""
+        ...
+    async def mark_claim_answered(self, call_id: str) -> None: ...
+    async def release_call(self, call_id: str) -> None: ...
+    async def release_owner(self, owner: str) -> list[str]:
+        """Drop the claims of a node instance that is gone; the call ids released."""
+        ...
+    async def release_all_claims(self) -> None:
+        """A single node starting: no owner of earlier claims is alive."""
+        ...
+    async def call_owner(self, call_id: str) -> str | None: ...
+
 
 class Subscriber(Protocol):
     """A live client connection as the router sees it: who, and a way to queue a frame."""
@@ -162,10 +182,25 @@ class Router(Protocol):
                 exclude: str | None = None) -> None:
         """To every connection of these users, but the connection `exclude` (an id)."""
         ...
-    def send_to(self, user_id: str, connection_id: str, event: Frame) -> None:
-        """To one connection of a user (a call's device)."""
+    def send_to(self, user_id: str, connection_id: str, event: Frame, *,
+                node: str = "") -> None:
+        """To one connection of a user (a call's device), on `node` ("" = this one)."""
+        ...
+    def reach(self, user_id: str) -> int:
+        """How many places a frame to the user would reach now: this node's connections
+        of the user plus the other nodes that have one (0: offline everywhere)."""
+        ...
+    def on_node_lost(self, callback: Callable[[str], None]) -> None:
+        """`callback(instance)` when another node stopped heartbeating or left."""
         ...
     def local(self, user_id: str) -> Sequence[Subscriber]: ...
+
+
+class CallBus(Protocol):
+    """Call signals to another node (the owner of a call, or a device's node). Never
+    blocks; best effort (a lost signal is healed by the ring timeout or NODE_TTL)."""
+
+    def signal(self, instance: str, signal: CallSignal) -> None: ...
 
 
 class Directory(Protocol):
@@ -182,6 +217,10 @@ class Directory(Protocol):
         ...
 
     async def online(self, user_ids: Sequence[str]) -> set[str]: ...
+
+    async def instance_alive(self, instance: str) -> bool:
+        """Whether a node instance is alive now (a call claim of a dead one is stale)."""
+        ...
 
     async def members_changed(self, conversation_id: str) -> None:
         """Cluster: tell the other nodes to drop what they cached about the conversation's

@@ -1,20 +1,25 @@
-"""WebRTC call signalling: offer → ring every callee device → first answer wins → ICE → end.
+"""WebRTC call signalling: offer → ring every callee device → first answer wins → ICE → end,
+the same on one node or across nodes. Media never touches the server.
 
-Media never touches the server. The call's state lives here (`LiveCall`, around the pure
-state machine domain/calls.py); each device that takes part runs a *leg*, a task its
-connection's Session starts in its own nursery (`await nursery.start(calls.run_leg, ...)`):
+Ownership. A call belongs to the node of its caller's connection (`LiveCall`, around the
+pure state machine domain/calls.py). Its users are *claimed* for it in storage (CallLog
+claims: one row per user, atomic), so busy and glare are decided cluster-wide; a claim of a
+node instance that is no longer alive is stale and released. Devices are addressed by
+(user, connection, node): frames go to them through the Router, which crosses nodes.
 
-- the caller's leg rings until the deadline (the ring timeout is its `move_on_at`), then
-  lives until the call is over;
-- the answering device's leg lives until the call is over;
-- a leg ends by itself when the call is over (`LiveCall.over` is set), and a leg cancelled
-  because its socket closed ends the call for the other side in its `finally`.
+Devices on other nodes. A callee device on another node acts through its own node: answer,
+ice, reject, end and "left" (its socket closed) travel to the owner as call signals over the
+ordered node link (the CallBus port); the owner decides and answers with frames, and tells
+the device's node "over" when that device's part ends. That node keeps a `RemoteCall` for
+the device's leg meanwhile.
 
-Nobody cancels another task's scope: state changes set events the legs wait on. Frames go
-to devices through the Router (`send_to` one connection, `publish` to every device of a
-user). Decisions (busy, glare, call id taken) are made with no await between the check and
-the registration, so concurrent offers cannot both pass. Every call is recorded in the
-CallLog (ringing at offer, then its final status).
+Legs. Each device that takes part runs a leg, a task its connection's Session starts in its
+own nursery (`await nursery.start(calls.run_leg, ...)`): the caller's rings until the
+deadline (the ring timeout is its `move_on_at`), then lives until the call is over; the
+answering device's lives until the call is over. Nobody cancels another task's scope: state
+changes set events the legs wait on; a leg cancelled because its socket closed ends the
+call for the other side in its `finally`. A node that dies ends its calls: the other
+nodes hear it (`node_lost`) within NODE_TTL.
 """
 
 from __future__ import annotations
@@ -31,10 +36,19 @@ from typing import Any
 
 import trio
 
-from chatsrv.domain.calls import CallSession, CallStatus, glare_winner
-from chatsrv.domain.errors import Conflict, Invalid, NotFound
-from chatsrv.domain.model import CallRecord, ConversationType, new_id, parse_id, utcnow
-from chatsrv.domain.ports import CallLog, Router, Store
+from chatsrv.domain.calls import CallSession, CallStatus
+from chatsrv.domain.errors import ChatError, Conflict, Invalid, NotFound
+from chatsrv.domain.model import (
+    CallClaim,
+    CallRecord,
+    CallSignal,
+    ConversationType,
+    Device,
+    new_id,
+    parse_id,
+    utcnow,
+)
+from chatsrv.domain.ports import CallBus, CallLog, Directory, Router, Store
 from chatsrv.protocol.frames import (
     CallAnsweredElsewhere,
     CallAnswerIn,
@@ -50,6 +64,7 @@ from chatsrv.protocol.frames import (
     IceCandidateOut,
     Out,
 )
+from chatsrv.protocol.render import render_error
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +79,10 @@ def _call_id(value: str) -> str:
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class Device:
-    """One connection of one user: what takes part in a call."""
-
-    user_id: str
-    connection_id: str
-
-
 @dataclass(eq=False)
 class LiveCall:
+    """A call owned by this node."""
+
     session: CallSession
     caller: Device
     callee: Device | None = None  # the device that answered
@@ -82,6 +91,15 @@ class LiveCall:
     ringing_over: trio.Event = field(default_factory=trio.Event)
     over: trio.Event = field(default_factory=trio.Event)  # every leg returns
     early_candidates: list[tuple[str, Any]] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class RemoteCall:
+    """A call owned by another node in which devices of this node take part."""
+
+    owner: str
+    # connection -> (its device, set when its part is over)
+    legs: dict[str, tuple[Device, trio.Event]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +113,18 @@ class Offered:
 
 
 class CallService:
-    def __init__(self, store: Store, history: CallLog, router: Router, *,
-                 ring_timeout: float, stun_urls: tuple[str, ...], turn_urls: tuple[str, ...],
-                 turn_secret: str, turn_ttl: float, record_deadline: float) -> None:
+    def __init__(self, store: Store, history: CallLog, router: Router, directory: Directory,
+                 bus: CallBus, signals: trio.MemoryReceiveChannel[CallSignal], *,
+                 instance: str, ring_timeout: float, stun_urls: tuple[str, ...],
+                 turn_urls: tuple[str, ...], turn_secret: str, turn_ttl: float,
+                 record_deadline: float) -> None:
         self._store = store
         self._history = history
         self._router = router
+        self._directory = directory
+        self._bus = bus
+        self._signals = signals
+        self._instance = instance
         self._ring_timeout = ring_timeout
         self._stun_urls = stun_urls
         self._turn_urls = turn_urls
@@ -109,13 +133,23 @@ class CallService:
         # how long a shielded history write may take while a leg tears down
         self._record_deadline = record_deadline
         self._calls: dict[str, LiveCall] = {}
-        self._by_user: dict[str, LiveCall] = {}  # a user is in at most one call
+        self._remote: dict[str, RemoteCall] = {}
+        router.on_node_lost(self._node_lost_nowait)
+        self._lost: list[str] = []
+        self._lost_wakeup = trio.lowlevel.ParkingLot()
+
+    def _here(self, device: Device) -> Device:
+        """The device as other nodes must know it: with this node's instance."""
+        return device if device.node else Device(device.user_id, device.connection_id,
+                                                 self._instance)
 
     # ------------------------------------------------------------------ signalling
 
     async def offer(self, caller: Device, p: CallOfferIn) -> Offered:
-        """Place a call. Raises Invalid, NotFound (no shared conversation, someone else's
-        call id), Conflict (already in a call, the caller's own call id reused)."""
+        """Place a call, owned here. Raises Invalid, NotFound (no shared conversation,
+        someone else's call id), Conflict (already in a call, the caller's own call id
+        reused)."""
+        caller = self._here(caller)
         callee_id, conversation_id = await self._callee_of(caller.user_id, p)
         call_id = _call_id(p.call_id) if p.call_id else new_id()
         if p.call_id:
@@ -124,12 +158,6 @@ class CallService:
                 if caller.user_id in (earlier.caller_id, earlier.callee_id):
                     raise Conflict("call_id was used for an earlier call", code="call_exists")
                 raise NotFound("call not found", code="not_found")
-        # From here to the registration: no await (concurrent offers decide one by one).
-        taken = self._calls.get(call_id)
-        if taken is not None:
-            if taken.session.involves(caller.user_id):
-                raise Conflict("call_id is already in use", code="call_exists")
-            raise NotFound("call not found", code="not_found")  # someone else's: not revealed
         now = trio.current_time()
         session = CallSession(
             id=call_id, caller_id=caller.user_id, callee_id=callee_id,
@@ -137,108 +165,177 @@ class CallService:
             ring_deadline=now + self._ring_timeout, caller_session=caller.connection_id,
         )
         started = utcnow()
-        mine = self._by_user.get(caller.user_id)
-        theirs = self._by_user.get(callee_id)
-        glare = theirs is not None and theirs is mine and theirs.session.caller_id == callee_id \
-            and theirs.session.status is CallStatus.RINGING
-        if glare:
-            assert theirs is not None
-            # Both called each other. One call survives, the same on both sides.
-            if glare_winner(theirs.session, session) is theirs.session:
-                session.end(caller.user_id, "glare", now=now)
-                await self._record(session, started, final=True)
-                return Offered(call_id, CallOver(call_id=call_id, reason="glare",
-                                                 status=session.status.value,
-                                                 kept_call_id=theirs.session.id), False)
-            theirs.session.end(callee_id, "glare", now=now)
-            await self._finish(theirs, by=None, kept_call_id=call_id)
-            mine = theirs = None
-        if mine is not None:
-            raise Conflict("you are already in a call", code="already_in_call")
-        devices = len(self._router.local(callee_id))
-        if theirs is not None or devices == 0:
-            if theirs is not None:
-                session.reject(callee_id, "busy", now=now)
-                reply: Out = CallRejectOut(call_id=call_id, reason="busy",
-                                           status=session.status.value)
+        claim = CallClaim(call_id, caller.user_id, callee_id, self._instance)
+        standing = await self._claim(claim)
+        if standing:
+            glare = next((c for c in standing if c.caller_id == callee_id
+                          and c.callee_id == caller.user_id and not c.answered), None)
+            if glare is not None and all(c.call_id == glare.call_id for c in standing):
+                # Both called each other: the call placed by the smaller user id survives,
+                # the same on both sides.
+                if callee_id < caller.user_id:
+                    session.end(caller.user_id, "glare", now=now)
+                    await self._record(session, started, final=True)
+                    return Offered(call_id, CallOver(
+                        call_id=call_id, reason="glare", status=session.status.value,
+                        kept_call_id=glare.call_id), False)
+                if await self._history.claim_call(claim, replacing=glare.call_id):
+                    raise Conflict("you are already in a call", code="already_in_call")
+                await self._end_for_glare(glare, kept=call_id)
+            elif any(caller.user_id in (c.caller_id, c.callee_id) for c in standing):
+                raise Conflict("you are already in a call", code="already_in_call")
             else:
-                session.unreachable(now=now)
-                reply = CallOver(call_id=call_id, reason="offline", status=session.status.value)
+                session.reject(callee_id, "busy", now=now)
+                await self._record(session, started, final=True)
+                return Offered(call_id, CallRejectOut(call_id=call_id, reason="busy",
+                                                      status=session.status.value), False)
+        devices = self._router.reach(callee_id)
+        if devices == 0:
+            session.unreachable(now=now)
+            await self._history.release_call(call_id)
             await self._record(session, started, final=True)
-            return Offered(call_id, reply, False)
+            return Offered(call_id, CallOver(call_id=call_id, reason="offline",
+                                             status=session.status.value), False)
         live = LiveCall(session=session, caller=caller)
         self._calls[call_id] = live
-        self._by_user[caller.user_id] = self._by_user[callee_id] = live
-        await self._record(session, started)
+        try:
+            await self._record(session, started)
+        except ChatError:
+            del self._calls[call_id]
+            await self._history.release_call(call_id)
+            raise
         self._router.publish([callee_id], Frame(CallOfferOut(
             call_id=call_id, caller_id=caller.user_id, conversation_id=conversation_id,
             media=p.media, offer=p.offer)))
         return Offered(call_id, CallRinging(call_id=call_id, callee_id=callee_id,
                                             devices=devices), True)
 
-    async def answer(self, device: Device, p: CallAnswerIn) -> str:
+    async def _claim(self, claim: CallClaim) -> list[Any]:
+        """Claim the call's users; claims of node instances no longer alive are released
+        and the claim tried again (once per stale owner)."""
+        standing = await self._history.claim_call(claim)
+        for owner in {c.owner for c in standing}:
+            if owner != self._instance and not await self._directory.instance_alive(owner):
+                log.info("releasing call claims of gone instance %s", owner)
+                await self._history.release_owner(owner)
+                standing = await self._history.claim_call(claim)
+        return standing
+
+    async def _end_for_glare(self, losing: CallClaim, *, kept: str) -> None:
+        """The losing call of a glare ends (its owner tells both sides)."""
+        live = self._calls.get(losing.call_id)
+        if live is not None:
+            # as if its caller hung up while ringing (cancelled): call_end to both sides
+            live.session.end(losing.caller_id, "glare", now=trio.current_time())
+            await self._finish(live, by=None, kept_call_id=kept)
+        else:
+            self._bus.signal(losing.owner, CallSignal(
+                losing.call_id, "glare", Device(losing.callee_id, "", self._instance),
+                payload=kept))
+
+    async def answer(self, device: Device, p: CallAnswerIn, ref: Any = None) -> str:
         """The first callee device to answer wins; its leg must run next (returns the call
-        id). Raises NotFound, Conflict (answered elsewhere, over)."""
-        live = self._find(device, p.call_id)
+        id). Raises NotFound, Conflict (answered elsewhere, over). For a call owned by
+        another node, the answer goes there; a refusal arrives as an error frame."""
+        device = self._here(device)
+        call_id = _call_id(p.call_id)
+        live = self._calls.get(call_id)
+        if live is None:
+            owner = await self._owner_of(device, call_id)
+            self._remote.setdefault(call_id, RemoteCall(owner)).legs.setdefault(
+                device.connection_id, (device, trio.Event()))
+            self._bus.signal(owner, CallSignal(call_id, "answer", device, p.answer, ref))
+            return call_id
+        await self._answer(live, device, p.answer)
+        return call_id
+
+    async def _answer(self, live: LiveCall, device: Device, answer: Any) -> None:
+        self._check_involved(live, device)
         live.session.answer(device.user_id, device.connection_id, now=trio.current_time())
         live.callee = device
         live.answered_at = utcnow()
         live.ringing_over.set()
         call_id = live.session.id
         caller = live.caller
-        self._router.send_to(caller.user_id, caller.connection_id, Frame(CallAnswerOut(
-            call_id=call_id, answer=p.answer, callee_id=device.user_id)))
+        self._send(caller, Frame(CallAnswerOut(call_id=call_id, answer=answer,
+                                               callee_id=device.user_id)))
         self._router.publish([device.user_id], Frame(CallAnsweredElsewhere(call_id=call_id)),
                              exclude=device.connection_id)
         for connection_id, candidate in live.early_candidates:
             if connection_id == device.connection_id:
-                self._router.send_to(caller.user_id, caller.connection_id,
-                                     self._candidate(live, device.user_id, candidate))
+                self._send(caller, self._candidate(live, device.user_id, candidate))
         live.early_candidates.clear()
         with trio.move_on_after(self._record_deadline, shield=True):
             await self._history.mark_answered(call_id, live.answered_at)
-        return call_id
+            await self._history.mark_claim_answered(call_id)
 
-    def ice(self, device: Device, p: IceCandidateIn) -> None:
+    async def ice(self, device: Device, p: IceCandidateIn, ref: Any = None) -> None:
         """Relayed only between the two devices of the call (to every ringing callee
         device until one answers; a callee's early candidates wait for its answer)."""
-        live = self._find(device, p.call_id)
+        device = self._here(device)
+        call_id = _call_id(p.call_id)
+        live = self._calls.get(call_id)
+        if live is None:
+            owner = await self._owner_of(device, call_id)
+            self._bus.signal(owner, CallSignal(call_id, "ice", device, p.candidate, ref))
+            return
+        self._ice(live, device, p.candidate)
+
+    def _ice(self, live: LiveCall, device: Device, candidate: Any) -> None:
+        self._check_involved(live, device)
         s = live.session
-        frame = self._candidate(live, device.user_id, p.candidate)
+        frame = self._candidate(live, device.user_id, candidate)
         if device == live.caller:
             if live.callee is not None:
-                self._router.send_to(live.callee.user_id, live.callee.connection_id, frame)
+                self._send(live.callee, frame)
             else:
                 self._router.publish([s.callee_id], frame)
         elif device.user_id == s.callee_id and live.callee is None:
             if len(live.early_candidates) < MAX_EARLY_CANDIDATES:
-                live.early_candidates.append((device.connection_id, p.candidate))
+                live.early_candidates.append((device.connection_id, candidate))
         elif device == live.callee:
-            self._router.send_to(live.caller.user_id, live.caller.connection_id, frame)
+            self._send(live.caller, frame)
         else:
             raise Conflict("this device is not in the call", code="not_in_call")
 
-    async def reject(self, device: Device, p: CallReasonIn) -> None:
-        live = self._find(device, p.call_id)
-        live.session.reject(device.user_id, p.reason, now=trio.current_time())
-        await self._finish(live, by=device)
+    async def reject(self, device: Device, p: CallReasonIn, ref: Any = None) -> None:
+        await self._act(device, p, "reject", ref)
 
-    async def end(self, device: Device, p: CallReasonIn) -> None:
-        live = self._find(device, p.call_id)
-        live.session.end(device.user_id, p.reason, now=trio.current_time())
+    async def end(self, device: Device, p: CallReasonIn, ref: Any = None) -> None:
+        await self._act(device, p, "end", ref)
+
+    async def _act(self, device: Device, p: CallReasonIn, action: str, ref: Any) -> None:
+        device = self._here(device)
+        call_id = _call_id(p.call_id)
+        live = self._calls.get(call_id)
+        if live is None:
+            owner = await self._owner_of(device, call_id)
+            self._bus.signal(owner, CallSignal(call_id, action, device, p.reason, ref))
+            return
+        self._check_involved(live, device)
+        if action == "reject":
+            live.session.reject(device.user_id, p.reason, now=trio.current_time())
+        else:
+            live.session.end(device.user_id, p.reason, now=trio.current_time())
         await self._finish(live, by=device)
 
     # ------------------------------------------------------------------ legs
 
     async def run_leg(self, call_id: str, device: Device, *,
                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """A device's part in the call, run in its connection's nursery until the call is
-        over. The caller's leg rings until the deadline (then: missed). Cancelled (the socket
+        """A device's part in the call, run in its connection's nursery until it is over.
+        The caller's leg rings until the deadline (then: missed). Cancelled (the socket
         closed): the call ends for the other side, history written (shielded, bounded)."""
+        device = self._here(device)
         live = self._calls.get(call_id)
+        remote = self._remote.get(call_id)
         task_status.started()
-        if live is None:
-            return  # ended before the leg began
+        if live is not None:
+            await self._local_leg(live, device)
+        elif remote is not None and device.connection_id in remote.legs:
+            await self._remote_leg(call_id, remote, device)
+
+    async def _local_leg(self, live: LiveCall, device: Device) -> None:
         s = live.session
         try:
             if device == live.caller:
@@ -252,13 +349,118 @@ class CallService:
                 with trio.move_on_after(self._record_deadline, shield=True):
                     await self._finish(live, by=device)
 
+    async def _remote_leg(self, call_id: str, remote: RemoteCall, device: Device) -> None:
+        _, over = remote.legs[device.connection_id]
+        try:
+            await over.wait()
+        finally:
+            if not over.is_set():  # the socket closed: tell the owner
+                self._bus.signal(remote.owner, CallSignal(call_id, "left", device))
+            remote.legs.pop(device.connection_id, None)
+            if not remote.legs:
+                self._remote.pop(call_id, None)
+
+    # ------------------------------------------------------------------ between nodes
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Forever: handle the call signals other nodes send (an owner's and devices'
+        halves of calls across nodes) and the nodes lost. Run supervised; a bad signal is
+        answered with an error frame to its device, never raised."""
+        # claims a previous run of this instance left (a single node restarted)
+        await self._history.release_owner(self._instance)
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_lost)
+            async for signal in self._signals:
+                try:
+                    await self._on_signal(signal)
+                except ChatError as exc:
+                    d = signal.device
+                    self._send(d, Frame(render_error(exc, signal.ref), ref=signal.ref))
+                    if signal.action == "answer":  # refused: that device takes no part
+                        self._bus.signal(d.node, CallSignal(signal.call_id, "over", d))
+
+    async def _on_signal(self, signal: CallSignal) -> None:
+        d, action, call_id = signal.device, signal.action, signal.call_id
+        if action == "over":
+            remote = self._remote.get(call_id)
+            leg = remote.legs.get(d.connection_id) if remote is not None else None
+            if leg is not None:
+                leg[1].set()
+            return
+        live = self._calls.get(call_id)
+        if live is None:
+            if action in ("left", "glare"):
+                return
+            raise NotFound("call not found (or already over)", code="call_not_found")
+        if action == "answer":
+            await self._answer(live, d, signal.payload)
+        elif action == "ice":
+            self._ice(live, d, signal.payload)
+        elif action == "reject":
+            self._check_involved(live, d)
+            live.session.reject(d.user_id, signal.payload, now=trio.current_time())
+            await self._finish(live, by=d)
+        elif action == "end":
+            self._check_involved(live, d)
+            live.session.end(d.user_id, signal.payload, now=trio.current_time())
+            await self._finish(live, by=d)
+        elif action == "left":
+            if live.callee == d and live.session.drop(d.user_id, now=trio.current_time()):
+                await self._finish(live, by=d)
+        elif action == "glare":
+            live.session.end(live.session.caller_id, "glare", now=trio.current_time())
+            await self._finish(live, by=None, kept_call_id=signal.payload)
+
+    def _node_lost_nowait(self, instance: str) -> None:
+        self._lost.append(instance)
+        self._lost_wakeup.unpark_all()
+
+    async def _watch_lost(self) -> None:
+        while True:
+            while not self._lost:
+                await self._lost_wakeup.park()
+            lost, self._lost = self._lost, []
+            for instance in lost:
+                await self._node_lost(instance)
+
+    async def _node_lost(self, instance: str) -> None:
+        """A node died: calls it owned end for the devices here; calls owned here end for
+        its devices; its claims are released."""
+        for call_id, remote in list(self._remote.items()):
+            if remote.owner != instance:
+                continue
+            for device, over in list(remote.legs.values()):
+                over.set()
+                self._send(device, Frame(CallOver(call_id=call_id, reason="disconnected",
+                                                  status=CallStatus.ENDED.value)))
+        now = trio.current_time()
+        for live in list(self._calls.values()):
+            callee = live.callee
+            if callee is not None and callee.node == instance and \
+                    live.session.drop(callee.user_id, now=now):
+                await self._finish(live, by=callee)
+        await self._history.release_owner(instance)
+
     # ------------------------------------------------------------------ inside
 
-    def _find(self, device: Device, call_id: str) -> LiveCall:
-        live = self._calls.get(_call_id(call_id))
-        if live is None or not live.session.involves(device.user_id):
+    def _send(self, device: Device, frame: Frame) -> None:
+        node = "" if device.node == self._instance else device.node
+        self._router.send_to(device.user_id, device.connection_id, frame, node=node)
+
+    async def _owner_of(self, device: Device, call_id: str) -> str:
+        remote = self._remote.get(call_id)
+        if remote is not None:
+            return remote.owner
+        owner = await self._history.call_owner(call_id)
+        if owner is None or owner == self._instance:
             raise NotFound("call not found (or already over)", code="call_not_found")
-        return live
+        return owner
+
+    @staticmethod
+    def _check_involved(live: LiveCall, device: Device) -> None:
+        if not live.session.involves(device.user_id):
+            raise NotFound("call not found (or already over)", code="call_not_found")
 
     async def _callee_of(self, caller_id: str, p: CallOfferIn) -> tuple[str, str | None]:
         """Who is called, and in which conversation. Only users who share a conversation
@@ -295,29 +497,38 @@ class CallService:
 
     async def _finish(self, live: LiveCall, *, by: Device | None,
                       kept_call_id: str | None = None) -> None:
-        """The session reached a final state: record it, tell every device not `by`, and
-        let the legs return."""
+        """The session reached a final state: record it, release its claims, tell every
+        device not `by`, and let the legs return (here and on other nodes)."""
         s = live.session
-        self._calls.pop(s.id, None)
-        for uid in (s.caller_id, s.callee_id):
-            if self._by_user.get(uid) is live:
-                del self._by_user[uid]
+        first = self._calls.pop(s.id, None) is not None
         live.ringing_over.set()
         live.over.set()
-        # history first, so whoever is told the call is over can already read it there
+        if first:
+            self._notify_over(live, by=by, kept_call_id=kept_call_id)
+        # history and claims after the frames: a leg that finishes in its finally is
+        # shielded, and the other side hears the end at once
         await self._history.finish_call(s.id, status=s.status.value, end_reason=s.end_reason,
                                         answered_at=live.answered_at, ended_at=utcnow())
+        if kept_call_id is None:  # (after glare the winner holds the claims now)
+            await self._history.release_call(s.id)
+
+    def _notify_over(self, live: LiveCall, *, by: Device | None,
+                     kept_call_id: str | None) -> None:
+        s = live.session
         rejected = s.status in (CallStatus.REJECTED, CallStatus.BUSY)
         reason, status = s.end_reason, s.status.value
         if by != live.caller:
             cls = CallRejectOut if rejected else CallOver
-            self._router.send_to(live.caller.user_id, live.caller.connection_id, Frame(cls(
-                call_id=s.id, reason=reason, status=status, kept_call_id=kept_call_id)))
+            self._send(live.caller, Frame(cls(call_id=s.id, reason=reason, status=status,
+                                              kept_call_id=kept_call_id)))
         to_callee = Frame(CallOver(call_id=s.id, reason=reason, status=status,
                                    kept_call_id=kept_call_id))
-        if live.callee is not None:
-            if by != live.callee:
-                self._router.send_to(live.callee.user_id, live.callee.connection_id, to_callee)
+        callee = live.callee
+        if callee is not None:
+            if by != callee:
+                self._send(callee, to_callee)
+            if callee.node != self._instance:
+                self._bus.signal(callee.node, CallSignal(s.id, "over", callee))
         else:  # still ringing on every device of the callee
             self._router.publish([s.callee_id], to_callee,
                                  exclude=by.connection_id if by is not None else None)

@@ -28,7 +28,7 @@ import trio
 
 from chatsrv.config import Settings
 from chatsrv.domain.errors import ChatError, Forbidden, Internal, RateLimited
-from chatsrv.domain.model import Arrival, Principal, iso, new_id, parse_id, utcnow
+from chatsrv.domain.model import Arrival, Device, Principal, iso, new_id, parse_id, utcnow
 from chatsrv.domain.ratelimit import TokenBucket
 from chatsrv.domain.typing_state import TypingBook
 from chatsrv.metrics import Metrics
@@ -37,7 +37,7 @@ from chatsrv.protocol.errors import GOING_AWAY, TRY_AGAIN_LATER
 from chatsrv.protocol.render import render_ack, render_error, render_marks, render_message
 from chatsrv.protocol.rest import decode_since
 from chatsrv.services.auth import AuthService
-from chatsrv.services.calls import CallService, Device
+from chatsrv.services.calls import CallService
 from chatsrv.services.commit import Pending
 from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
@@ -379,19 +379,19 @@ class Session:
             await self._start_leg(offered.call_id)
 
     async def _call_answer(self, frame: f.CallAnswer) -> None:
-        await self._start_leg(await self._deps.calls.answer(self.device, frame.payload))
+        await self._start_leg(await self._deps.calls.answer(self.device, frame.payload,
+                                                            frame.ref))
 
     async def _start_leg(self, call_id: str) -> None:
         assert self._nursery is not None
         await self._nursery.start(self._deps.calls.run_leg, call_id, self.device)
 
     async def _ice_candidate(self, frame: f.IceCandidate) -> None:
-        self._deps.calls.ice(self.device, frame.payload)
-        await trio.lowlevel.checkpoint()
+        await self._deps.calls.ice(self.device, frame.payload, frame.ref)
 
     async def _call_reject(self, frame: f.CallReject) -> None:
-        await self._deps.calls.reject(self.device, frame.payload)
+        await self._deps.calls.reject(self.device, frame.payload, frame.ref)
 
     async def _call_end(self, frame: f.CallEnd) -> None:
-        await self._deps.calls.end(self.device, frame.payload)
+        await self._deps.calls.end(self.device, frame.payload, frame.ref)
 

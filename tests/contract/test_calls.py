@@ -6,9 +6,10 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
+import trio
 
 from chatsrv.domain.errors import Conflict, Invalid
-from chatsrv.domain.model import CallRecord, User, new_id, utcnow
+from chatsrv.domain.model import CallClaim, CallRecord, User, new_id, utcnow
 from chatsrv.domain.ports import CallLog, Store
 from tests.contract.test_store import make_conversation, make_user
 
@@ -96,3 +97,47 @@ async def test_record_call_refuses_what_the_schema_refuses(
     if call.id:
         assert await call_log.get_call(call.id) is None
     assert await call_log.list_calls(a.id, before=utcnow(), limit=10) == []
+
+
+async def test_a_call_claims_both_users_and_blocks_others_until_released(
+        store: Store, call_log: CallLog) -> None:
+    a, b, c = await make_user(store), await make_user(store), await make_user(store)
+    first = CallClaim(call_id=f"c-{new_id()}", caller_id=a.id, callee_id=b.id, owner="node-x")
+    assert await call_log.claim_call(first) == []
+    assert await call_log.call_owner(first.call_id) == "node-x"
+    blocked = await call_log.claim_call(CallClaim(f"c-{new_id()}", c.id, b.id, "node-y"))
+    assert [x.call_id for x in blocked] == [first.call_id]  # b is busy
+    await call_log.mark_claim_answered(first.call_id)
+    again = await call_log.claim_call(CallClaim(f"c-{new_id()}", b.id, a.id, "node-y"))
+    assert {x.answered for x in again} == {True}
+    await call_log.release_call(first.call_id)
+    assert await call_log.call_owner(first.call_id) is None
+    assert await call_log.claim_call(CallClaim(f"c-{new_id()}", c.id, b.id, "node-y")) == []
+
+
+async def test_of_concurrent_claims_on_one_callee_exactly_one_wins(
+        store: Store, call_log: CallLog) -> None:
+    callee = await make_user(store)
+    callers = [await make_user(store) for _ in range(6)]
+    results: list[list[CallClaim]] = []
+
+    async def claim(u: User) -> None:
+        results.append(await call_log.claim_call(
+            CallClaim(f"c-{new_id()}", u.id, callee.id, "node-x")))
+
+    async with trio.open_nursery() as nursery:
+        for u in callers:
+            nursery.start_soon(claim, u)
+    assert sum(r == [] for r in results) == 1
+
+
+async def test_a_winning_call_replaces_a_losing_one_and_a_dead_owner_releases_all(
+        store: Store, call_log: CallLog) -> None:
+    a, b = await make_user(store), await make_user(store)
+    loser = CallClaim(f"c-{new_id()}", b.id, a.id, "node-b")
+    assert await call_log.claim_call(loser) == []
+    winner = CallClaim(f"c-{new_id()}", a.id, b.id, "node-a")
+    assert await call_log.claim_call(winner, replacing=loser.call_id) == []
+    assert await call_log.call_owner(loser.call_id) is None
+    assert await call_log.release_owner("node-a") == [winner.call_id]
+    assert await call_log.call_owner(winner.call_id) is None

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import trio
 
-from chatsrv.adapters.memory import LocalDirectory, LocalRouter
+from chatsrv.adapters.memory import LOCAL_INSTANCE, LocalDirectory, LocalRouter, NoBus
 from chatsrv.adapters.storage.memory import MemoryCallLog, MemoryStore
-from chatsrv.domain.model import ConversationType, Role, User, new_id, utcnow
+from chatsrv.domain.model import ConversationType, Device, Role, User, new_id, utcnow
 from chatsrv.metrics import Metrics
 from chatsrv.protocol import frames as f
-from chatsrv.services.calls import CallService, Device
+from chatsrv.services.calls import CallService
 from chatsrv.services.commit import GroupCommitter
 from chatsrv.services.membership import MembershipCache
 from chatsrv.services.messaging import MessagingService
@@ -92,12 +92,15 @@ async def world() -> AsyncIterator[World]:
     presence = PresenceService(store, router, directory, grace=GRACE,  # type: ignore[arg-type]
                                cleanup_deadline=1.0)
     history = MemoryCallLog(store)
-    calls = CallService(store, history, router, ring_timeout=RING,  # type: ignore[arg-type]
+    _, signals = trio.open_memory_channel[Any](16)
+    calls = CallService(store, history, router, directory, NoBus(), signals,  # type: ignore[arg-type]
+                        instance=LOCAL_INSTANCE, ring_timeout=RING,
                         stun_urls=(), turn_urls=(), turn_secret="", turn_ttl=60,
                         record_deadline=1.0)
     async with trio.open_nursery() as nursery:
         for lane in range(commits.lanes):
             await nursery.start(commits.run_lane, lane, messaging.announce)
         await nursery.start(presence.run)
+        await nursery.start(calls.run)
         yield World(store, router, messaging, presence, calls, commits, history, nursery)
         nursery.cancel_scope.cancel()

@@ -12,9 +12,8 @@ import trio
 import trio.testing
 
 from chatsrv.domain.errors import Conflict, NotFound, Unavailable
-from chatsrv.domain.model import User
+from chatsrv.domain.model import Device, User
 from chatsrv.protocol import frames as f
-from chatsrv.services.calls import Device
 from tests.unit.conftest import GRACE, RING, Inbox, World
 
 # ------------------------------------------------------------------ messaging
@@ -220,7 +219,7 @@ async def test_glare_keeps_one_call_the_same_on_both_sides(
             assert [(e.reason, e.kept_call_id) for e in ended] == [("glare", second.call_id)]
     assert world.calls.active_calls() == 1
     with pytest.raises(NotFound):  # the loser is over
-        world.calls.ice(wa.device, f.IceCandidateIn(loser.call_id, {"candidate": "x"}))
+        await world.calls.ice(wa.device, f.IceCandidateIn(loser.call_id, {"candidate": "x"}))
 
 
 async def test_concurrent_offers_to_one_callee_make_one_call_and_busy_for_the_rest(

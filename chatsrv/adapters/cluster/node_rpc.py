@@ -9,7 +9,10 @@ from __future__ import annotations
 import hmac
 import logging
 import socket
+from collections import Counter
+from typing import Any
 
+import msgspec
 import trio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -20,6 +23,7 @@ from chatsrv._pb.chatsrv.node.v1 import node_grpc, node_pb2
 from chatsrv.adapters.cluster.peers import NODE_KEY_HEADER, node_key
 from chatsrv.adapters.memory import LocalRouter
 from chatsrv.config import Settings
+from chatsrv.domain.model import CallSignal, Device
 from chatsrv.protocol.frames import Frame
 from chatsrv.tasks import StartupError
 
@@ -29,11 +33,17 @@ _WILDCARDS = ("", "0.0.0.0", "::")
 
 
 class NodeServicer(node_grpc.NodeBase):
-    """Hands each delivered event, encoded once on the sending node, to local connections.
-    Callers must show the cluster's node key (else UNAUTHENTICATED)."""
+    """Hands each delivered event, encoded once on the sending node, to local connections
+    (all of some users', one connection's, or all but one), and each call signal to the
+    call service's inbox (`signals`: bounded; full, the signal is dropped and counted — the
+    call then ends by its timeouts). Callers must show the cluster's node key (else
+    UNAUTHENTICATED)."""
 
-    def __init__(self, local: LocalRouter, *, key: str) -> None:
+    def __init__(self, local: LocalRouter, signals: trio.MemorySendChannel[CallSignal], *,
+                 key: str, counters: Counter[str]) -> None:
         self._local = local
+        self._signals = signals
+        self._counters = counters
         self._key = key.encode()
 
     async def Deliver(self, stream: Stream[node_pb2.DeliverRequest, node_pb2.DeliverReply]) -> None:
@@ -45,10 +55,31 @@ class NodeServicer(node_grpc.NodeBase):
         if request is None:
             return
         for envelope in request.events:
+            if envelope.HasField("signal"):
+                self._signal(envelope.signal)
+                continue
             event = Frame.from_text(envelope.type, envelope.text, droppable=envelope.droppable)
-            # `exclude` (the origin connection) never crosses nodes: it is local-only
-            self._local.publish(envelope.user_ids, event)
+            if envelope.connection_id:
+                self._local.send_to(envelope.user_ids[0], envelope.connection_id, event)
+            else:
+                self._local.publish(envelope.user_ids, event,
+                                    exclude=envelope.exclude_connection_id or None)
         await stream.send_message(node_pb2.DeliverReply(accepted=len(request.events)))
+
+
+    def _signal(self, s: node_pb2.CallSignal) -> None:
+        try:
+            signal = CallSignal(
+                call_id=s.call_id, action=s.action,
+                device=Device(s.user_id, s.connection_id, s.node),
+                payload=_decode(s.payload_json), ref=_decode(s.ref_json))
+            self._signals.send_nowait(signal)
+        except (trio.WouldBlock, msgspec.DecodeError):
+            self._counters["peer_signals_dropped"] += 1
+
+
+def _decode(text: str) -> Any:
+    return msgspec.json.decode(text) if text else None
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -80,7 +111,8 @@ async def _stop(server: Server) -> None:
     await server.wait_closed()
 
 
-async def serve_node_rpc(local: LocalRouter, settings: Settings, *,
+async def serve_node_rpc(local: LocalRouter, signals: trio.MemorySendChannel[CallSignal],
+                         settings: Settings, *, counters: Counter[str],
                          task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the node-to-node API on grpc_host:grpc_port (0: any free port) until cancelled.
     task_status gets the address peers use. Raises StartupError if the port cannot be bound."""
@@ -90,7 +122,7 @@ async def serve_node_rpc(local: LocalRouter, settings: Settings, *,
         raise StartupError(f"cannot listen on {settings.grpc_host}:{settings.grpc_port} for "
                            f"node-to-node gRPC: {exc.strerror or exc} (GRPC_HOST, GRPC_PORT)"
                            ) from exc
-    server = Server([NodeServicer(local, key=node_key(settings))])
+    server = Server([NodeServicer(local, signals, key=node_key(settings), counters=counters)])
     try:
         await aio_as_trio(_start)(server, sock)
     except BaseException:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import secrets
 from collections import Counter
@@ -22,6 +23,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 import grpclib.exceptions
+import msgspec
 import trio
 from grpclib.client import Channel
 from trio_asyncio import aio_as_trio
@@ -29,6 +31,7 @@ from trio_asyncio import aio_as_trio
 from chatsrv._pb.chatsrv.node.v1 import node_grpc, node_pb2
 from chatsrv.adapters.memory import LocalRouter
 from chatsrv.config import Settings
+from chatsrv.domain.model import CallSignal
 from chatsrv.domain.ports import Subscriber
 from chatsrv.metrics import Metrics
 from chatsrv.protocol.frames import Frame
@@ -41,7 +44,9 @@ log = logging.getLogger(__name__)
 _RPC_FAILED = (OSError, grpclib.exceptions.GRPCError, grpclib.exceptions.StreamTerminatedError,
                grpclib.exceptions.ProtocolError, trio.TooSlowError, AttributeError)
 
-Item = tuple[Sequence[str], Frame]
+# What a link carries: envelopes, built once when queued (a frame for some users, a frame for
+# one connection, or a call signal)
+Item = node_pb2.Envelope
 
 NODE_KEY_HEADER = "x-chatsrv-node-key"
 
@@ -52,6 +57,27 @@ def node_key(settings: Settings) -> str:
     gRPC port from writing frames to users."""
     return hmac.new(settings.jwt_secret.encode(), b"chatsrv node-to-node v1",
                     hashlib.sha256).hexdigest()
+
+
+async def resolve_host(host: str) -> str:
+    """One address of `host`, looked up on a worker thread (cancellable: the caller's
+    deadline applies). An IP literal is returned as is."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    infos = await trio.socket.getaddrinfo(host, None, type=trio.socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"no address for {host}")
+    return str(infos[0][4][0])
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _json(value: object) -> str:
+    return "" if value is None else _encode(value).decode()
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -94,12 +120,12 @@ class PeerLink:
         self.done = trio.Event()
         self._failures = 0
 
-    def send_nowait(self, user_ids: Sequence[str], event: Frame) -> None:
-        if event.droppable and self._send.statistics().current_buffer_used >= self._size // 2:
+    def send_nowait(self, item: Item) -> None:
+        if item.droppable and self._send.statistics().current_buffer_used >= self._size // 2:
             self._counters["peer_droppable_dropped"] += 1
             return
         try:
-            self._send.send_nowait((user_ids, event))
+            self._send.send_nowait(item)
         except trio.WouldBlock:
             self._counters["peer_events_dropped"] += 1
             if self._counters["peer_events_dropped"] % 1000 == 1:
@@ -131,8 +157,13 @@ class PeerLink:
         try:
             with self._scope:
                 while batch := await self._next_batch():
-                    if channel is None:
-                        channel = await aio_as_trio(_open_channel)(host, port)
+                    while channel is None:
+                        # The peer's name is resolved here, bounded by PEER_RPC_TIMEOUT and
+                        # again after every failure (a container's name may resolve late);
+                        # meanwhile the batch waits and new events queue (bounded).
+                        ip = await self._resolve(host)
+                        if ip is not None:
+                            channel = await aio_as_trio(_open_channel)(ip, port)
                     if await self._deliver(node_grpc.NodeStub(channel), batch):
                         continue
                     # grpclib keeps using a channel whose connection was lost (and fails
@@ -154,6 +185,22 @@ class PeerLink:
             if channel is not None:
                 with trio.move_on_after(self._rpc_timeout, shield=True):
                     await aio_as_trio(_close_channel)(channel)
+
+    async def _resolve(self, host: str) -> str | None:
+        """The peer's address; None after a failed or slow lookup (logged once, backed
+        off)."""
+        try:
+            with trio.fail_after(self._rpc_timeout):
+                ip = await resolve_host(host)
+        except (OSError, trio.TooSlowError) as exc:
+            self._counters["peer_resolve_failures"] += 1
+            self._failures += 1
+            if self._failures == 1:
+                log.warning("node %s: cannot resolve %s yet (%s); events wait in its queue",
+                            self.instance, host, exc or type(exc).__name__)
+            await trio.sleep(min(0.1 * 2 ** (self._failures - 1), 2.0))
+            return None
+        return ip
 
     async def _next_batch(self) -> list[Item]:
         """Up to batch_size events: what is queued now, then what comes within `linger`.
@@ -178,11 +225,7 @@ class PeerLink:
 
     async def _deliver(self, stub: node_grpc.NodeStub, batch: list[Item]) -> bool:
         """One `Deliver` call; False (batch dropped and counted) if it failed."""
-        request = node_pb2.DeliverRequest(from_instance=self._origin, events=[
-            node_pb2.Envelope(user_ids=list(user_ids), type=event.type, text=event.text,
-                              droppable=event.droppable)
-            for user_ids, event in batch
-        ])
+        request = node_pb2.DeliverRequest(from_instance=self._origin, events=batch)
         try:
             # One asyncio task per call: cancelling it (timeout, shutdown) resets the
             # HTTP/2 stream, so nothing is left running on the other node.
@@ -208,7 +251,8 @@ class ClusterRouter:
     """Router of a cluster member (see the module docstring). Never blocks.
 
     The view methods (`set_node`, `drop_node`, `users_changed`, `replace_view`) are called
-    by the Redis directory only; `exclude` (the origin connection) is local-only.
+    by the Redis directory only. Also the cluster's CallBus: call signals travel on the
+    same ordered link as the frames (`signal`).
     """
 
     def __init__(self, local: LocalRouter, *, instance: str, settings: Settings,
@@ -226,6 +270,7 @@ class ClusterRouter:
         self._links: dict[str, PeerLink] = {}
         self._users_of: dict[str, set[str]] = {}  # remote instance -> its users
         self._where: dict[str, set[str]] = {}  # remote user -> instances
+        self._node_lost: list[Callable[[str], None]] = []
 
     # ---------------------------------------------------------------- Router port
 
@@ -247,11 +292,42 @@ class ClusterRouter:
             for instance in self._where.get(uid, ()):
                 targets.setdefault(instance, []).append(uid)
         for instance, uids in targets.items():
-            self._links[instance].send_nowait(uids, event)
+            self._links[instance].send_nowait(node_pb2.Envelope(
+                user_ids=uids, type=event.type, text=event.text, droppable=event.droppable,
+                exclude_connection_id=exclude or ""))
 
-    def send_to(self, user_id: str, connection_id: str, event: Frame) -> None:
-        # a call's device on this node (calls across nodes: issue 12)
-        self.local_router.send_to(user_id, connection_id, event)
+    def send_to(self, user_id: str, connection_id: str, event: Frame, *,
+                node: str = "") -> None:
+        if not node or node == self.instance:
+            self.local_router.send_to(user_id, connection_id, event)
+            return
+        link = self._links.get(node)
+        if link is None:
+            self.counters["peer_events_dropped"] += 1  # that node is gone
+            return
+        link.send_nowait(node_pb2.Envelope(user_ids=[user_id], type=event.type,
+                                           text=event.text, connection_id=connection_id))
+
+    def reach(self, user_id: str) -> int:
+        return len(self.local_router.local(user_id)) + len(self._where.get(user_id, ()))
+
+    def on_node_lost(self, callback: Callable[[str], None]) -> None:
+        self._node_lost.append(callback)
+
+    # ---------------------------------------------------------------- CallBus port
+
+    def signal(self, instance: str, signal: CallSignal) -> None:
+        """Queue a call signal for another node (never blocks; dropped if that node is
+        gone or its queue is full: calls then end by their ring timeout or NODE_TTL)."""
+        link = self._links.get(instance)
+        if link is None:
+            self.counters["peer_signals_dropped"] += 1
+            return
+        d = signal.device
+        link.send_nowait(node_pb2.Envelope(user_ids=[d.user_id], signal=node_pb2.CallSignal(
+            call_id=signal.call_id, action=signal.action, user_id=d.user_id,
+            connection_id=d.connection_id, node=d.node or self.instance,
+            payload_json=_json(signal.payload), ref_json=_json(signal.ref))))
 
     def connection_count(self) -> int:
         return self.local_router.connection_count()
@@ -293,12 +369,15 @@ class ClusterRouter:
             self._remember(instance, new - old)
 
     def drop_node(self, instance: str) -> None:
-        """A node left or stopped heartbeating: forget its users and cancel its link."""
+        """A node left or stopped heartbeating: forget its users, cancel its link, tell the
+        listeners (calls owned there end)."""
         link = self._links.pop(instance, None)
         if link is None:
             return
         link.cancel()
         self._forget(instance, self._users_of.pop(instance, set()))
+        for callback in self._node_lost:
+            callback(instance)
 
     def users_changed(self, instance: str, user_ids: Iterable[str], *, online: bool) -> None:
         if instance not in self._links:

@@ -128,6 +128,15 @@ class RedisDirectory:
                 self._lost_redis(exc)
         return here | self._router.remote_online(ids)
 
+    async def instance_alive(self, instance: str) -> bool:
+        if instance == self.instance:
+            return True
+        try:
+            return bool(await self._call(self._ops.alive, instance))
+        except Unavailable as exc:
+            self._lost_redis(exc)
+            return instance in self._router.nodes()  # what this node last saw
+
     async def members_changed(self, conversation_id: str) -> None:
         try:
             await self._call(self._ops.publish, self._ops.note("members", conversation=conversation_id))

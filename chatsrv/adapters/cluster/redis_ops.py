@@ -73,6 +73,9 @@ class RedisOps:
         return encode(Note(op=op, node=self.instance, address=self.address, users=list(users),
                             conversation=conversation, sessions=list(sessions)))
 
+    async def alive(self, instance: str) -> bool:
+        return bool(await self._r.exists(self._keys.alive(instance)))
+
     async def publish(self, note: bytes) -> None:
         await self._r.publish(self._keys.events, note)
 

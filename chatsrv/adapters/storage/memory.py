@@ -52,6 +52,7 @@ from chatsrv.domain.errors import Conflict, Invalid, NotFound
 from chatsrv.domain.model import (
     NO_ID,
     Arrival,
+    CallClaim,
     CallRecord,
     Conversation,
     ConversationSummary,
@@ -761,6 +762,7 @@ class MemoryCallLog(_Faults):
         super().__init__()
         self._store = store
         self._calls: dict[str, CallRecord] = {}
+        self._claims: dict[str, CallClaim] = {}  # user id -> the call holding them
 
     @_atomic
     def record_call(self, call: CallRecord) -> None:
@@ -782,6 +784,48 @@ class MemoryCallLog(_Faults):
             caller_id=self._store._existing_user(call.caller_id),
             callee_id=self._store._existing_user(call.callee_id), media=call.media,
             status=call.status, end_reason=None, started_at=_ts(call.started_at))
+
+    @_atomic
+    def claim_call(self, claim: CallClaim, *, replacing: str | None = None) -> list[CallClaim]:
+        users = sorted({_uuid(claim.caller_id, "caller_id"), _uuid(claim.callee_id, "callee_id")})
+        for uid in users:
+            self._store._existing_user(uid)
+        if replacing is not None:
+            self._drop_claims(lambda c: c.call_id == replacing)
+        standing = [self._claims[u] for u in users if u in self._claims]
+        if standing:
+            return standing
+        for uid in users:
+            self._claims[uid] = replace(claim, answered=False)
+        return []
+
+    @_atomic
+    def mark_claim_answered(self, call_id: str) -> None:
+        for uid, c in self._claims.items():
+            if c.call_id == call_id:
+                self._claims[uid] = replace(c, answered=True)
+
+    @_atomic
+    def release_call(self, call_id: str) -> None:
+        self._drop_claims(lambda c: c.call_id == call_id)
+
+    @_atomic
+    def release_owner(self, owner: str) -> list[str]:
+        released = sorted({c.call_id for c in self._claims.values() if c.owner == owner})
+        self._drop_claims(lambda c: c.owner == owner)
+        return released
+
+    @_atomic
+    def release_all_claims(self) -> None:
+        self._claims.clear()
+
+    @_atomic
+    def call_owner(self, call_id: str) -> str | None:
+        return next((c.owner for c in self._claims.values() if c.call_id == call_id), None)
+
+    def _drop_claims(self, which: Callable[[CallClaim], bool]) -> None:
+        for uid in [u for u, c in self._claims.items() if which(c)]:
+            del self._claims[uid]
 
     @_atomic
     def mark_answered(self, call_id: str, at: datetime) -> None:

@@ -24,19 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63hatsrv/node/v1/node.proto\x12\x0f\x63hatsrv.node.v1\"K\n\x08\x45nvelope\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x11\n\tdroppable\x18\x04 \x01(\x08\"R\n\x0e\x44\x65liverRequest\x12\x15\n\rfrom_instance\x18\x01 \x01(\t\x12)\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x19.chatsrv.node.v1.Envelope\" \n\x0c\x44\x65liverReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r2Q\n\x04Node\x12I\n\x07\x44\x65liver\x12\x1f.chatsrv.node.v1.DeliverRequest\x1a\x1d.chatsrv.node.v1.DeliverReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63hatsrv/node/v1/node.proto\x12\x0f\x63hatsrv.node.v1\"\xae\x01\n\x08\x45nvelope\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x11\n\tdroppable\x18\x04 \x01(\x08\x12\x15\n\rconnection_id\x18\x05 \x01(\t\x12\x1d\n\x15\x65xclude_connection_id\x18\x06 \x01(\t\x12+\n\x06signal\x18\x07 \x01(\x0b\x32\x1b.chatsrv.node.v1.CallSignal\"\x8b\x01\n\nCallSignal\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x15\n\rconnection_id\x18\x04 \x01(\t\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x14\n\x0cpayload_json\x18\x06 \x01(\t\x12\x10\n\x08ref_json\x18\x07 \x01(\t\"R\n\x0e\x44\x65liverRequest\x12\x15\n\rfrom_instance\x18\x01 \x01(\t\x12)\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x19.chatsrv.node.v1.Envelope\" \n\x0c\x44\x65liverReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r2Q\n\x04Node\x12I\n\x07\x44\x65liver\x12\x1f.chatsrv.node.v1.DeliverRequest\x1a\x1d.chatsrv.node.v1.DeliverReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatsrv.node.v1.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENVELOPE']._serialized_start=47
-  _globals['_ENVELOPE']._serialized_end=122
-  _globals['_DELIVERREQUEST']._serialized_start=124
-  _globals['_DELIVERREQUEST']._serialized_end=206
-  _globals['_DELIVERREPLY']._serialized_start=208
-  _globals['_DELIVERREPLY']._serialized_end=240
-  _globals['_NODE']._serialized_start=242
-  _globals['_NODE']._serialized_end=323
+  _globals['_ENVELOPE']._serialized_start=48
+  _globals['_ENVELOPE']._serialized_end=222
+  _globals['_CALLSIGNAL']._serialized_start=225
+  _globals['_CALLSIGNAL']._serialized_end=364
+  _globals['_DELIVERREQUEST']._serialized_start=366
+  _globals['_DELIVERREQUEST']._serialized_end=448
+  _globals['_DELIVERREPLY']._serialized_start=450
+  _globals['_DELIVERREPLY']._serialized_end=482
+  _globals['_NODE']._serialized_start=484
+  _globals['_NODE']._serialized_end=565
 # @@protoc_insertion_point(module_scope)

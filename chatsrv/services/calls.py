@@ -503,14 +503,18 @@ class CallService:
         first = self._calls.pop(s.id, None) is not None
         live.ringing_over.set()
         live.over.set()
-        if first:
+        if not first:
+            return  # finished already (by the other side, at the same moment)
+        # history and claims first: whoever is told the call is over can read it in the
+        # history and call again at once (after glare the winner holds the claims now)
+        try:
+            await self._history.finish_call(s.id, status=s.status.value,
+                                            end_reason=s.end_reason,
+                                            answered_at=live.answered_at, ended_at=utcnow())
+            if kept_call_id is None:
+                await self._history.release_call(s.id)
+        finally:
             self._notify_over(live, by=by, kept_call_id=kept_call_id)
-        # history and claims after the frames: a leg that finishes in its finally is
-        # shielded, and the other side hears the end at once
-        await self._history.finish_call(s.id, status=s.status.value, end_reason=s.end_reason,
-                                        answered_at=live.answered_at, ended_at=utcnow())
-        if kept_call_id is None:  # (after glare the winner holds the claims now)
-            await self._history.release_call(s.id)
 
     def _notify_over(self, live: LiveCall, *, by: Device | None,
                      kept_call_id: str | None) -> None:

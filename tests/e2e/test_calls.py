@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import uuid
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import trio
@@ -216,6 +217,14 @@ async def test_real_webrtc_peers_connect_through_chatsrv_signalling(
         client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two aiortc peers: offer, answer and every ICE candidate cross chatsrv's WebSocket
     only (candidates are stripped from the SDPs); then a data channel message crosses."""
+    a, b, _ = await pair(client)
+    async with client.ws(a) as wa, client.ws(b) as wb:
+        await webrtc_call(wa, wb, b.id, monkeypatch)
+
+
+async def webrtc_call(wa: Any, wb: Any, callee_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real WebRTC connection between two aiortc peers whose signalling goes only through
+    the two sockets given (the caller's and the callee's, maybe on different nodes)."""
     aiortc = pytest.importorskip("aiortc")
     import aioice.ice
     from aiortc.sdp import candidate_from_sdp
@@ -243,7 +252,6 @@ async def test_real_webrtc_peers_connect_through_chatsrv_signalling(
         cand.sdpMLineIndex = init["sdpMLineIndex"]
         await aio_as_trio(pc.addIceCandidate)(cand)
 
-    a, b, cid = await pair(client)
     config = aiortc.RTCConfiguration(iceServers=[])
     caller = aiortc.RTCPeerConnection(config)
     callee = aiortc.RTCPeerConnection(config)
@@ -264,45 +272,44 @@ async def test_real_webrtc_peers_connect_through_chatsrv_signalling(
 
     try:
         with trio.fail_after(30):
-            async with client.ws(a) as wa, client.ws(b) as wb:
-                offer = await aio_as_trio(caller.createOffer)()
-                await aio_as_trio(caller.setLocalDescription)(offer)
-                sdp, caller_cands = split_sdp(caller.localDescription.sdp)
-                assert caller_cands, "the caller gathered no loopback candidate"
-                ring = await wa.request("call_offer", {"recipient_id": b.id, "offer": sdp},
-                                        "call_ringing")
-                call_id = ring["payload"]["call_id"]
-                for cand in caller_cands:
-                    await wa.send("ice_candidate", {"call_id": call_id, "candidate": cand})
+            offer = await aio_as_trio(caller.createOffer)()
+            await aio_as_trio(caller.setLocalDescription)(offer)
+            sdp, caller_cands = split_sdp(caller.localDescription.sdp)
+            assert caller_cands, "the caller gathered no loopback candidate"
+            ring = await wa.request("call_offer", {"recipient_id": callee_id, "offer": sdp},
+                                    "call_ringing")
+            call_id = ring["payload"]["call_id"]
+            for cand in caller_cands:
+                await wa.send("ice_candidate", {"call_id": call_id, "candidate": cand})
 
-                incoming = await wb.expect("call_offer", call_id=call_id)
-                assert "a=candidate" not in incoming["payload"]["offer"]
-                await aio_as_trio(callee.setRemoteDescription)(
-                    aiortc.RTCSessionDescription(incoming["payload"]["offer"], "offer"))
-                for _ in caller_cands:
-                    relayed = await wb.expect("ice_candidate", call_id=call_id)
-                    await add_candidate(callee, relayed["payload"]["candidate"])
-                answer = await aio_as_trio(callee.createAnswer)()
-                await aio_as_trio(callee.setLocalDescription)(answer)
-                answer_sdp, callee_cands = split_sdp(callee.localDescription.sdp)
-                await wb.send("call_answer", {"call_id": call_id, "answer": answer_sdp})
-                for cand in callee_cands:
-                    await wb.send("ice_candidate", {"call_id": call_id, "candidate": cand})
+            incoming = await wb.expect("call_offer", call_id=call_id)
+            assert "a=candidate" not in incoming["payload"]["offer"]
+            await aio_as_trio(callee.setRemoteDescription)(
+                aiortc.RTCSessionDescription(incoming["payload"]["offer"], "offer"))
+            for _ in caller_cands:
+                relayed = await wb.expect("ice_candidate", call_id=call_id)
+                await add_candidate(callee, relayed["payload"]["candidate"])
+            answer = await aio_as_trio(callee.createAnswer)()
+            await aio_as_trio(callee.setLocalDescription)(answer)
+            answer_sdp, callee_cands = split_sdp(callee.localDescription.sdp)
+            await wb.send("call_answer", {"call_id": call_id, "answer": answer_sdp})
+            for cand in callee_cands:
+                await wb.send("ice_candidate", {"call_id": call_id, "candidate": cand})
 
-                answered = await wa.expect("call_answer", call_id=call_id)
-                await aio_as_trio(caller.setRemoteDescription)(
-                    aiortc.RTCSessionDescription(answered["payload"]["answer"], "answer"))
-                for _ in callee_cands:
-                    relayed = await wa.expect("ice_candidate", call_id=call_id)
-                    await add_candidate(caller, relayed["payload"]["candidate"])
+            answered = await wa.expect("call_answer", call_id=call_id)
+            await aio_as_trio(caller.setRemoteDescription)(
+                aiortc.RTCSessionDescription(answered["payload"]["answer"], "answer"))
+            for _ in callee_cands:
+                relayed = await wa.expect("ice_candidate", call_id=call_id)
+                await add_candidate(caller, relayed["payload"]["candidate"])
 
-                await opened.wait()
-                assert caller.connectionState == "connected"
-                channel.send("hello over the data channel")
-                await received.wait()
-                assert got == ["hello over the data channel"]
-                await wa.send("call_end", {"call_id": call_id})
-                await wb.expect("call_end", call_id=call_id)
+            await opened.wait()
+            assert caller.connectionState == "connected"
+            channel.send("hello over the data channel")
+            await received.wait()
+            assert got == ["hello over the data channel"]
+            await wa.send("call_end", {"call_id": call_id})
+            await wb.expect("call_end", call_id=call_id)
     finally:
         with trio.move_on_after(5, shield=True):
             await aio_as_trio(caller.close)()

@@ -106,6 +106,7 @@ async def open_routing(settings: Settings, metrics: Metrics) -> AsyncIterator[Ro
                 open_redis_directory(redis, settings, router, address=address,
                                      failures=failures) as directory:
             router.register_metrics(metrics)
+            directory.register_metrics(metrics)
             yield Routing(router, directory, router, signals, signals_in, router.instance,
                           directory.watch_nodes, directory.on_users_back,
                           RedisLimiter(redis, prefix=settings.redis_prefix,

@@ -435,3 +435,50 @@ async def test_the_node_port_refuses_strangers(cluster: Cluster, redis_url: str,
 
             await aio_as_trio(close)()
         await c1.aclose()
+
+
+async def test_a_peer_whose_name_resolves_late_gets_the_events_queued_meanwhile(
+        node_settings: NodeSettings, aio_loop: None, nursery: trio.Nursery,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Right after `podman-compose up` a container's name may not resolve yet: the link keeps
+    what it has for that node (bounded) and tries again, under PEER_RPC_TIMEOUT each time."""
+    import chatsrv.adapters.cluster.peers as peers
+
+    resolvable = trio.Event()
+    failed_twice = trio.Event()
+    lookups = 0
+    real = peers.resolve_host
+
+    async def late_dns(host: str) -> str:
+        nonlocal lookups
+        if host == "late.invalid":
+            lookups += 1
+            if not resolvable.is_set():
+                if lookups >= 2:
+                    failed_twice.set()
+                raise OSError("Temporary failure in name resolution")
+            return "127.0.0.1"
+        return await real(host)
+
+    monkeypatch.setattr(peers, "resolve_host", late_dns)
+    port = _free_port()
+
+    def settings_of(node_id: str) -> Settings:
+        s = node_settings(node_id)
+        if node_id == "node-2":
+            s = dataclasses.replace(s, grpc_port=port, node_address=f"late.invalid:{port}")
+        return s
+
+    cluster = Cluster(nursery, settings_of)
+    with trio.fail_after(30):
+        n1, n2, c1, c2, a, b, cid = await cluster.two_nodes_and_a_pair()
+        async with c1.ws(a) as wa, c2.ws(b) as wb:
+            await routable(n1, b.id)
+            await wa.request("chat_message", {"conversation_id": cid, "content": "early"},
+                             "message_ack")
+            await failed_twice.wait()  # the link tried and failed: the event waits in its queue
+            resolvable.set()
+            got = await wb.expect("new_message", content="early")  # live, not by sync
+            assert got["payload"]["sender_id"] == a.id
+    for srv in cluster.servers:
+        srv.shutdown.set()

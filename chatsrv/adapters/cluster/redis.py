@@ -46,6 +46,7 @@ from chatsrv.adapters.cluster.peers import ClusterRouter
 from chatsrv.adapters.cluster.redis_ops import Keys, RedisOps, decoder
 from chatsrv.config import Settings
 from chatsrv.domain.errors import Unavailable
+from chatsrv.metrics import Metrics
 from chatsrv.tasks import StartupError, open_background, retry, supervised
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Redis down, unreachable or too slow; anything else (ResponseError...) is a bug and raises.
+RECONNECT_CAP = 0.5  # seconds between tries to subscribe again while Redis is down
 _DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
          trio.TooSlowError)
 
@@ -87,6 +89,7 @@ class RedisDirectory:
         self._sessions_revoked: Callable[[list[str]], None] | None = None
         # subscribed to the cluster's notes right now (see `confirmed`)
         self._subscribed = False
+        self.outages = 0  # times Redis was lost (for /metrics)
         self._users_back: Callable[[list[str]], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------------ Directory port
@@ -229,6 +232,13 @@ class RedisDirectory:
                         self._subscribed = True
                         if started and self._members_changed is not None:
                             self._members_changed(None)  # notes may have been missed
+                        if started and self._dirty:
+                            # Redis is back: register the users who came meanwhile now,
+                            # not at the next heartbeat (the others hear "on" notes)
+                            try:
+                                await self.register()
+                            except Unavailable as exc:
+                                self._lost_redis(exc)
                         if not started:
                             started = True
                             task_status.started()
@@ -251,7 +261,8 @@ class RedisDirectory:
                 with trio.move_on_after(self._timeout, shield=True):
                     await aio_as_trio(pubsub.aclose)()
             await trio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            # capped low: a node finds Redis back within RECONNECT_CAP (one PING-sized try)
+            delay = min(delay * 2, RECONNECT_CAP)
 
     async def watch_nodes(self, on_lost: Callable[[list[str]], Awaitable[None]], *,
                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -306,9 +317,15 @@ class RedisDirectory:
 
     def _lost_redis(self, exc: Unavailable) -> None:
         if not self._dirty:
+            self.outages += 1
             log.warning("%s; this node keeps serving its own users and re-registers them "
                         "when Redis is back", exc.message)
         self._dirty = True
+
+    def register_metrics(self, metrics: Metrics) -> None:
+        metrics.gauge("redis_up", "1 while this node hears every cluster note (subscribed, "
+                      "nothing unwritten), else 0", lambda: float(self.confirmed))
+        metrics.counter("redis_outages", "times this node lost Redis", lambda: self.outages)
 
     async def _apply(self, data: str | bytes) -> None:
         try:

@@ -22,7 +22,7 @@ from urllib.parse import quote
 SEED_DEFAULT_SECRET = "change-in-production"
 MIN_SECRET_BYTES = 32
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://")
 
 
 class ConfigError(Exception):
@@ -172,6 +172,9 @@ class Settings:
                               "offline", group="cluster", minimum=0.1)
     redis_prefix: str = setting("REDIS_PREFIX", "chatsrv", "namespace of every Redis key and "
                                 "channel of this cluster", group="cluster")
+    redis_cluster: bool = setting("REDIS_CLUSTER", False, "REDIS_URL names a Redis Cluster "
+                                  "(also implied by a `redis+cluster://` URL): hash-tagged "
+                                  "keys, sharded pub/sub", group="cluster")
     redis_timeout: float = setting("REDIS_TIMEOUT", 5.0, "one Redis round trip; slower counts "
                                    "as Redis unavailable", group="cluster", minimum=0.01)
     peer_queue_size: int = setting("PEER_QUEUE_SIZE", 4096, "events queued per remote node "
@@ -253,6 +256,8 @@ class Settings:
             port = _parse("REDIS_PORT", int, env.get("REDIS_PORT") or "6379")
             values["redis_url"] = f"redis://{env['REDIS_HOST']}:{port}/0"
         values["embedded"] = not values.get("database_url") and not values.get("redis_url")
+        if (values.get("redis_url") or "").startswith("redis+cluster://"):
+            values["redis_cluster"] = True
         settings = cls(**values)
         settings.check()
         return settings
@@ -273,8 +278,8 @@ class Settings:
                               "(unset it to use the embedded SQLite)")
         if self.redis_url and not self.redis_url.startswith(REDIS_SCHEMES):
             scheme = self.redis_url.partition("://")[0]
-            raise ConfigError(f"REDIS_URL must be a redis://, rediss:// or unix:// URL, got "
-                              f"{scheme}://…")
+            raise ConfigError(f"REDIS_URL must be a redis://, rediss://, unix:// or "
+                              f"redis+cluster:// URL, got {scheme}://…")
         if self.history_default_limit > self.history_max_limit:
             raise ConfigError("HISTORY_DEFAULT_LIMIT must not exceed HISTORY_MAX_LIMIT")
         if self.log_format not in ("auto", "text", "json"):

@@ -6,6 +6,7 @@ WebRTC connection established through two nodes."""
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from pathlib import Path
 
 import pytest
@@ -71,22 +72,23 @@ async def test_reject_busy_and_offline_across_nodes(cluster: Cluster) -> None:
             assert off["payload"]["reason"] == "offline"  # b has no device anywhere
             async with c2.ws(b) as wb, c2.ws(c) as wc:
                 await routable(n1, b.id)
-                ring = await wa.request("call_offer", {"call_id": "across-1",
+                call_id = f"across-{uuid.uuid4().hex[:8]}"  # a client's own id; one database
+                ring = await wa.request("call_offer", {"call_id": call_id,
                                                        "conversation_id": cid, "offer": "sdp"},
                                         "call_ringing")
-                assert ring["payload"]["call_id"] == "across-1"
-                await wb.expect("call_offer", call_id="across-1")
+                assert ring["payload"]["call_id"] == call_id
+                await wb.expect("call_offer", call_id=call_id)
                 # c, on the callee's node, calls b who is in a call owned by node 1: busy
                 busy = await wc.request("call_offer", {"recipient_id": b.id, "offer": "sdp"},
                                         "call_reject")
                 assert busy["type"] == "call_reject" and busy["payload"]["reason"] == "busy"
                 # someone else's live call id is not revealed, on any node
-                dup = await wc.request("call_offer", {"call_id": "across-1",
+                dup = await wc.request("call_offer", {"call_id": call_id,
                                                       "recipient_id": b.id, "offer": "sdp"},
                                        "never")
                 assert dup["payload"]["code"] == "not_found"
-                await wb.send("call_reject", {"call_id": "across-1", "reason": "declined"})
-                rej = await wa.expect("call_reject", call_id="across-1")
+                await wb.send("call_reject", {"call_id": call_id, "reason": "declined"})
+                rej = await wa.expect("call_reject", call_id=call_id)
                 assert rej["payload"]["reason"] == "declined"
         statuses = sorted(x["status"] for x in await calls_of(c1, b))
         assert statuses == ["busy", "missed", "rejected"]

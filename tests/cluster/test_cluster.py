@@ -11,7 +11,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,14 +19,20 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 import trio
 
 from bench.server import LOAD_TEST_LIMITS
 from chatsrv.app import open_services
 from chatsrv.config import ConfigError, Settings
 from chatsrv.tasks import StartupError
-from tests.cluster.conftest import Cluster, NodeSettings
+from tests.cluster.conftest import (
+    Cluster,
+    NodeSettings,
+    RedisClusterProcs,
+    admin_client,
+    cluster_keys,
+    server_clients,
+)
 from tests.conftest import Server
 from tests.helpers import Account, Client
 
@@ -337,16 +343,30 @@ async def test_nodes_recover_when_redis_loses_everything(cluster: Cluster, redis
     """Redis restarted empty (it holds nothing acknowledged): every key of the cluster is
     gone and the nodes' connections are cut. The nodes re-register their users; live
     delivery resumes, and what was missed meanwhile comes with `sync`."""
-    with trio.fail_after(30):
+    await recovers_after(cluster, lambda: lose_everything(redis_url, redis_prefix))
+
+
+@pytest.mark.parametrize("redis_url", ["redis-cluster"], indirect=True)
+async def test_nodes_recover_when_the_directory_shard_restarts(
+        cluster: Cluster, redis_cluster: RedisClusterProcs, redis_prefix: str) -> None:
+    """On a Redis Cluster the shard holding the directory's slot is killed and comes back
+    empty (no replica, no persistence: the worst case). Until it is back the nodes cannot
+    reach the directory; then they re-register and delivery resumes."""
+    port = redis_cluster.port_of_slot(cluster_keys(redis_cluster.url, redis_prefix).nodes)
+    await recovers_after(cluster, lambda: redis_cluster.restart(port))
+
+
+async def recovers_after(cluster: Cluster, wreck: Callable[[], None]) -> None:
+    with trio.fail_after(40):
         n1, n2, c1, c2, a, b, cid = await cluster.two_nodes_and_a_pair()
         async with c2.ws(b) as wb:
             async with c1.ws(a) as wa:
                 await routable(n1, b.id)
-                lose_everything(redis_url, redis_prefix)
+                await trio.to_thread.run_sync(wreck)
                 await status_on(c2, b, a, "online")  # both nodes registered again
                 await status_on(c1, a, b, "online")
                 sent = []
-                with trio.fail_after(5):
+                with trio.fail_after(10):
                     while True:  # a live event in the gap is missed (sync heals it)
                         text = f"still here {len(sent)}"
                         await wa.request("chat_message", {"conversation_id": cid,
@@ -365,6 +385,24 @@ async def test_nodes_recover_when_redis_loses_everything(cluster: Cluster, redis
         await c2.aclose()
 
 
+async def test_rate_limits_are_shared_by_the_nodes(cluster: Cluster) -> None:
+    """A limit holds for the cluster, not per node: failed logins against one account are
+    counted on Redis whichever node they reach (GCRA in one Lua call)."""
+    with trio.fail_after(30):
+        n1 = await cluster.start("node-1", login_failures_per_minute=4.0)
+        n2 = await cluster.start("node-2", login_failures_per_minute=4.0)
+        c1, c2 = n1.client(), n2.client()
+        a = await c1.register()
+        wrong = {"email": a.email, "password": "not-the-password"}
+        codes = [(await c.http.post("/api/auth/login", json=wrong)).status_code
+                 for c in (c1, c2, c1, c2, c1)]
+        assert codes == [401, 401, 401, 401, 429]
+        r = await c2.http.post("/api/auth/login", json=wrong)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
+        await c1.aclose()
+        await c2.aclose()
+
+
 async def status_on(client: Client, viewer: Account, user: Account, status: str) -> None:
     """Wait until the client's node reports `user` with `status`."""
     with trio.fail_after(5):
@@ -377,16 +415,17 @@ async def status_on(client: Client, viewer: Account, user: Account, status: str)
 
 def lose_everything(redis_url: str, redis_prefix: str) -> None:
     """What a Redis restart does to one cluster: its keys vanish, its connections drop."""
-    admin = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(admin.scan_iter(f"{redis_prefix}:*"))
-        assert keys
-        admin.delete(*keys)
-        for conn in admin.client_list():
-            if conn["name"].startswith(f"{redis_prefix}."):
-                admin.client_kill_filter(_id=conn["id"])
-    finally:
-        admin.close()
+    found = 0
+    for admin in server_clients(redis_url):
+        try:
+            for key in list(admin.scan_iter(f"{cluster_keys(redis_url, redis_prefix).prefix}:*")):
+                found += admin.delete(key)
+            for conn in admin.client_list():
+                if conn["name"].startswith(f"{redis_prefix}."):
+                    admin.client_kill_filter(_id=conn["id"])
+        finally:
+            admin.close()
+    assert found
 
 
 async def test_the_node_port_refuses_strangers(cluster: Cluster, redis_url: str,
@@ -403,11 +442,12 @@ async def test_the_node_port_refuses_strangers(cluster: Cluster, redis_url: str,
         n1 = await cluster.start("node-1")
         c1 = n1.client()
         a = await c1.register()
-        admin = redis.Redis.from_url(redis_url, decode_responses=True)
+        admin = admin_client(redis_url)
         try:
-            (address,) = admin.hgetall(f"{redis_prefix}:nodes").values()
+            (address,) = admin.hgetall(cluster_keys(redis_url, redis_prefix).nodes).values()
         finally:
             admin.close()
+        address = address.decode()
         host, port = split_address(address)
 
         async def channel() -> Channel:

@@ -55,8 +55,11 @@ T = TypeVar("T")
 
 # Redis down, unreachable or too slow; anything else (ResponseError...) is a bug and raises.
 RECONNECT_CAP = 0.5  # seconds between tries to subscribe again while Redis is down
+# On a Redis Cluster also: no node reachable, CLUSTERDOWN/TRYAGAIN while a shard restarts
+# or fails over, a slot not covered yet.
 _DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
-         trio.TooSlowError)
+         trio.TooSlowError, redis.exceptions.RedisClusterException,
+         redis.exceptions.ClusterError, redis.exceptions.TryAgainError)
 
 
 class RedisDirectory:
@@ -71,8 +74,10 @@ class RedisDirectory:
         self._router = router
         self.instance = router.instance
         self.address = address
-        self._keys = Keys(settings.redis_prefix)
+        self._sharded = settings.redis_cluster
+        self._keys = Keys(settings.redis_prefix, sharded=self._sharded)
         self._ops = RedisOps(client, self._keys, instance=self.instance, address=address,
+                             sharded=self._sharded,
                              ttl_ms=max(1, int(settings.node_ttl * 1000)))
         self._interval = settings.node_heartbeat_interval
         self._timeout = settings.redis_timeout
@@ -223,9 +228,10 @@ class RedisDirectory:
             pubsub = self._r.pubsub()
             try:
                 with trio.fail_after(self._timeout):
-                    await aio_as_trio(pubsub.subscribe)(self._keys.events)
-                async for message in aio_as_trio(pubsub.listen()):
-                    if message["type"] == "subscribe":
+                    subscribe = pubsub.ssubscribe if self._sharded else pubsub.subscribe
+                    await aio_as_trio(subscribe)(self._keys.events)
+                async for message in aio_as_trio(self._messages(pubsub)):
+                    if message["type"] in ("subscribe", "ssubscribe"):
                         # Subscribed (again): load the view; messages from here on apply on
                         # top of it (each sets one fact, so replaying older ones converges).
                         self._router.replace_view(await self._call(self._ops.view))
@@ -243,7 +249,7 @@ class RedisDirectory:
                             started = True
                             task_status.started()
                         delay = 0.2
-                    elif message["type"] == "message":
+                    elif message["type"] in ("message", "smessage"):
                         try:
                             await self._apply(message["data"])
                         except Exception:  # one bad note must not stop the feed
@@ -263,6 +269,20 @@ class RedisDirectory:
             await trio.sleep(delay)
             # capped low: a node finds Redis back within RECONNECT_CAP (one PING-sized try)
             delay = min(delay * 2, RECONNECT_CAP)
+
+    def _messages(self, pubsub: Any) -> AsyncIterator[dict[str, Any]]:
+        """The subscription's messages (asyncio side): a sharded one is read shard by
+        shard (Redis Cluster), a plain one with listen()."""
+        if not self._sharded:
+            return pubsub.listen()  # type: ignore[no-any-return]
+
+        async def sharded() -> AsyncIterator[dict[str, Any]]:
+            while True:
+                message = await pubsub.get_sharded_message(timeout=1.0)
+                if message is not None:
+                    yield message
+
+        return sharded()
 
     async def watch_nodes(self, on_lost: Callable[[list[str]], Awaitable[None]], *,
                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -359,8 +379,12 @@ class RedisDirectory:
             self._router.users_changed(note.node, note.users, online=note.op == "on")
 
 
-async def _connect(url: str, name: str) -> aredis.Redis:
+async def _connect(url: str, name: str, sharded: bool) -> aredis.Redis:
     # decode_responses: every reply is str (the casts above rely on it)
+    if sharded:
+        cluster = aredis.RedisCluster.from_url(url.replace("redis+cluster://", "redis://", 1),
+                                               decode_responses=True, client_name=name)
+        return cluster  # type: ignore[return-value]
     return aredis.Redis.from_url(url, decode_responses=True, client_name=name)
 
 
@@ -373,8 +397,12 @@ def describe_url(url: str) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc.__context__
-    for e in (exc, cause):
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and len(chain) < 8:  # the driver's reason is a few causes down
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in chain:
         if isinstance(e, socket.gaierror):
             return f"cannot resolve the host name ({e.strerror})"
         if isinstance(e, ConnectionRefusedError):
@@ -395,9 +423,11 @@ async def wait_for_redis(client: aredis.Redis, url: str, *, deadline: float,
         try:
             with trio.fail_after(ping_timeout):
                 await aio_as_trio(client.ping)()
+        except (redis.exceptions.ClusterError, redis.exceptions.TryAgainError):
+            raise  # a cluster still forming or failing over: retried
         except (redis.exceptions.AuthenticationError, redis.exceptions.ResponseError) as exc:
             raise StartupError(f"{where}: {_describe(exc)}") from exc
-        except redis.exceptions.ConnectionError as exc:
+        except (redis.exceptions.ConnectionError, redis.exceptions.RedisClusterException) as exc:
             if "Name or service not known" in str(exc) or "nodename nor servname" in str(exc):
                 raise StartupError(f"{where}: cannot resolve the host name") from exc
             raise
@@ -413,7 +443,8 @@ async def open_redis(settings: Settings) -> AsyncIterator[aredis.Redis]:
         raise ValueError("open_redis needs settings.redis_url")
     # named, so CLIENT LIST shows which node a connection belongs to
     client = await aio_as_trio(_connect)(settings.redis_url,
-                                         f"{settings.redis_prefix}.{settings.node_id}")
+                                         f"{settings.redis_prefix}.{settings.node_id}",
+                                         settings.redis_cluster)
     try:
         await wait_for_redis(client, settings.redis_url,
                              deadline=settings.connect_retry_deadline,

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import redis.asyncio as aredis
+import redis.exceptions
 import trio
 from trio_asyncio import aio_as_trio
 
@@ -61,7 +62,8 @@ class RedisLimiter:
             with trio.fail_after(self._timeout):
                 waited: Any = await aio_as_trio(self._script)(
                     keys=[self._prefix + key], args=[interval_ms, burst, cost, int(take)])
-        except (OSError, trio.TooSlowError, aredis.RedisError) as exc:
+        except (OSError, trio.TooSlowError, aredis.RedisError,
+                redis.exceptions.RedisClusterException) as exc:
             if not self._down:
                 log.warning("rate limits on Redis unavailable (%s): limiting on this node "
                             "alone until it answers", Unavailable(str(exc)).message)

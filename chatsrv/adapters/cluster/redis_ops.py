@@ -5,7 +5,7 @@ Key layout and pub/sub notes: see adapters/redis.py."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 import redis.asyncio as aredis
@@ -15,9 +15,13 @@ _CHUNK = 500
 
 
 class Keys:
-    """Key names of one cluster (one prefix)."""
+    """Key names of one cluster (one prefix). On a Redis Cluster (`sharded`) the prefix is a
+    hash tag, `{chatsrv}`: the directory's keys and its channel live in one slot, so its
+    MULTI transactions (a user's set and a node's set changed together) stay on one shard.
+    The directory is touched per connect, never per message (docs/cluster.md)."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, *, sharded: bool = False) -> None:
+        prefix = f"{{{prefix}}}" if sharded else prefix
         self.prefix = prefix
         self.nodes = f"{prefix}:nodes"
         self.events = f"{prefix}:events"
@@ -61,9 +65,12 @@ class RedisOps:
     """Redis commands of one node instance. Runs on asyncio only."""
 
     def __init__(self, client: aredis.Redis, keys: Keys, *, instance: str, address: str,
-                 ttl_ms: int) -> None:
+                 ttl_ms: int, sharded: bool = False) -> None:
         self._r = client
         self._keys = keys
+        # a Redis Cluster's pub/sub is sharded (SPUBLISH: the channel's slot, the channel
+        # in the same slot as the keys it comes with in a MULTI)
+        self._sharded = sharded
         self.instance = instance
         self.address = address
         self._ttl_ms = ttl_ms
@@ -77,7 +84,16 @@ class RedisOps:
         return bool(await self._r.exists(self._keys.alive(instance)))
 
     async def publish(self, note: bytes) -> None:
-        await self._r.publish(self._keys.events, note)
+        if self._sharded:
+            await self._r.spublish(self._keys.events, note)
+        else:
+            await self._r.publish(self._keys.events, note)
+
+    def _pub(self, pipe: Any, channel: str, note: bytes) -> None:
+        if self._sharded:
+            pipe.spublish(channel, note)
+        else:
+            pipe.publish(channel, note)
 
     async def set_online(self, user_id: str) -> tuple[int, int]:
         k, me = self._keys, self.instance
@@ -85,7 +101,7 @@ class RedisOps:
             p.sadd(k.user_nodes(user_id), me)
             p.sadd(k.node_users(me), user_id)
             p.scard(k.user_nodes(user_id))
-            p.publish(k.events, self.note("on", users=[user_id]))
+            self._pub(p, k.events, self.note("on", users=[user_id]))
             added, _, count, _ = await p.execute()
         return added, count
 
@@ -95,7 +111,7 @@ class RedisOps:
             p.srem(k.user_nodes(user_id), me)
             p.srem(k.node_users(me), user_id)
             p.scard(k.user_nodes(user_id))
-            p.publish(k.events, self.note("off", users=[user_id]))
+            self._pub(p, k.events, self.note("off", users=[user_id]))
             removed, _, count, _ = await p.execute()
         return removed, count
 
@@ -121,7 +137,7 @@ class RedisOps:
         async with self._r.pipeline(transaction=True) as p:
             p.hset(k.nodes, me, self.address)
             p.set(k.alive(me), self.address, px=self._ttl_ms)
-            p.publish(k.events, self.note("up"))
+            self._pub(p, k.events, self.note("up"))
             await p.execute()
         # Every user of ours is (re)written, not only those missing: a node watch may have
         # reaped this instance in between (it stalled past NODE_TTL).
@@ -132,7 +148,7 @@ class RedisOps:
                     p.sadd(k.user_nodes(uid), me)
                     p.scard(k.user_nodes(uid))
                 p.sadd(k.node_users(me), *chunk)
-                p.publish(k.events, self.note("on", users=chunk))
+                self._pub(p, k.events, self.note("on", users=chunk))
                 replies = (await p.execute())[:2 * len(chunk)]  # (added, count) per user
             back += [uid for uid, added, count in zip(chunk, replies[0::2], replies[1::2],
                                                       strict=True)
@@ -142,7 +158,7 @@ class RedisOps:
                 for uid in chunk:
                     p.srem(k.user_nodes(uid), me)
                 p.srem(k.node_users(me), *chunk)
-                p.publish(k.events, self.note("off", users=chunk))
+                self._pub(p, k.events, self.note("off", users=chunk))
                 await p.execute()
         return back
 
@@ -152,9 +168,11 @@ class RedisOps:
         # register again, so the others route to it and its users are listed again.
         async with self._r.pipeline(transaction=True) as p:
             p.set(self._keys.alive(self.instance), self.address, px=self._ttl_ms, xx=True)
-            p.hexists(self._keys.nodes, self.instance)
+            # HGET, not HEXISTS: redis-py's cluster transactions fail on HEXISTS' reply
+            # callback (bool() given keyword arguments, redis 8.1)
+            p.hget(self._keys.nodes, self.instance)
             alive, listed = await p.execute()
-        return bool(alive) and bool(listed)
+        return bool(alive) and listed is not None
 
     async def deregister(self) -> None:
         k, me = self._keys, self.instance
@@ -164,7 +182,7 @@ class RedisOps:
             if not left:
                 p.hdel(k.nodes, me)
                 p.delete(k.node_users(me))
-            p.publish(k.events, self.note("down"))
+            self._pub(p, k.events, self.note("down"))
             await p.execute()
 
     async def nodes(self) -> tuple[dict[str, str], set[str]]:
@@ -218,6 +236,6 @@ class RedisOps:
         async with self._r.pipeline(transaction=True) as p:
             p.delete(k.node_users(instance))
             p.hdel(k.nodes, instance)
-            p.publish(k.events, encode(Note(op="down", node=instance)))
+            self._pub(p, k.events, encode(Note(op="down", node=instance)))
             await p.execute()
         return lost

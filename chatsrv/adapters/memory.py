@@ -56,6 +56,9 @@ class LocalRouter:
     def reach(self, user_id: str) -> int:
         return len(self._subs.get(user_id, ()))
 
+    def nodes_of(self, user_id: str) -> frozenset[str]:
+        return frozenset()  # no other node
+
     def on_node_lost(self, callback: Callable[[str], None]) -> None:
         pass  # no other node to lose
 

@@ -190,6 +190,9 @@ class Router(Protocol):
         """How many places a frame to the user would reach now: this node's connections
         of the user plus the other nodes that have one (0: offline everywhere)."""
         ...
+    def nodes_of(self, user_id: str) -> frozenset[str]:
+        """The other nodes where the user has connections, as far as this node knows."""
+        ...
     def on_node_lost(self, callback: Callable[[str], None]) -> None:
         """`callback(instance)` when another node stopped heartbeating or left."""
         ...

@@ -36,7 +36,7 @@ from typing import Any
 
 import trio
 
-from chatsrv.domain.calls import CallSession, CallStatus
+from chatsrv.domain.calls import TERMINAL, CallSession, CallStatus
 from chatsrv.domain.errors import ChatError, Conflict, Invalid, NotFound
 from chatsrv.domain.model import (
     CallClaim,
@@ -91,6 +91,18 @@ class LiveCall:
     ringing_over: trio.Event = field(default_factory=trio.Event)
     over: trio.Event = field(default_factory=trio.Event)  # every leg returns
     early_candidates: list[tuple[str, Any]] = field(default_factory=list)
+    # other nodes told the call rings there ("ring"); told "rung" when ringing is over
+    rung: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Ringing:
+    """A call owned by another node ringing the callee's devices here (until `until`): if
+    its owner dies meanwhile, this node ends it for them."""
+
+    owner: str
+    callee_id: str
+    until: float
 
 
 @dataclass(eq=False)
@@ -134,6 +146,7 @@ class CallService:
         self._record_deadline = record_deadline
         self._calls: dict[str, LiveCall] = {}
         self._remote: dict[str, RemoteCall] = {}
+        self._ringing: dict[str, Ringing] = {}  # calls of other nodes ringing devices here
         router.on_node_lost(self._node_lost_nowait)
         self._lost: list[str] = []
         self._lost_wakeup = trio.lowlevel.ParkingLot()
@@ -207,6 +220,12 @@ class CallService:
         self._router.publish([callee_id], Frame(CallOfferOut(
             call_id=call_id, caller_id=caller.user_id, conversation_id=conversation_id,
             media=p.media, offer=p.offer)))
+        # the callee's other nodes learn that the call rings there, after the offer on the
+        # same ordered link: should this node die, they end it for the ringing devices
+        live.rung = self._router.nodes_of(callee_id)
+        for node in live.rung:
+            self._bus.signal(node, CallSignal(call_id, "ring", Device(callee_id, "",
+                                                                      self._instance)))
         return Offered(call_id, CallRinging(call_id=call_id, callee_id=callee_id,
                                             devices=devices), True)
 
@@ -217,7 +236,7 @@ class CallService:
         for owner in {c.owner for c in standing}:
             if owner != self._instance and not await self._directory.instance_alive(owner):
                 log.info("releasing call claims of gone instance %s", owner)
-                await self._history.release_owner(owner)
+                await self._release_owner(owner)
                 standing = await self._history.claim_call(claim)
         return standing
 
@@ -254,7 +273,7 @@ class CallService:
         live.session.answer(device.user_id, device.connection_id, now=trio.current_time())
         live.callee = device
         live.answered_at = utcnow()
-        live.ringing_over.set()
+        self._ringing_over(live)
         call_id = live.session.id
         caller = live.caller
         self._send(caller, Frame(CallAnswerOut(call_id=call_id, answer=answer,
@@ -367,7 +386,7 @@ class CallService:
         halves of calls across nodes) and the nodes lost. Run supervised; a bad signal is
         answered with an error frame to its device, never raised."""
         # claims a previous run of this instance left (a single node restarted)
-        await self._history.release_owner(self._instance)
+        await self._release_owner(self._instance)
         task_status.started()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_lost)
@@ -387,6 +406,15 @@ class CallService:
             leg = remote.legs.get(d.connection_id) if remote is not None else None
             if leg is not None:
                 leg[1].set()
+            return
+        if action == "ring":
+            now = trio.current_time()
+            for stale in [c for c, r in self._ringing.items() if r.until <= now]:
+                del self._ringing[stale]
+            self._ringing[call_id] = Ringing(d.node, d.user_id, now + self._ring_timeout)
+            return
+        if action == "rung":
+            self._ringing.pop(call_id, None)
             return
         live = self._calls.get(call_id)
         if live is None:
@@ -425,8 +453,15 @@ class CallService:
                 await self._node_lost(instance)
 
     async def _node_lost(self, instance: str) -> None:
-        """A node died: calls it owned end for the devices here; calls owned here end for
-        its devices; its claims are released."""
+        """A node died: its claims are released and its calls' history finished first (so
+        whoever is told can read it and call again); then calls it owned end for the
+        devices here (in a call, or ringing), and calls owned here end for its devices."""
+        try:
+            await self._release_owner(instance)
+        finally:
+            await self._end_calls_of_lost(instance)
+
+    async def _end_calls_of_lost(self, instance: str) -> None:
         for call_id, remote in list(self._remote.items()):
             if remote.owner != instance:
                 continue
@@ -435,12 +470,33 @@ class CallService:
                 self._send(device, Frame(CallOver(call_id=call_id, reason="disconnected",
                                                   status=CallStatus.ENDED.value)))
         now = trio.current_time()
+        for call_id, ringing in list(self._ringing.items()):
+            if ringing.owner != instance:
+                continue
+            del self._ringing[call_id]
+            if ringing.until > now:
+                frame = Frame(CallOver(call_id=call_id, reason="disconnected",
+                                       status=CallStatus.FAILED.value))
+                for sub in self._router.local(ringing.callee_id):
+                    sub.send_nowait(frame)
         for live in list(self._calls.values()):
             callee = live.callee
             if callee is not None and callee.node == instance and \
                     live.session.drop(callee.user_id, now=now):
                 await self._finish(live, by=callee)
-        await self._history.release_owner(instance)
+
+    async def _release_owner(self, instance: str) -> None:
+        """Release the claims of a node instance that is gone, and finish the history of
+        its calls (a call it rang: failed; one it carried: ended), as nobody else will.
+        Every node that hears of the loss may do it: the outcome is the same."""
+        for call_id in await self._history.release_owner(instance):
+            record = await self._history.get_call(call_id)
+            if record is None or CallStatus(record.status) in TERMINAL:
+                continue
+            answered = record.status == CallStatus.ANSWERED.value
+            await self._history.finish_call(
+                call_id, status=(CallStatus.ENDED if answered else CallStatus.FAILED).value,
+                end_reason="disconnected", answered_at=record.answered_at, ended_at=utcnow())
 
     # ------------------------------------------------------------------ inside
 
@@ -501,7 +557,7 @@ class CallService:
         device not `by`, and let the legs return (here and on other nodes)."""
         s = live.session
         first = self._calls.pop(s.id, None) is not None
-        live.ringing_over.set()
+        self._ringing_over(live)
         live.over.set()
         if not first:
             return  # finished already (by the other side, at the same moment)
@@ -515,6 +571,14 @@ class CallService:
                 await self._history.release_call(s.id)
         finally:
             self._notify_over(live, by=by, kept_call_id=kept_call_id)
+
+    def _ringing_over(self, live: LiveCall) -> None:
+        """Ringing is over (answered or ended): the caller's leg stops waiting; the other
+        nodes that rang forget the call."""
+        live.ringing_over.set()
+        rung, live.rung = live.rung, frozenset()
+        for node in rung:
+            self._bus.signal(node, CallSignal(live.session.id, "rung", live.caller))
 
     def _notify_over(self, live: LiveCall, *, by: Device | None,
                      kept_call_id: str | None) -> None:

@@ -15,6 +15,7 @@ import trio
 from tests.cluster.conftest import Cluster, NodeSettings
 from tests.cluster.test_cluster import node_process, routable
 from tests.e2e.test_calls import calls_of, webrtc_call
+from tests.helpers import Account, Client
 
 
 async def test_a_call_rings_devices_on_both_nodes_and_a_remote_answer_wins(
@@ -188,17 +189,55 @@ async def test_a_node_dying_mid_call_ends_it_for_the_other_side(
                 await wb.expect("call_offer", call_id=call_id)
                 await wb.send("call_answer", {"call_id": call_id, "answer": "a"})
                 await wa.expect("call_answer", call_id=call_id)
+                await recorded(c2, b, call_id, "answered")  # written just after the relay
                 proc.kill()  # the caller's node, which owns the call, dies
                 ended = await wb.expect("call_end", call_id=call_id,
                                         wait=3 * n2.settings.node_ttl)
                 assert ended["payload"]["reason"] == "disconnected"
-        # b is free again: the dead owner's claims were released
+        # b is free again: the dead owner's claims were released, and its history finished
         c = await c2.register()
         await c2.conversation(c, b)
         async with c2.ws(c) as wc, c2.ws(b):
             ring = await wc.request("call_offer", {"recipient_id": b.id, "offer": "s"},
                                     "call_ringing")
             assert ring["type"] == "call_ringing", ring
+        (record,) = [x for x in await calls_of(c2, b) if x["id"] == call_id]
+        assert record["status"] == "ended" and record["end_reason"] == "disconnected"
+
+
+async def test_a_caller_node_dying_while_ringing_ends_the_call_for_every_ringing_device(
+        node_settings: NodeSettings, cluster: Cluster, tmp_path: Path) -> None:
+    with trio.fail_after(40):
+        n2 = await cluster.start("node-2")
+        c2 = n2.client()
+        a, b = await c2.register(), await c2.register()
+        await c2.conversation(a, b)
+        async with node_process(node_settings, tmp_path, "node-1") as (proc, c1):
+            async with c1.ws(a) as wa, c2.ws(b) as phone, c2.ws(b) as laptop:
+                await routable(n2, a.id)
+                ring = await wa.request("call_offer", {"recipient_id": b.id, "offer": "s"},
+                                        "call_ringing")
+                call_id = ring["payload"]["call_id"]
+                for device in (phone, laptop):
+                    await device.expect("call_offer", call_id=call_id)
+                proc.kill()  # the caller's node, which owns the ringing call, dies
+                for device in (phone, laptop):
+                    ended = await device.expect("call_end", call_id=call_id,
+                                                wait=3 * n2.settings.node_ttl)
+                    assert ended["payload"]["reason"] == "disconnected"
+                    assert ended["payload"]["status"] == "failed"
+        (record,) = [x for x in await calls_of(c2, b) if x["id"] == call_id]
+        assert record["status"] == "failed" and record["end_reason"] == "disconnected"
+
+
+async def recorded(client: Client, who: Account, call_id: str, status: str) -> None:
+    """Wait until the call history shows the call with `status`."""
+    with trio.fail_after(5):
+        while True:  # another process writes it: polled over REST
+            if any(x["id"] == call_id and x["status"] == status
+                   for x in await calls_of(client, who)):
+                return
+            await trio.sleep(0.05)
 
 
 async def test_real_webrtc_peers_connect_through_two_nodes(

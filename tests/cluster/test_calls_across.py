@@ -173,40 +173,12 @@ async def test_glare_across_nodes_keeps_one_call(cluster: Cluster) -> None:
             await wh.expect("call_offer", call_id=kept)
 
 
-async def test_a_node_dying_mid_call_ends_it_for_the_other_side(
-        node_settings: NodeSettings, cluster: Cluster, tmp_path: Path) -> None:
-    with trio.fail_after(40):
-        n2 = await cluster.start("node-2")
-        c2 = n2.client()
-        a, b = await c2.register(), await c2.register()
-        await c2.conversation(a, b)
-        async with node_process(node_settings, tmp_path, "node-1") as (proc, c1):
-            async with c1.ws(a) as wa, c2.ws(b) as wb:
-                await routable(n2, a.id)
-                ring = await wa.request("call_offer", {"recipient_id": b.id, "offer": "s"},
-                                        "call_ringing")
-                call_id = ring["payload"]["call_id"]
-                await wb.expect("call_offer", call_id=call_id)
-                await wb.send("call_answer", {"call_id": call_id, "answer": "a"})
-                await wa.expect("call_answer", call_id=call_id)
-                await recorded(c2, b, call_id, "answered")  # written just after the relay
-                proc.kill()  # the caller's node, which owns the call, dies
-                ended = await wb.expect("call_end", call_id=call_id,
-                                        wait=3 * n2.settings.node_ttl)
-                assert ended["payload"]["reason"] == "disconnected"
-        # b is free again: the dead owner's claims were released, and its history finished
-        c = await c2.register()
-        await c2.conversation(c, b)
-        async with c2.ws(c) as wc, c2.ws(b):
-            ring = await wc.request("call_offer", {"recipient_id": b.id, "offer": "s"},
-                                    "call_ringing")
-            assert ring["type"] == "call_ringing", ring
-        (record,) = [x for x in await calls_of(c2, b) if x["id"] == call_id]
-        assert record["status"] == "ended" and record["end_reason"] == "disconnected"
-
-
-async def test_a_caller_node_dying_while_ringing_ends_the_call_for_every_ringing_device(
-        node_settings: NodeSettings, cluster: Cluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize("answered", [True, False], ids=["in-call", "ringing"])
+async def test_a_caller_node_dying_ends_its_call_for_the_other_side(
+        node_settings: NodeSettings, cluster: Cluster, tmp_path: Path, answered: bool) -> None:
+    """The caller's node owns the call and dies (SIGKILL): within NODE_TTL the callee's
+    devices on the other node get call_end (ended in a call, failed while still ringing
+    on every device), the history says so, and the callee can be called again."""
     with trio.fail_after(40):
         n2 = await cluster.start("node-2")
         c2 = n2.client()
@@ -220,14 +192,29 @@ async def test_a_caller_node_dying_while_ringing_ends_the_call_for_every_ringing
                 call_id = ring["payload"]["call_id"]
                 for device in (phone, laptop):
                     await device.expect("call_offer", call_id=call_id)
-                proc.kill()  # the caller's node, which owns the ringing call, dies
-                for device in (phone, laptop):
+                in_call = [phone, laptop]
+                if answered:
+                    await phone.send("call_answer", {"call_id": call_id, "answer": "a"})
+                    await wa.expect("call_answer", call_id=call_id)
+                    await laptop.expect("call_answered_elsewhere", call_id=call_id)
+                    await recorded(c2, b, call_id, "answered")  # written after the relay
+                    in_call = [phone]
+                proc.kill()
+                for device in in_call:
                     ended = await device.expect("call_end", call_id=call_id,
                                                 wait=3 * n2.settings.node_ttl)
                     assert ended["payload"]["reason"] == "disconnected"
-                    assert ended["payload"]["status"] == "failed"
+                    assert ended["payload"]["status"] == ("ended" if answered else "failed")
         (record,) = [x for x in await calls_of(c2, b) if x["id"] == call_id]
-        assert record["status"] == "failed" and record["end_reason"] == "disconnected"
+        assert record["status"] == ("ended" if answered else "failed")
+        assert record["end_reason"] == "disconnected"
+        # b is free again: the dead owner's claims were released
+        c = await c2.register()
+        await c2.conversation(c, b)
+        async with c2.ws(c) as wc, c2.ws(b):
+            ring = await wc.request("call_offer", {"recipient_id": b.id, "offer": "s"},
+                                    "call_ringing")
+            assert ring["type"] == "call_ringing", ring
 
 
 async def recorded(client: Client, who: Account, call_id: str, status: str) -> None:

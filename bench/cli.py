@@ -198,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reports in {out}/ (results.json, results.md"
           f"{', bench.png' if (out / 'bench.png').exists() else ''}); "
           f"took {time.monotonic() - started:.0f}s", file=sys.stderr)
+    if not args.no_plot and not report.can_plot():
+        print(f"no bench.png: {report.INSTALL_HINT.replace('OUT', str(out))}",
+              file=sys.stderr)
     return code
 
 

@@ -1,10 +1,12 @@
 """Reports: results.json (everything), results.md (one table per backend) and bench.png
 (latency CDFs and throughput over time; only when matplotlib, the `bench` extra, is
-installed)."""
+installed: `just bench` installs it). `python -m bench.report RESULTS_JSON PNG` draws a
+run's plot again."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -124,53 +126,110 @@ def markdown(report: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------- plot
 
+PLOT_WIDTH_PX = 1600
+PLOT_DPI = 100
+PLOT_ROW_IN = 5.2  # inches of height per backend
+INSTALL_HINT = ("matplotlib is not installed: `.venv/bin/pip install -e '.[bench]'` (or "
+                "`just bench`, which installs it), then `just bench-plot OUT/results.json "
+                "OUT/bench.png` draws this run's plot")
+
+
+def can_plot() -> bool:
+    """Is matplotlib (the `bench` extra) installed?"""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
 
 def plot(report: dict[str, Any], path: Path) -> bool:
-    """Write the figure; False when matplotlib is not installed (the `bench` extra)."""
+    """Write the figure (PLOT_WIDTH_PX wide) to `path`. False when matplotlib (the `bench`
+    extra) is not installed, or nothing ran."""
+    fig = figure(report)
+    if fig is None:
+        return False
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=PLOT_DPI)
+    plt.close(fig)
+    return True
+
+
+def figure(report: dict[str, Any]) -> Any:
+    """Per backend: latency CDFs with their legend beside the curves, and the throughput
+    timelines with theirs below; a matplotlib Figure, or None (no matplotlib, no run)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     except ImportError:
-        return False
+        return None
     runs = [(b, r) for b, r in report["backends"].items() if r.get("scenarios")]
     if not runs:
-        return False
-    fig, axes = plt.subplots(len(runs), 3, figsize=(15, 4.2 * len(runs)), squeeze=False)
+        return None
+    fig, axes = plt.subplots(
+        len(runs), 3, squeeze=False, layout="constrained", dpi=PLOT_DPI,
+        figsize=(PLOT_WIDTH_PX / PLOT_DPI, PLOT_ROW_IN * len(runs)),
+        gridspec_kw={"width_ratios": [1.15, 1, 1]})
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["-", "--", ":", "-."]
     for (backend, run), (ax_cdf, ax_tp, ax_bc) in zip(runs, axes, strict=True):
         title = BACKEND_TITLES.get(backend, backend)
         sc = run["scenarios"]
+        n = 0
         for name, res in sc.items():
-            if not res.get("ok"):
+            if not res.get("ok") or name in ("connect_storm", "reconnect_storm_loss"):
                 continue
-            for row in res.get("rows", []):
-                cdf = (row.get("latency_ms") or {}).get("cdf")
-                if not cdf or name in ("connect_storm", "reconnect_storm_loss"):
-                    continue
-                ys = [i / (len(cdf) - 1) for i in range(len(cdf))]
-                ax_cdf.plot([max(x, 1e-3) for x in cdf], ys, label=f"{name}: {row['case']}")
+            curves = [row for row in res.get("rows", [])
+                      if (row.get("latency_ms") or {}).get("cdf")]
+            if curves:  # one colour per scenario, one line style per case
+                colour, n = colours[n % len(colours)], n + 1
+            for i, row in enumerate(curves):
+                cdf = row["latency_ms"]["cdf"]
+                ys = [k / (len(cdf) - 1) for k in range(len(cdf))]
+                ax_cdf.plot([max(x, 1e-3) for x in cdf], ys, color=colour,
+                            linestyle=styles[i % len(styles)], linewidth=1.6,
+                            label=_wrap(f"{name}: {row['case']}", 38))
         if not ax_cdf.lines:
             ax_cdf.text(0.5, 0.5, "no latency scenario run", ha="center", va="center",
                         transform=ax_cdf.transAxes)
         ax_cdf.set_xscale("log")
-        ax_cdf.set_xlabel("latency (ms, log)")
-        ax_cdf.set_ylabel("fraction ≤ x")
+        # plain numbers at 1-2-5 steps (1, 2, 5, 10, 20...), not 10^x
+        ax_cdf.xaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+        ax_cdf.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax_cdf.xaxis.set_minor_formatter(NullFormatter())
+        ax_cdf.set_xlabel("latency (ms, log scale)")
+        ax_cdf.set_ylabel("fraction of messages at or below")
+        ax_cdf.set_ylim(0, 1.02)
         ax_cdf.set_title(f"{title}: latency CDF")
         ax_cdf.grid(True, which="both", alpha=0.3)
         if ax_cdf.lines:
-            ax_cdf.legend(fontsize=6, loc="lower right")
+            ax_cdf.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8,
+                          frameon=False, handlelength=2.6, labelspacing=0.9)
         _timeline(ax_tp, sc.get("throughput_1to1"), f"{title}: throughput_1to1 ramp",
                   "messages/s")
         _timeline(ax_bc, sc.get("broadcast_throughput"), f"{title}: broadcast_throughput",
                   "frames/s")
-    fig.tight_layout()
-    fig.savefig(path, dpi=72)
-    plt.close(fig)
-    return True
+    when = str(report.get("started_at", ""))[:10]
+    digest = (report.get("server_source") or {}).get("sha256_16")
+    fig.suptitle(f"chatsrv bench {when}" + (f", server source {digest}" if digest else "")
+                 + (" (--quick)" if report.get("quick") else ""), fontsize=12)
+    return fig
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
 
 
 def _timeline(ax: Any, res: dict[str, Any] | None, title: str, ylabel: str) -> None:
+    """Series over time, on a log scale when one is over 10x another (broadcast: ~2,000
+    sends/s under ~90,000 deliveries/s), so both stay readable. The legend goes below the
+    axes, outside the curves."""
     ax.set_title(title)
     ax.set_xlabel("seconds since the scenario's sockets were up")
     ax.set_ylabel(ylabel)
@@ -179,12 +238,49 @@ def _timeline(ax: Any, res: dict[str, Any] | None, title: str, ylabel: str) -> N
         ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
         return
     tl = res["timeline"]
-    for name, values in tl["series"].items():
-        ax.plot([i * tl["bin_s"] for i in range(len(values))], values, label=name)
+    series = [(name, values) for name, values in tl["series"].items() if values]
+    peaks = [max(values) for _, values in series]
+    log = bool(peaks) and min(peaks) > 0 and max(peaks) > 10 * min(peaks)
+    lines = []
+    for i, (name, values) in enumerate(series):
+        xs = [k * tl["bin_s"] for k in range(len(values))]
+        lines += ax.plot(xs, values, label=name, color=f"C{i}", linewidth=1.6,
+                         linestyle="--" if i else "-")
+    if log:
+        from matplotlib.ticker import FuncFormatter  # plot() checked it is there
+
+        ax.set_yscale("log")
+        ax.set_ylabel(f"{ylabel} (log scale)")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    else:
+        ax.set_ylim(bottom=0)
     for stage in res.get("stages", []):  # throughput_1to1: shade each measured window
         if "window_s" in stage:
             start, end = stage["window_s"]
             ax.axvspan(start, end, alpha=0.08, color="green")
             ax.text((start + end) / 2, 0.98, f"{stage['senders']}", ha="center", va="top",
-                    fontsize=7, transform=ax.get_xaxis_transform())
-    ax.legend(fontsize=7)
+                    fontsize=8, transform=ax.get_xaxis_transform())
+    if res.get("stages"):
+        lines.append(ax.axvspan(0, 0, alpha=0.08, color="green",
+                                label="measured window (senders)"))
+    ax.legend(handles=lines, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+              ncol=len(lines), fontsize=8, frameon=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.report RESULTS_JSON PNG`: draw a run's plot again."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    p.add_argument("results", type=Path, help="a bench run's results.json")
+    p.add_argument("png", type=Path, help="where the plot goes")
+    args = p.parse_args(argv)
+    if not plot(json.loads(args.results.read_text()), args.png):
+        print(f"no plot: {INSTALL_HINT}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -55,6 +55,11 @@ def iso(ts: datetime | None) -> str | None:
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def unix_ms(ts: datetime) -> int:
+    """Whole Unix milliseconds (frames' `timestamp_ms`; `timestamp` is this // 1000)."""
+    return int(ts.timestamp() * 1000)
+
+
 class ConversationType(StrEnum):
     ONE_TO_ONE = "one_to_one"
     GROUP = "group"

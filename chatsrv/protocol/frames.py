@@ -271,7 +271,8 @@ class MessageStatus(Out):
     user_id: str
     status: Literal["delivered", "read"]
     up_to_seq: int
-    timestamp: float
+    timestamp: int  # Unix seconds, as presence_update's (it was fractional before)
+    timestamp_ms: int  # the same instant in Unix milliseconds
 
 
 class TypingOut(Out):
@@ -286,8 +287,9 @@ class PresenceUpdate(Out):
     TYPE = "presence_update"
     user_id: str
     status: Literal["online", "offline"]
-    timestamp: int
+    timestamp: int  # Unix seconds (the seed's)
     last_seen: str | None
+    timestamp_ms: int  # the same instant in Unix milliseconds
 
 
 class MemberMarks(Struct):

@@ -90,7 +90,7 @@ def render_conversation(c: Conversation, *, users: dict[str, User] | None = None
         created_at=iso(c.created_at) or "", last_seq=c.last_seq, members=members,
         last_message=render_message(summary.last_message)
         if summary and summary.last_message else None,
-        unread=summary.unread if summary else None,
+        unread=summary.unread if summary else 0,
     )
 
 

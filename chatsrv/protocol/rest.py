@@ -126,7 +126,7 @@ class ConversationOut(Struct):
     last_seq: int
     members: list[MemberOut]
     last_message: MessageOut | None = None
-    unread: int | None = None
+    unread: int = 0  # the caller's: last_seq - their read_seq
 
 
 class ConversationListOut(Struct):
@@ -188,6 +188,7 @@ class ErrorDetail(Struct):
     message: str
     field: str | None = None
     retry_after: float | None = None
+    user_ids: list[str] | None = None  # unknown_user: the ids that do not exist
 
 
 class ErrorBody(Struct):

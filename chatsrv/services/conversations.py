@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from chatsrv.domain.errors import Forbidden, Invalid, NotFound
 from chatsrv.domain.model import (
     Conversation,
+    ConversationSummary,
     ConversationType,
     ConversationView,
     Role,
@@ -16,6 +17,7 @@ from chatsrv.domain.model import (
     utcnow,
 )
 from chatsrv.domain.ports import Router, Store
+from chatsrv.domain.receipts import unread
 from chatsrv.protocol.frames import Frame, MemberRemoved, MemberRoleChanged, MembersAdded
 from chatsrv.services.membership import MembershipCache
 
@@ -40,11 +42,21 @@ class ConversationService:
         return [ConversationView(s.conversation, users, statuses, s) for s in summaries]
 
     async def view(self, user_id: str, conversation_id: str) -> ConversationView:
-        return await self._view(await self.get(user_id, conversation_id))
+        return await self._view(await self.get(user_id, conversation_id), user_id)
 
-    async def _view(self, conv: Conversation) -> ConversationView:
+    async def _view(self, conv: Conversation, user_id: str) -> ConversationView:
+        """The conversation as `user_id` (a member) sees it: the same shape as in
+        `overview`, last message and unread count included (one shape per field)."""
         users = await self._profiles({m.user_id for m in conv.members})
-        return ConversationView(conv, users, await self._statuses(list(users.values())))
+        return ConversationView(conv, users, await self._statuses(list(users.values())),
+                                await self._summary(conv, user_id))
+
+    async def _summary(self, conv: Conversation, user_id: str) -> ConversationSummary:
+        me = conv.member(user_id)
+        last = (await self._store.list_messages(conv.id, limit=1)
+                if conv.last_seq else [])
+        return ConversationSummary(conv, last[0] if last else None,
+                                   unread(conv.last_seq, me.read_seq if me else conv.last_seq))
 
     async def _profiles(self, user_ids: set[str]) -> dict[str, User]:
         return {u.id: u for u in await self._store.get_users(sorted(user_ids))}
@@ -86,7 +98,7 @@ class ConversationService:
             conversation_id=new_id(), type=kind, name=name, created_by=user_id,
             members=members, direct_key=direct_key, created_at=utcnow(),
         )
-        return await self._view(conv), created
+        return await self._view(conv, user_id), created
 
     async def get(self, user_id: str, conversation_id: str) -> Conversation:
         """Raises NotFound for a conversation that does not exist or is not the user's
@@ -107,7 +119,9 @@ class ConversationService:
                           field="member_ids")
         found = await self._store.get_users(ids)
         if len(found) != len(ids):
-            raise Invalid("unknown user id(s)", code="unknown_user", field="member_ids")
+            missing = sorted(set(ids) - {u.id for u in found})
+            raise Invalid("unknown user id(s)", code="unknown_user", field="member_ids",
+                          user_ids=missing)
         added = await self._store.add_members(conv.id, [(m, Role.MEMBER) for m in ids],
                                               at=utcnow())
         await self._members.changed(conv.id)
@@ -117,7 +131,7 @@ class ConversationService:
                 [m.user_id for m in updated.members],
                 Frame(MembersAdded(conversation_id=conv.id, user_ids=added, by=user_id)),
             )
-        return await self._view(updated)
+        return await self._view(updated, user_id)
 
     async def remove_members(self, user_id: str, conversation_id: str,
                              member_ids: Sequence[str]) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from chatsrv.domain.errors import Invalid, NotFound
-from chatsrv.domain.model import Message, Watermarks, new_id, parse_id, utcnow
+from chatsrv.domain.model import Message, Watermarks, new_id, parse_id, unix_ms, utcnow
 from chatsrv.domain.ports import Router, Store, Subscriber
 from chatsrv.domain.receipts import status_for
 from chatsrv.protocol.frames import Frame, MessageStatus, TypingOut
@@ -171,9 +171,11 @@ class MessagingService:
                 at = await self._store.list_messages(conversation_id, limit=1,
                                                      before_seq=mark + 1)
                 mid = at[0].id if at else None
+            ms = unix_ms(utcnow())
             self._router.publish(members, Frame(MessageStatus(
                 conversation_id=conversation_id, message_id=mid, user_id=user_id,
-                status=kind, up_to_seq=mark, timestamp=utcnow().timestamp())))  # type: ignore[arg-type]
+                status=kind, up_to_seq=mark, timestamp=ms // 1000,  # type: ignore[arg-type]
+                timestamp_ms=ms)))
         return after
 
     async def sync(self, user_id: str, since: Mapping[str, int] | None) -> SyncResult:

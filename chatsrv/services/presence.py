@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import trio
 
 from chatsrv.domain.errors import Unavailable
-from chatsrv.domain.model import User, iso, utcnow
+from chatsrv.domain.model import User, iso, unix_ms, utcnow
 from chatsrv.domain.ports import Directory, Router, Store, Subscriber
 from chatsrv.domain.presence import PresenceBook, Status
 from chatsrv.protocol.frames import Frame, PresenceUpdate
@@ -117,9 +117,10 @@ class PresenceService:
                 # next GET /api/users or presence change.
                 log.warning("presence of %s not announced: storage unavailable", user_id)
                 contacts = []
-        now = utcnow()
+        ms = unix_ms(utcnow())
         frame = Frame(PresenceUpdate(user_id=user_id, status=status.value,  # type: ignore[arg-type]
-                                     timestamp=int(now.timestamp()), last_seen=last_seen))
+                                     timestamp=ms // 1000, last_seen=last_seen,
+                                     timestamp_ms=ms))
         self._router.publish([*contacts, user_id], frame)
 
     async def statuses(self, users: Sequence[User], *,

@@ -1,8 +1,9 @@
 """REST under /api, health, metrics, OpenAPI and the web client, on Quart-Trio.
 
-One module per aggregate (auth, users, admin, conversations, messages, calls, ops); each
-handler parses, calls one service method and renders. `edge.py` is what every request
-passes through; `api.py` declares routes and builds the OpenAPI document from their types.
+One module per aggregate (auth, users, admin, conversations, messages, calls, ops), and docs
+(the served documentation); each handler parses, calls one service method and renders.
+`edge.py` is what every request passes through; `api.py` declares routes and builds the
+OpenAPI document from their types.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from chatsrv.services.conversations import ConversationService
 from chatsrv.services.limits import RateLimits
 from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
-from chatsrv.transport.http import admin, auth, calls, conversations, messages, ops, users
+from chatsrv.transport.http import admin, auth, calls, conversations, docs, messages, ops, users
 from chatsrv.transport.http.api import Api
 from chatsrv.transport.http.edge import Edge
 
@@ -41,5 +42,6 @@ def create_app(settings: Settings, *, auth_service: AuthService, admin_service: 
     messages.register(api, edge, messaging=messaging, settings=settings)
     calls.register(api, edge, calls=call_service)
     ops.register(api, settings=settings, ready=ready, metrics=metrics)
+    docs.register(api)
     app.extensions["chatsrv_api"] = api
     return app

@@ -85,8 +85,10 @@ class Api:
         return {
             "openapi": "3.1.0",
             "info": {"title": "chatsrv", "version": __version__,
-                     "description": "REST API of chatsrv. The WebSocket protocol at /api/ws "
-                                    "is described in docs/protocol.md."},
+                     "description": "REST API of chatsrv. The WebSocket protocol at /api/ws, "
+                                    "error codes and close codes are described in the "
+                                    "protocol reference at /api/docs/protocol "
+                                    "(docs/protocol.md)."},
             "paths": self.paths,
             "components": {
                 "schemas": components,

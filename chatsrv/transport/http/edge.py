@@ -27,7 +27,8 @@ access_log = logging.getLogger("chatsrv.access")
 
 # operators' probes: never rate limited, not in the access log
 UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-WEB_PAGES = frozenset({"/", "/index.html"})
+# pages served with the CSP below: the web client and the served docs (docs.py)
+WEB_PAGES = frozenset({"/", "/index.html", "/api/docs", "/api/docs/protocol"})
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",

@@ -39,3 +39,8 @@ proto: install
 # load bench against a server it starts (see bench/README.md)
 bench *ARGS: install
     {{py}} -m bench {{ARGS}}
+
+# the compose deployment end to end (podman): build, up, a cross-node chat, stop a node,
+# reconnect and sync, down; prints each step's time (deploy/README.md). --no-build, --keep
+deploy-check *ARGS:
+    python3 deploy/check.py {{ARGS}}

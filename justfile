@@ -78,3 +78,8 @@ bench *ARGS: (_install "test,bench")
 # redraw a bench plot from its results.json (default: bench/results.json -> bench/results.png)
 bench-plot JSON="bench/results.json" PNG="bench/results.png": (_install "test,bench")
     {{py}} -m bench.report {{JSON}} {{PNG}}
+
+# the compose deployment end to end (podman): build, up, a cross-node chat, stop a node,
+# reconnect and sync, down; prints each step's time (deploy/README.md). --no-build, --keep
+deploy-check *ARGS:
+    python3 deploy/check.py {{ARGS}}

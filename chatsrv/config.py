@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import secrets
 import typing
 from collections.abc import Iterator, Mapping
@@ -23,6 +24,11 @@ SEED_DEFAULT_SECRET = "change-in-production"
 MIN_SECRET_BYTES = 32
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://")
+
+
+_ICE_HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?"
+_STUN_URL = re.compile(rf"stuns?:{_ICE_HOST}")
+_TURN_URL = re.compile(rf"turns?:{_ICE_HOST}(?:\?transport=(?:udp|tcp))?")
 
 
 class ConfigError(Exception):
@@ -296,8 +302,25 @@ class Settings:
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got "
                               f"{self.log_level!r}")
+        self.check_ice()
         self.check_secret()
         self.check_cluster()
+
+    def check_ice(self) -> None:
+        """STUN/TURN URLs as browsers take them (RFC 7064, RFC 7065): a malformed one (say
+        an unexpanded `${TURN_URLS:-}` from a compose file) would be handed to every
+        client. TURN needs its secret and the secret its URLs."""
+        for env, urls, pattern, shape in (
+                ("STUN_URLS", self.stun_urls, _STUN_URL, "stun:host[:port]"),
+                ("TURN_URLS", self.turn_urls, _TURN_URL,
+                 "turn:host[:port][?transport=udp|tcp]")):
+            for url in urls:
+                m = pattern.fullmatch(url)
+                if m is None or not 0 < int(m["port"] or 1) <= 65535:
+                    raise ConfigError(f"{env}: {url!r} is not {shape}")
+        if bool(self.turn_urls) != bool(self.turn_secret):
+            raise ConfigError("TURN_URLS and TURN_SECRET go together: set both (TURN "
+                              "credentials are minted from the secret) or neither")
 
     def check_cluster(self) -> None:
         """Cluster mode (REDIS_URL) needs the nodes' shared PostgreSQL, and a node TTL that

@@ -49,7 +49,8 @@ def test_malformed_numbers_are_config_errors() -> None:
 
 def test_masked_hides_secrets_and_passwords() -> None:
     s = Settings.from_env({"DATABASE_URL": "postgresql://chat:hunter2@db/chat",
-                           "JWT_SECRET": STRONG, "TURN_SECRET": "t"})
+                           "JWT_SECRET": STRONG, "TURN_SECRET": "t",
+                           "TURN_URLS": "turn:relay.example"})
     shown = s.masked()
     text = repr(shown)
     assert "hunter2" not in text and STRONG not in text
@@ -74,3 +75,29 @@ def test_the_readme_lists_every_setting_as_the_code_defines_it() -> None:
 def test_unusable_values_name_their_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    # what an unexpanded compose default hands the nodes
+    ({"TURN_URLS": "${TURN_URLS:-}", "TURN_SECRET": "s"}, r"TURN_URLS: '\$\{TURN_URLS:-\}'"),
+    ({"TURN_URLS": "turn:", "TURN_SECRET": "s"}, "TURN_URLS"),
+    ({"TURN_URLS": "turn:relay.example:3478?transport=sctp", "TURN_SECRET": "s"}, "TURN_URLS"),
+    ({"TURN_URLS": "http://relay.example", "TURN_SECRET": "s"}, "TURN_URLS"),
+    ({"STUN_URLS": "stun:stun.example:70000"}, "STUN_URLS: 'stun:stun.example:70000'"),
+    ({"STUN_URLS": "stun:bad host"}, "STUN_URLS"),
+    ({"TURN_URLS": "turn:relay.example"}, "TURN_URLS and TURN_SECRET go together"),
+    ({"TURN_SECRET": "s"}, "TURN_URLS and TURN_SECRET go together"),
+])
+def test_malformed_ice_servers_are_refused_at_start(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_well_formed_ice_servers_are_taken() -> None:
+    s = Settings.from_env({"STUN_URLS": "stun:stun.example,stuns:[2001:db8::1]:5349",
+                           "TURN_URLS": "turn:relay.example:3478?transport=udp,"
+                                        "turns:relay.example:5349?transport=tcp",
+                           "TURN_SECRET": "s"})
+    assert s.stun_urls == ("stun:stun.example", "stuns:[2001:db8::1]:5349")
+    assert len(s.turn_urls) == 2
+    assert Settings.from_env({"STUN_URLS": ""}).stun_urls == ()  # no ICE servers at all

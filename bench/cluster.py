@@ -99,6 +99,7 @@ class ClusterScale(Scale):
     load_members: int = 50
     load_messages: int = 1000
     load_rate: float = 200.0
+    load_connects: int = 200  # then sockets of users without contacts: opened, closed
     # node_kill: senders ledger every ack (bench/ledger.py: one message in flight each,
     # resending the same client_msg_id); receivers in a group with all of them and a
     # one_to_one with each; the last node is killed at the middle of `kill_duration`
@@ -110,7 +111,7 @@ class ClusterScale(Scale):
 
 QUICK_CLUSTER = ClusterScale(
     **{f.name: getattr(QUICK, f.name) for f in dataclasses.fields(Scale)},
-    load_pairs=2, load_members=3, load_messages=40, load_rate=40.0,
+    load_pairs=2, load_members=3, load_messages=40, load_rate=40.0, load_connects=10,
     kill_senders=2, kill_receivers=3, kill_rate=20.0, kill_duration=4.0,
 )
 
@@ -293,6 +294,19 @@ async def load_per_message(ctx: Ctx, counters: LoadCounters) -> dict[str, Any]:
             runs.append((f"group of {len(members)} over {len(ctx.nodes)} nodes",
                          await window(into_group, n, len(members) - 1), len(members) - 1))
         await close_many(pair_socks + group_socks)
+        ctx.closed_many()
+        # the directory is touched per connection, never per message: a connect and a
+        # disconnect (after the presence grace) of users who share no conversation
+        lonely = await ctx.lonely_users(s.load_connects)
+        await ctx.settle()
+        before = await counters.read()
+        start = trio.current_time()
+        with ctx.status_during(lambda: f"{s.load_connects} sockets: connect, close"):
+            await close_many(await ctx.connect_many(nursery, lonely))
+            ctx.closed_many()
+            await ctx.settle()  # waits out the presence grace: the users go offline
+        cycles = {"delta": delta(before, await counters.read()),
+                  "seconds": trio.current_time() - start}
         nursery.cancel_scope.cancel()
 
     background = {k: {name: v / idle["seconds"] for name, v in c.items()}
@@ -314,6 +328,15 @@ async def load_per_message(ctx: Ctx, counters: LoadCounters) -> dict[str, Any]:
             "drained": run["done"],
             "usage": run["usage"],
         })
+    per = _per_message(cycles["delta"], background, cycles["seconds"], s.load_connects)
+    rows.append({
+        "case": f"{s.load_connects} sockets connected and closed (users with no contacts)",
+        "counts": {"connections": s.load_connects},
+        "rate": {"redis_commands_per_connection": round(sum(per["redis"].values()), 3),
+                 "pg_statements_per_connection": round(sum(per["pg"].values()), 3)},
+        "per_connection": {"redis_by_command": _top(per["redis"], 12),
+                           "pg_by_statement": _top(per["pg"], 12, width=160)},
+    })
     return {"params": {"pairs": s.load_pairs, "members": len(members), "messages": n,
                        "rate_per_s": s.load_rate, "nodes": len(ctx.nodes)},
             "background_per_s": {k: _top(v, 10) for k, v in background.items()},
@@ -385,8 +408,9 @@ async def node_kill(ctx: Ctx, nodes: list[Node]) -> dict[str, Any]:
             # it from the next `sync`. So a receiver still behind now reconnects and syncs,
             # as a client does on its next reconnect; what only that sync brought is counted.
             behind = [r for r in receivers if not r.caught_up(last)]
-            missed_live = sum(1 for r in behind for cid, conv in r.convs.items()
-                              for seq in acked.get(cid, {}) if seq not in conv.ids)
+            missed = [(cid, seq) for r in behind for cid, conv in r.convs.items()
+                      for seq in acked.get(cid, {})
+                      if seq not in conv.ids and seq not in conv.pending]
             for r in behind:
                 if r.ws is not None:
                     await r.ws.cut()
@@ -402,7 +426,9 @@ async def node_kill(ctx: Ctx, nodes: list[Node]) -> dict[str, Any]:
               "resends_found_stored": ledger.duplicate_acks,
               "sender_failures": dict(ledger.failures),
               "receivers_on_killed_node": len(on_victim),
-              "missed_live": missed_live, "receivers_resynced_for_gap": len(behind),
+              # deliveries (and distinct messages) that never came live, only by the sync
+              "missed_live": len(missed), "missed_live_messages": len(set(missed)),
+              "receivers_resynced_for_gap": len(behind),
               "stored": stored.stored, "stored_twice": stored.stored_twice,
               "false_acks": stored.false_acks, "gaps": stored.gaps,
               "sync_missing": stored.sync_missing, "sync_duplicated": stored.sync_duplicated,
@@ -507,6 +533,8 @@ def load_table(rep: dict[str, Any]) -> str:
            "| node-to-node batches | commit batches | top statements (per message) |",
            "|---|---:|---:|---:|---:|---:|---|"]
     for row in res["rows"]:
+        if "per_message" not in row:
+            continue
         per, nodes = row["per_message"], row["per_message"]["nodes"]
         top = "; ".join(f"{v:g} x `{q[:70]}`" for q, v in list(per["pg_by_statement"].items())[:4])
         out.append(f"| {row['case']} | {row['rate']['redis_commands_per_msg']:g} "

@@ -60,6 +60,8 @@ def _rate(row: dict[str, Any]) -> str:
                 "redis_commands_per_msg": "Redis commands/msg",
                 "pg_statements_per_msg": "PostgreSQL statements/msg",
                 "peer_events_per_msg": "node-to-node events/msg",
+                "redis_commands_per_connection": "Redis commands/connection",
+                "pg_statements_per_connection": "PostgreSQL statements/connection",
                 "senders_acked_again_s": "s until every sender was acked again"}.get(k, k)
         parts.append(f"{_num(v)} {unit}")
     mem = row.get("memory")

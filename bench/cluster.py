@@ -10,9 +10,10 @@ Every process is private (bench/faults.py): a PostgreSQL cluster initdb'd for th
 nodes, `python -m chatsrv serve` children with the server's defaults plus the bench's
 load-test limits (bench/server.py: BASE_ENV). Node logs and data go to OUT/nodes/.
 
-Placement: in a scenario, socket i goes to node i mod N (runner.Ctx.connect_many), so the
-two users of a pair are always on different nodes (cross-node 1:1) and a group's members
-are spread over every node; a node that refuses connections is skipped (Ctx.connect).
+Placement: in a scenario, socket i goes to node (i // 2 + i % 2) mod N
+(runner.Ctx.connect_many): the two users of a pair (2k, 2k + 1) are on nodes k and k + 1,
+always different (cross-node 1:1), the pairs' senders on every node in turn, and a group's
+members spread evenly; a node that refuses connections is skipped (Ctx.connect).
 
 Exit status as `python -m bench`: 0 when every scenario ran and nothing was lost or
 duplicated; 1 otherwise; 2 for bad arguments or when PostgreSQL/Redis are not installed.
@@ -416,6 +417,8 @@ async def node_kill(ctx: Ctx, nodes: list[Node]) -> dict[str, Any]:
                     await r.ws.cut()
             caught_up = await wait_until(lambda: all(r.caught_up(last) for r in receivers), 30)
         usage = ctx.end(window)
+        # the killed node's PostgreSQL backends exited, taking their CPU time with them
+        usage["db_cpu_pct"] = usage["other_cpu_pct"] = None
         await close_many([r.ws for r in receivers if r.ws is not None])
         nursery.cancel_scope.cancel()
     survivors = [u for u, node in zip(urls, nodes, strict=True) if node is not victim]
@@ -511,7 +514,8 @@ async def run_cluster(args: Any, scale: ClusterScale, names: list[str], n_nodes:
                 f"{k}={v}" for k, v in PG_SETTINGS.items()),
             "redis": next((line for line in (await counters.redis_info("server")).splitlines()
                            if line.startswith("redis_version:")), "?"),
-            "placement": "socket i of a scenario on node i mod N (pairs always cross nodes)",
+            "placement": ("socket i of a scenario on node (i // 2 + i % 2) mod N: pair k "
+                          "on nodes k and k + 1"),
         }
         server = ServerInfo(backend="cluster", base_url=nodes[0].url, host="127.0.0.1",
                             port=nodes[0].port, pid=nodes[0].pid, env=knobs,

@@ -174,31 +174,34 @@ class Ctx:
     async def connect_many(self, nursery: trio.Nursery, users: Sequence[User], *,
                            concurrency: int = 200, queue: int = QUEUE, kind: str | None = None,
                            failures: dict[str, int] | None = None) -> list[Ws]:
-        """client.connect_many over the nodes: users[i] goes to node i mod N, so
-        consecutive users (the two of a pair) are on different nodes. Same order and
-        failure handling as client.connect_many."""
+        """client.connect_many over the nodes (same order and failure handling):
+        users[i] goes to node (i // 2 + i % 2) mod N, so the two users of a pair (2k,
+        2k + 1) are on nodes k and k + 1: always different nodes, and the pairs' first
+        users (the senders of the 1:1 scenarios) on every node in turn."""
         n = len(self.nodes)
         if n == 1:
             return await connect_many(nursery, self.host, self.port, users,
                                       concurrency=concurrency, queue=queue, kind=kind,
                                       failures=failures)
+        where = [(i // 2 + i % 2) % n for i in range(len(users))]
         parts: list[list[Ws]] = [[] for _ in range(n)]
 
         async def part(k: int) -> None:
             node = self.nodes[k]
-            parts[k] = await connect_many(nursery, node.host, node.port, users[k::n],
+            mine = [u for u, at in zip(users, where, strict=True) if at == k]
+            parts[k] = await connect_many(nursery, node.host, node.port, mine,
                                           concurrency=max(1, concurrency // n), queue=queue,
                                           kind=kind, failures=failures)
 
         async with trio.open_nursery() as inner:
             for k in range(n):
                 inner.start_soon(part, k)
-        for i, u in enumerate(users):
-            self.placed[u.id] = i % n
+        for u, at in zip(users, where, strict=True):
+            self.placed[u.id] = at
         if failures is not None:  # some may be missing: order is lost anyway
             return [w for p in parts for w in p]
         cursors = [iter(p) for p in parts]
-        return [next(cursors[i % n]) for i in range(len(users))]
+        return [next(cursors[at]) for at in where]
 
     async def connect(self, nursery: trio.Nursery, user: User, *, queue: int = QUEUE,
                       kind: str | None = None) -> Ws:

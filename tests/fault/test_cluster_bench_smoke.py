@@ -34,7 +34,6 @@ def test_quick_cluster_bench_crosses_nodes_and_survives_a_kill(redis_binaries: N
     assert latency["cluster_load"]["peer_events_sent"] >= received
     fanout = scenarios["group_fanout"]["rows"][0]
     assert fanout["cross_node_member_latency_ms"]["count"] > 0
-    assert fanout["same_node_member_latency_ms"]["count"] > 0
     kill = scenarios["node_kill"]
     counts = kill["rows"][0]["counts"]
     assert kill["lost"] == 0 and kill["duplicated"] == 0, counts

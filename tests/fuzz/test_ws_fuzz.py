@@ -57,6 +57,8 @@ ERROR_CODES = {  # docs/protocol.md, "Error codes", the ones a WebSocket frame m
     "not_found", "rate_limited", "call_not_found", "call_not_ringing", "call_over",
     "call_exists", "already_in_call", "not_in_call", "not_a_contact", "unavailable",
     "conflict", "blocked", "unknown_user",
+    # message changes (issue 14)
+    "already_deleted", "edit_window_closed",
     # the `auth` frame's token checks
     "invalid_token", "token_expired", "session_revoked", "account_deactivated",
 }

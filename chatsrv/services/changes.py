@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+import trio
+
 from chatsrv.domain.changes import (
     Change,
     check_emoji,
@@ -100,7 +102,7 @@ class ChangeService:
         if m.deleted_at is None:
             deleted = await self._changes.delete_message(m.id, by=user_id, at=utcnow())
             if deleted is not None:
-                self._attachments_released(deleted)
+                await self._release_attachments(deleted)
                 await self._tell(deleted, f.MessageDeleted(**deleted_payload(deleted)),
                                  origin, ref)
                 return deleted
@@ -108,10 +110,12 @@ class ChangeService:
         self._ack(f.MessageDeleted(**deleted_payload(m)), origin, ref)
         return m
 
-    def _attachments_released(self, message: Message) -> None:
-        """MERGE POINT (uploads, issue 14/uploads branch): release the deleted message's
-        attachments here — the one place every delete (WebSocket and REST) passes, after
-        the delete is committed. Nothing to release until uploads exist."""
+    async def _release_attachments(self, message: Message) -> None:
+        """MERGE POINT (uploads branch): release the deleted message's attachments here —
+        the one place every delete (WebSocket and REST, sender or group admin) passes, once,
+        right after the delete is committed and before members are told. Nothing to
+        release until uploads exist."""
+        await trio.lowlevel.checkpoint()
 
     async def react(self, user_id: str, message_id: str, emoji: str, add: bool, *,
                     origin: Subscriber | None = None, ref: f.Ref = None) -> f.ReactionUpdate:

@@ -63,6 +63,12 @@ MENTIONS_UNREAD = """SELECT x.conversation_id, count(*) AS n FROM conversation_m
 JOIN messages x ON x.conversation_id = m.conversation_id AND x.seq > m.read_seq
 WHERE m.user_id = $1 AND x.deleted_at IS NULL AND x.mentions LIKE $2
 GROUP BY x.conversation_id"""
+MENTIONS_UNREAD_MANY_PG = """SELECT m.user_id, x.conversation_id, count(*) AS n
+FROM conversation_members m
+JOIN messages x ON x.conversation_id = m.conversation_id AND x.seq > m.read_seq
+WHERE m.user_id = ANY($1::uuid[]) AND x.deleted_at IS NULL
+  AND x.mentions LIKE '%"' || m.user_id::text || '"%'
+GROUP BY m.user_id, x.conversation_id"""
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
@@ -183,6 +189,14 @@ GROUP BY message_id, emoji ORDER BY message_id, min(created_at), emoji"""
 def mentions_unread_op(user_id: str) -> Op[dict[str, int]]:
     found = yield rows(MENTIONS_UNREAD, user_id, mention_pattern(user_id))
     return {str(r["conversation_id"]): int(r["n"]) for r in found}
+
+
+def mentions_unread_many_pg(user_ids: Sequence[str]) -> Op[dict[str, dict[str, int]]]:
+    """mentions_unread of several users in one statement (PostgreSQL: connects coalesced)."""
+    out: dict[str, dict[str, int]] = {u: {} for u in user_ids}
+    for r in (yield rows(MENTIONS_UNREAD_MANY_PG, list(user_ids))):
+        out[str(r["user_id"])][str(r["conversation_id"])] = int(r["n"])
+    return out
 
 
 def _log(m: Message, type: str, payload: dict[str, Any], at: datetime) -> Op[None]:

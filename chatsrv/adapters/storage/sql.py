@@ -11,7 +11,11 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from chatsrv.adapters.storage.base import Database, Op, Row, UniqueViolation, exec_, one, rows, val
-from chatsrv.adapters.storage.changes import LAST_CHANGE, mentions_unread_op
+from chatsrv.adapters.storage.changes import (
+    LAST_CHANGE,
+    mentions_unread_many_pg,
+    mentions_unread_op,
+)
 from chatsrv.adapters.storage.messages import MEMBERS_OF_MY_CONVERSATIONS, MessageStore
 from chatsrv.adapters.storage.rows import (
     CONV_COLS,
@@ -290,9 +294,12 @@ class SqlStore(MessageStore, SessionStore):
             # message changes (issue 14): the cursor before anything else this connection
             # will see, so a change racing with the connect is delivered twice, not lost
             cursor = int((yield val(LAST_CHANGE)) or 0)
-            mentions = {}
-            for u in user_ids:
-                mentions[u] = yield from mentions_unread_op(u)
+            if self.db.dialect == "postgres":
+                mentions = yield from mentions_unread_many_pg(user_ids)
+            else:
+                mentions = {}
+                for u in user_ids:
+                    mentions[u] = yield from mentions_unread_op(u)
             return {u: Arrival(positions[u], contacts[u], mentions[u], cursor)
                     for u in user_ids}
 

@@ -169,13 +169,13 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                                    cleanup_deadline=settings.cleanup_deadline)
         if routing.on_users_back is not None:
             routing.on_users_back(presence.users_back)
-        conversations = ConversationService(
-            store, router, members, statuses=presence.statuses,
-            max_group_members=settings.max_group_members)
         changes = ChangeService(store, SqlChanges(db), router, members,
                                 max_content_chars=settings.max_content_chars,
                                 edit_window=settings.edit_window,
                                 page_size=settings.sync_page_size)
+        conversations = ConversationService(
+            store, router, members, statuses=presence.statuses,
+            max_group_members=settings.max_group_members, changes=changes)
         messaging = MessagingService(store, router, members, commits,
                                      max_content_chars=settings.max_content_chars,
                                      history_max_limit=settings.history_max_limit,

@@ -123,6 +123,11 @@ async def test_rest_paths_and_outsiders_refused_everywhere(client: Client) -> No
         assert m["reactions"] == {"👍": {"count": 1, "me": True}}
         [m] = await history(client, a, cid)
         assert m["reactions"] == {"👍": {"count": 1, "me": False}}
+        r = await client.http.get("/api/conversations", headers=b.headers)
+        [conv] = r.json()["conversations"]
+        assert conv["last_message"]["reactions"] == {"👍": {"count": 1, "me": True}}
+        r = await client.http.get(f"/api/conversations/{cid}", headers=a.headers)
+        assert r.json()["last_message"]["reactions"] == {"👍": {"count": 1, "me": False}}
         r = await client.http.delete(thumbs, headers=b.headers)
         assert r.status_code == 200 and r.json()["counts"] == {} and r.json()["add"] is False
         r = await client.http.put(f"{base}/reactions/{quote('not one')}", headers=b.headers)

@@ -70,6 +70,9 @@ async def test_edit_refusals(client: Client) -> None:
         edit = {"message_id": mid, "content": "theirs now"}
         assert error_code(await wb.request("edit_message", edit, "message_edited")) == "forbidden"
         assert error_code(await wo.request("edit_message", edit, "message_edited")) == "not_found"
+        for type_, payload in (("delete_message", {"message_id": mid}),
+                               ("reaction", {"message_id": mid, "emoji": "👍"})):
+            assert error_code(await wo.request(type_, payload, "x")) == "not_found"
         for content, code in (("   ", "invalid_request"), ("x" * 4001, "content_too_long")):
             frame = await wa.request("edit_message", {"message_id": mid, "content": content},
                                      "message_edited")

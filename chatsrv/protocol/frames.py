@@ -237,6 +237,8 @@ class Ready(Out):
     heartbeat_interval: float
     token_expires_at: int
     conversations: dict[str, ConversationPosition]
+    # users this user blocked: their messages in groups are for the client to collapse
+    blocked: list[str] = []
 
 
 class MessagePayload(Out):
@@ -325,6 +327,13 @@ class MemberRoleChanged(Out):
     role: str
 
 
+class ConversationUpdated(Out):
+    TYPE = "conversation_updated"
+    conversation_id: str
+    name: str | None
+    by: str
+
+
 class Pong(Out):
     TYPE = "pong"
     server_time: str
@@ -401,7 +410,7 @@ OUTBOUND: dict[str, type[Out]] = {
         Ready, MessagePayload, MessageAck, MessageStatus, TypingOut, PresenceUpdate,
         SyncResult, MembersAdded, MemberRemoved, MemberRoleChanged, Pong, AuthOk, ErrorOut,
         CallOfferOut, CallRinging, CallAnswerOut, CallAnsweredElsewhere, IceCandidateOut,
-        CallOver, CallRejectOut)
+        CallOver, CallRejectOut, ConversationUpdated)
 }
 
 _encoder = msgspec.json.Encoder()

@@ -60,6 +60,18 @@ class SendMessageIn(Struct):
     client_msg_id: str | None = None
 
 
+class ProfileIn(Struct):
+    """PATCH /api/users/me: the fields given change."""
+
+    display_name: str | None = None
+    presence_visible: bool | None = None
+    read_receipts_visible: bool | None = None
+
+
+class RenameConversationIn(Struct):
+    name: str
+
+
 class ReceiptBodyIn(Struct):
     up_to_seq: Seq
     status: Literal["delivered", "read"] = "read"
@@ -76,6 +88,9 @@ class UserOut(Struct):
     status: str | None = None
     last_seen: str | None = None
     created_at: str | None = None
+    # my own settings (GET/PATCH /api/users/me only)
+    presence_visible: bool | None = None
+    read_receipts_visible: bool | None = None
 
 
 class AdminUserOut(Struct):
@@ -136,6 +151,8 @@ class ConversationListOut(Struct):
 class MessagesOut(Struct):
     messages: list[MessageOut]
     has_more: bool
+    # senders in this page whom the caller blocked (the client collapses their messages)
+    blocked_senders: list[str] = []
 
 
 class MessageStatusOut(Struct):
@@ -144,6 +161,15 @@ class MessageStatusOut(Struct):
     message_id: str
     seq: int
     statuses: dict[str, str]
+
+
+class BlockOut(Struct):
+    user: UserOut
+    created_at: str
+
+
+class BlocksOut(Struct):
+    blocks: list[BlockOut]
 
 
 class UsersOut(Struct):

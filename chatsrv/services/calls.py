@@ -65,6 +65,7 @@ from chatsrv.protocol.frames import (
     Out,
 )
 from chatsrv.protocol.render import render_error
+from chatsrv.services.privacy import PrivacyCache
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,10 @@ class CallService:
                  bus: CallBus, signals: trio.MemoryReceiveChannel[CallSignal], *,
                  instance: str, ring_timeout: float, stun_urls: tuple[str, ...],
                  turn_urls: tuple[str, ...], turn_secret: str, turn_ttl: float,
-                 record_deadline: float) -> None:
+                 record_deadline: float, privacy: PrivacyCache | None = None) -> None:
         self._store = store
+        # blocks (None: no rules, as in bare service tests)
+        self._privacy = privacy
         self._history = history
         self._router = router
         self._directory = directory
@@ -171,6 +174,11 @@ class CallService:
                 if caller.user_id in (earlier.caller_id, earlier.callee_id):
                     raise Conflict("call_id was used for an earlier call", code="call_exists")
                 raise NotFound("call not found", code="not_found")
+        if self._privacy is not None and await self._privacy.between(caller.user_id, callee_id):
+            # decided here, on the caller's node, before anything is claimed, recorded or
+            # sent: the callee (on any node) hears nothing, and has no history of it
+            return Offered(call_id, CallRejectOut(call_id=call_id, reason="blocked",
+                                                  status=CallStatus.REJECTED.value), False)
         now = trio.current_time()
         session = CallSession(
             id=call_id, caller_id=caller.user_id, callee_id=callee_id,

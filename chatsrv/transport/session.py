@@ -41,6 +41,7 @@ from chatsrv.services.calls import CallService
 from chatsrv.services.commit import Pending
 from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
+from chatsrv.services.privacy import PrivacyService
 from chatsrv.transport.websocket import Closing, FrameSocket, Outbox
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ class SessionDeps:
     rates: FrameRates
     # the endpoint: this connection now runs on a new principal (after `auth`)
     bind: Callable[[Session, Principal], None]
+    # whom the user blocked, for `ready.blocked` (None: not told)
+    privacy: PrivacyService | None = None
 
 
 class Session:
@@ -165,7 +168,8 @@ class Session:
                 self._nursery = nursery
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._acker)
-                self._ready()
+                privacy = deps.privacy
+                self._ready(await privacy.blocked(self.user_id) if privacy else [])
                 await deps.presence.connected(self, self.arrival.contacts if self.arrival else None)
                 self.arrival = None
                 if since is not None:
@@ -186,7 +190,7 @@ class Session:
             await self._publish_typing(cid, False)
         # calls end by themselves: their legs were tasks in this connection's nursery
 
-    def _ready(self) -> None:
+    def _ready(self, blocked: list[str]) -> None:
         s = self._deps.settings
         arrival = self.arrival
         positions = arrival.positions if arrival else {}
@@ -197,7 +201,7 @@ class Session:
             conversations={cid: f.ConversationPosition(
                 last_seq=last, unread=max(0, last - marks.read_seq),
                 delivered_seq=marks.delivered_seq, read_seq=marks.read_seq)
-                for cid, (last, marks) in positions.items()})))
+                for cid, (last, marks) in positions.items()}, blocked=blocked)))
 
     async def _writer(self) -> None:
         try:

@@ -197,6 +197,12 @@ async def test_no_presence_between_them(client: Client, side: str) -> None:
         # b leaves: c hears it, a does not
         await wc.expect("presence_update", user_id=b.id, status="offline")
         await wa.none("presence_update", user_id=b.id)
+        u = (await client.http.get(f"/api/users/{b.id}", headers=a.headers)).json()
+        assert u["status"] == "offline" and u["last_seen"] is None
+        found = (await client.http.get(f"/api/users?q={b.username}", headers=a.headers)).json()
+        assert found["users"][0]["last_seen"] is None
+        u = (await client.http.get(f"/api/users/{b.id}", headers=c.headers)).json()
+        assert u["last_seen"]
         async with client.ws(b):
             await wc.expect("presence_update", user_id=b.id, status="online")
             await wa.none("presence_update", user_id=b.id, status="online")

@@ -41,6 +41,7 @@ class PrivacyCache:
         self._entries: dict[str, tuple[float, Privacy]] = {}
         self._generation: dict[str, int] = {}
         self._epoch = 0
+        self._invalidated = trio.lowlevel.ParkingLot()
 
     async def of(self, user_id: str) -> Privacy:
         """The user's blocks (either way) and settings now. Raises Unavailable."""
@@ -65,6 +66,7 @@ class PrivacyCache:
 
     def invalidate(self, user_ids: Sequence[str] | None) -> None:
         """Drop the users' entries (changed here or on another node); None drops all."""
+        self._invalidated.unpark_all()
         if user_ids is None:
             self._epoch += 1
             self._entries.clear()
@@ -75,6 +77,14 @@ class PrivacyCache:
             self._entries.pop(uid, None)
         if len(self._generation) > self._max:
             self.invalidate(None)
+
+    async def wait_uncached(self, user_id: str) -> None:
+        """Until nothing is cached for the user (a change reached this node)."""
+        while user_id in self._entries:
+            await self._invalidated.park()
+
+    def cached(self, user_id: str) -> bool:
+        return user_id in self._entries
 
     async def changed(self, user_ids: list[str]) -> None:
         """Changed here: drop the entries and tell the other nodes (before the change is

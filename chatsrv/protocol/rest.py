@@ -148,10 +148,11 @@ class ConversationListOut(Struct):
     conversations: list[ConversationOut]
 
 
-class MessagesOut(Struct):
+class MessagesOut(Struct, omit_defaults=True):
     messages: list[MessageOut]
     has_more: bool
-    # senders in this page whom the caller blocked (the client collapses their messages)
+    # senders in this page whom the caller blocked (the client collapses their messages);
+    # left out when there are none, so a page keeps the seed's exact shape
     blocked_senders: list[str] = []
 
 

@@ -12,13 +12,14 @@ from collections.abc import AsyncIterator
 import pytest
 import trio_asyncio
 
+from chatsrv.adapters.storage.blocks import SqlBlocks
 from chatsrv.adapters.storage.calls import SqlCallLog
-from chatsrv.adapters.storage.memory import MemoryCallLog, MemoryStore
+from chatsrv.adapters.storage.memory import MemoryBlocks, MemoryCallLog, MemoryStore
 from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.sql import SqlStore
 from chatsrv.app import open_database
 from chatsrv.config import Settings
-from chatsrv.domain.ports import CallLog, Store
+from chatsrv.domain.ports import Blocks, CallLog, Store
 from tests.conftest import BACKENDS
 
 CONTRACT_BACKENDS = ["memory", *BACKENDS]
@@ -52,3 +53,12 @@ def call_log(store: Store) -> CallLog:
         return MemoryCallLog(store)
     assert isinstance(store, SqlStore)
     return SqlCallLog(store.db)
+
+
+@pytest.fixture
+def blocks(store: Store) -> Blocks:
+    """Blocks and privacy settings beside `store`, on the same tables."""
+    if isinstance(store, MemoryStore):
+        return MemoryBlocks(store)
+    assert isinstance(store, SqlStore)
+    return SqlBlocks(store.db)

@@ -197,7 +197,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             conversations=conversations, messaging=messaging, presence=presence,
             commits=commits, arrivals=Coalescer(store.arrivals, max_batch=settings.commit_batch),
             calls=calls, metrics=metrics,
-            privacy=PrivacyService(store.get_user, blocks, privacy_cache, presence),
+            privacy=PrivacyService(store.get_user, blocks, privacy_cache, presence, router),
             privacy_cache=privacy_cache,
         )
         _gauges(metrics, svc)

@@ -334,6 +334,15 @@ class ConversationUpdated(Out):
     by: str
 
 
+class BlockUpdate(Out):
+    """To the blocker's own devices: whom they blocked or unblocked (`ready.blocked` then
+    changes the same way)."""
+
+    TYPE = "block_update"
+    user_id: str
+    blocked: bool
+
+
 class Pong(Out):
     TYPE = "pong"
     server_time: str
@@ -410,7 +419,7 @@ OUTBOUND: dict[str, type[Out]] = {
         Ready, MessagePayload, MessageAck, MessageStatus, TypingOut, PresenceUpdate,
         SyncResult, MembersAdded, MemberRemoved, MemberRoleChanged, Pong, AuthOk, ErrorOut,
         CallOfferOut, CallRinging, CallAnswerOut, CallAnsweredElsewhere, IceCandidateOut,
-        CallOver, CallRejectOut, ConversationUpdated)
+        CallOver, CallRejectOut, ConversationUpdated, BlockUpdate)
 }
 
 _encoder = msgspec.json.Encoder()

@@ -24,7 +24,8 @@ import trio
 
 from chatsrv.domain.errors import Invalid, NotFound
 from chatsrv.domain.model import Block, Conversation, Privacy, User, Watermarks, parse_id, utcnow
-from chatsrv.domain.ports import Blocks
+from chatsrv.domain.ports import Blocks, Router
+from chatsrv.protocol.frames import BlockUpdate, Frame
 
 MAX_DISPLAY_NAME = 64  # as at registration (services/auth.py)
 
@@ -131,18 +132,21 @@ class Visibility(Protocol):
 
 class PrivacyService:
     def __init__(self, store_users: Callable[[str], Awaitable[User | None]], blocks: Blocks,
-                 cache: PrivacyCache, presence: Visibility) -> None:
+                 cache: PrivacyCache, presence: Visibility, router: Router) -> None:
         self._get_user = store_users
+        self._router = router
         self._blocks = blocks
         self._cache = cache
         self._presence = presence
 
     async def block(self, user_id: str, other_id: str) -> None:
         """Block `other_id` (idempotent). Raises Invalid (yourself), NotFound (no such
-        user). Both sides' devices stop hearing the other's presence at once."""
+        user). My devices get `block_update`; both sides' devices stop hearing the other's
+        presence at once."""
         other = await self._other(user_id, other_id)
         if await self._blocks.block(user_id, other, at=utcnow()):
             await self._cache.changed([user_id, other])
+            self._router.publish([user_id], Frame(BlockUpdate(user_id=other, blocked=True)))
             await self._presence.separated(user_id, other)
 
     async def unblock(self, user_id: str, other_id: str) -> None:
@@ -150,6 +154,7 @@ class PrivacyService:
         other = await self._other(user_id, other_id)
         if await self._blocks.unblock(user_id, other):
             await self._cache.changed([user_id, other])
+            self._router.publish([user_id], Frame(BlockUpdate(user_id=other, blocked=False)))
             if not await self._cache.between(user_id, other):
                 await self._presence.rejoined(user_id, other)
 

@@ -35,8 +35,13 @@ async def block_between(client: Client, actor: Account, other: Account, side: st
 
 async def test_block_list_and_unblock(client: Client) -> None:
     a, b = await client.register(), await client.register()
-    await block(client, a, b)
-    await block(client, a, b)  # idempotent
+    async with client.ws(a) as wa:
+        await block(client, a, b)
+        await wa.expect("block_update", user_id=b.id, blocked=True)
+        await block(client, a, b)  # idempotent
+        await wa.none("block_update")
+    async with client.ws(a) as wa:
+        assert wa.ready["payload"]["blocked"] == [b.id]  # type: ignore[attr-defined]
     r = await client.http.get("/api/blocks", headers=a.headers)
     assert r.status_code == 200
     blocks = r.json()["blocks"]
@@ -55,7 +60,9 @@ async def test_block_list_and_unblock(client: Client) -> None:
     # only the blocker lifts a block
     await unblock(client, b, a)
     assert len((await client.http.get("/api/blocks", headers=a.headers)).json()["blocks"]) == 1
-    await unblock(client, a, b)
+    async with client.ws(a) as wa:
+        await unblock(client, a, b)
+        await wa.expect("block_update", user_id=b.id, blocked=False)
     await unblock(client, a, b)  # idempotent
     assert (await client.http.get("/api/blocks", headers=a.headers)).json()["blocks"] == []
 

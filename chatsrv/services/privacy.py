@@ -43,6 +43,7 @@ class PrivacyCache:
         self._generation: dict[str, int] = {}
         self._epoch = 0
         self._invalidated = trio.lowlevel.ParkingLot()
+        self._listeners: list[Callable[[Sequence[str]], None]] = []
 
     async def of(self, user_id: str) -> Privacy:
         """The user's blocks (either way) and settings now. Raises Unavailable."""
@@ -68,6 +69,9 @@ class PrivacyCache:
     def invalidate(self, user_ids: Sequence[str] | None) -> None:
         """Drop the users' entries (changed here or on another node); None drops all."""
         self._invalidated.unpark_all()
+        for listener in self._listeners:
+            if user_ids is not None:
+                listener(user_ids)
         if user_ids is None:
             self._epoch += 1
             self._entries.clear()
@@ -78,6 +82,11 @@ class PrivacyCache:
             self._entries.pop(uid, None)
         if len(self._generation) > self._max:
             self.invalidate(None)
+
+    def on_changed(self, callback: Callable[[Sequence[str]], None]) -> None:
+        """`callback(user_ids)` whenever these users' blocks or settings changed, here or
+        on another node (it must not block: CallService queues and rechecks)."""
+        self._listeners.append(callback)
 
     async def wait_uncached(self, user_id: str) -> None:
         """Until nothing is cached for the user (a change reached this node)."""

@@ -1,6 +1,7 @@
 """A block made through one node holds on the other at once (after the "privacy" note, a
 Redis round trip): no messages into the pair's one_to_one, no typing, presence or calls of
-one to the other, with the other node's cache warm beforehand."""
+one to the other, with the other node's cache warm beforehand; a call the other node owns
+between them ends."""
 
 from __future__ import annotations
 
@@ -75,3 +76,16 @@ async def test_a_block_made_on_one_node_holds_on_the_other(cluster: Cluster) -> 
                                        "message_ack")
                 assert ack["type"] == "message_ack", ack
                 await wb.expect("new_message", content="again")
+                # a call owned by node 2 (a's) ends when node 1 takes b's block
+                ring = await wa.request("call_offer", {"recipient_id": b.id, "offer": "sdp"},
+                                        "call_ringing")
+                assert ring["type"] == "call_ringing", ring
+                call_id = ring["payload"]["call_id"]
+                await wb.expect("call_offer", call_id=call_id)
+                await wb.send("call_answer", {"call_id": call_id, "answer": "sdp"})
+                await wa.expect("call_answer", call_id=call_id)
+                r = await c1.http.put(f"/api/users/{a.id}/block", headers=b.headers)
+                assert r.status_code == 204
+                for ws in (wa, wb):
+                    end = await ws.expect("call_end", call_id=call_id)
+                    assert end["payload"]["reason"] == "blocked"

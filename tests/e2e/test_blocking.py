@@ -244,3 +244,33 @@ async def test_no_calls_between_them(client: Client, side: str) -> None:
         await wb.expect("call_offer", caller_id=a.id)
         await wa.send("call_end", {"call_id": ring["payload"]["call_id"]})
         await wb.expect("call_end")
+
+
+@pytest.mark.parametrize("side", SIDES)
+async def test_a_block_ends_their_call(client: Client, side: str) -> None:
+    """A call in progress (and one still ringing) ends for both with reason `blocked`."""
+    a, b, _ = await pair(client)
+    async with client.ws(a) as wa, client.ws(b) as wb:
+        ring = await wa.request("call_offer", {"recipient_id": b.id, "offer": "sdp"},
+                                "call_ringing")
+        call_id = ring["payload"]["call_id"]
+        await wb.expect("call_offer", call_id=call_id)
+        await wb.send("call_answer", {"call_id": call_id, "answer": "sdp"})
+        await wa.expect("call_answer", call_id=call_id)
+        blocker = await block_between(client, a, b, side)
+        for ws in (wa, wb):
+            end = await ws.expect("call_end", call_id=call_id)
+            assert end["payload"]["reason"] == "blocked"
+            assert end["payload"]["status"] == "ended"
+        await unblock(client, blocker, b if blocker is a else a)
+        # ringing
+        ring = await wb.request("call_offer", {"recipient_id": a.id, "offer": "sdp"},
+                                "call_ringing")
+        call_id = ring["payload"]["call_id"]
+        await wa.expect("call_offer", call_id=call_id)
+        await block_between(client, a, b, side)
+        for ws in (wa, wb):
+            end = await ws.expect("call_end", call_id=call_id)
+            assert end["payload"]["reason"] == "blocked"
+    calls = (await client.http.get("/api/calls", headers=a.headers)).json()["calls"]
+    assert [c["end_reason"] for c in calls] == ["blocked", "blocked"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import resource
+import secrets
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,14 +19,16 @@ import trio_asyncio
 from hypercorn.config import Config as HypercornConfig
 
 from chatsrv.adapters.aio import contain_asyncio_errors
+from chatsrv.adapters.blobs import open_blob_store
 from chatsrv.adapters.memory import LOCAL_INSTANCE, LocalDirectory, LocalRouter, NoBus
 from chatsrv.adapters.storage.base import Database
 from chatsrv.adapters.storage.calls import SqlCallLog
 from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.sql import SqlStore
+from chatsrv.adapters.storage.uploads import SqlUploadStore
 from chatsrv.config import ConfigError, Settings
 from chatsrv.domain.model import CallSignal
-from chatsrv.domain.ports import CallBus, Directory, Router
+from chatsrv.domain.ports import BlobStore, CallBus, Directory, Router
 from chatsrv.metrics import Metrics
 from chatsrv.services.auth import AdminService, AuthService
 from chatsrv.services.batching import Coalescer
@@ -38,6 +41,7 @@ from chatsrv.services.membership import MembershipCache
 from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
 from chatsrv.services.sessions import SessionRegistry
+from chatsrv.services.uploads import UploadLimits, UploadService, UrlSigner
 from chatsrv.tasks import StartupError, as_startup_error, leaves, open_background, supervised
 
 log = logging.getLogger("chatsrv")
@@ -146,7 +150,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     """
     metrics = Metrics()
     contain_asyncio_errors(metrics.task_failures)
-    async with open_database(settings) as db, open_routing(settings, metrics) as routing:
+    async with open_database(settings) as db, open_routing(settings, metrics) as routing, \
+            open_blob_store(settings) as blobs:
         applied = await migrate(db)
         if applied:
             log.info("migrations applied: %s", ", ".join(applied))
@@ -170,7 +175,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         conversations = ConversationService(
             store, router, members, statuses=presence.statuses,
             max_group_members=settings.max_group_members)
-        messaging = MessagingService(store, router, members, commits,
+        uploads = build_uploads(SqlUploadStore(db), blobs, settings)
+        messaging = MessagingService(store, router, members, commits, uploads=uploads,
                                      max_content_chars=settings.max_content_chars,
                                      history_max_limit=settings.history_max_limit,
                                      history_default_limit=settings.history_default_limit,
@@ -185,7 +191,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             auth=auth, sessions=sessions, admin=AdminService(store, auth), limits=limits,
             conversations=conversations, messaging=messaging, presence=presence,
             commits=commits, arrivals=Coalescer(store.arrivals, max_batch=settings.commit_batch),
-            calls=calls, metrics=metrics,
+            calls=calls, metrics=metrics, uploads=uploads,
         )
         _gauges(metrics, svc)
         supervise = partial(supervised, failures=metrics.task_failures,
@@ -195,6 +201,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             await nursery.start(supervise, "sessions", sessions.run)
             await nursery.start(supervise, "calls", calls.run)
             await nursery.start(supervise, "arrivals", svc.arrivals.run)
+            await nursery.start(supervise, "upload-sweep", uploads.run)
             if routing.watch_nodes is not None:
                 await nursery.start(supervise, "node-watch", routing.watch_nodes,
                                     presence.node_lost)
@@ -202,6 +209,22 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 await nursery.start(supervise, f"commit-lane-{lane}", commits.run_lane, lane,
                                     svc.messaging.announce)
             yield svc
+
+
+def build_uploads(store: SqlUploadStore, blobs: BlobStore, settings: Settings) -> UploadService:
+    """Uploads: records in the database, bytes in `blobs`, temp files in the data dir."""
+    limits = UploadLimits(
+        max_bytes=settings.max_upload_bytes, quota_bytes=settings.upload_quota_bytes,
+        max_attachments=settings.max_attachments, thumbnail_px=settings.thumbnail_px,
+        max_pixels=settings.max_image_pixels, image_timeout=settings.image_timeout,
+        read_timeout=settings.upload_read_timeout, url_ttl=settings.download_url_ttl,
+        orphan_ttl=settings.upload_orphan_ttl, sweep_interval=settings.upload_sweep_interval,
+        op_timeout=settings.db_timeout)
+    return UploadService(store, blobs, tmp_dir=settings.data_dir / "uploads-tmp",
+                         limits=limits,
+                         signer=UrlSigner(settings.jwt_secret.encode() or secrets.token_bytes(32),
+                                          settings.download_url_ttl),
+                         redirect=settings.s3_redirect)
 
 
 def _gauges(metrics: Metrics, svc: Services) -> None:
@@ -236,6 +259,7 @@ def build_asgi(svc: Services) -> tuple[Any, Any]:
     """One ASGI app: WebSockets go to the WebSocket endpoint, everything else to Quart.
     Returns (app, ws endpoint). The transports get the services they call, nothing else."""
     from chatsrv.transport.http import create_app
+    from chatsrv.transport.http.uploads import streamed_uploads
     from chatsrv.transport.session import FrameRates, SessionDeps
     from chatsrv.transport.ws import WebSocketEndpoint
 
@@ -244,7 +268,7 @@ def build_asgi(svc: Services) -> tuple[Any, Any]:
         settings, auth_service=svc.auth, admin_service=svc.admin, presence=svc.presence,
         conversation_service=svc.conversations, messaging=svc.messaging,
         call_service=svc.calls, limits=svc.limits, ready=svc.store.ping,
-        metrics=svc.metrics.render)
+        metrics=svc.metrics.render, uploads=svc.uploads)
     endpoint: WebSocketEndpoint
 
     def bind(session: Any, principal: Any) -> None:
@@ -261,8 +285,9 @@ def build_asgi(svc: Services) -> tuple[Any, Any]:
         if scope["type"] == "websocket":
             await ws(scope, receive, send)
         else:
-            await quart_app(scope, receive, send)  # type: ignore[arg-type]
+            await http_app(scope, receive, send)
 
+    http_app = streamed_uploads(quart_app)  # type: ignore[arg-type]
     return asgi, ws
 
 

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from chatsrv.domain.errors import Invalid
+from chatsrv.domain.uploads import Attachment
 
 NO_ID = "00000000-0000-0000-0000-000000000000"  # sorts before every id (keyset paging)
 _CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -144,6 +145,7 @@ class Message:
     message_type: str
     client_msg_id: str | None
     created_at: datetime
+    attachments: tuple[Attachment, ...] = ()  # uploads the message carries, in order
 
 
 @dataclass(frozen=True, slots=True)

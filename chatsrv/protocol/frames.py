@@ -39,6 +39,7 @@ class ChatMessageIn(Struct):
     content: str
     message_type: str = "text"
     client_msg_id: str | None = None
+    attachments: list[str] = []  # upload ids (POST /api/uploads), the sender's own
 
 
 class TypingIn(Struct):
@@ -239,6 +240,20 @@ class Ready(Out):
     conversations: dict[str, ConversationPosition]
 
 
+class AttachmentOut(Struct):
+    """An upload a message carries; `url`/`thumbnail_url` are signed (they work in an
+    <img src> without a bearer header) for DOWNLOAD_URL_TTL."""
+
+    id: str
+    name: str
+    content_type: str
+    size: int
+    url: str
+    thumbnail_url: str | None
+    width: int | None
+    height: int | None
+
+
 class MessagePayload(Out):
     """A message as every client sees it: new_message, history, sync_result, REST."""
 
@@ -251,6 +266,7 @@ class MessagePayload(Out):
     message_type: str
     client_msg_id: str | None
     created_at: str
+    attachments: list[AttachmentOut] = []
 
 
 class MessageAck(Out):

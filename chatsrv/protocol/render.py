@@ -15,6 +15,7 @@ from chatsrv.domain.model import (
     Watermarks,
     iso,
 )
+from chatsrv.domain.uploads import Upload
 from chatsrv.protocol import frames
 from chatsrv.protocol import rest as wire
 
@@ -42,7 +43,17 @@ def render_message(m: Message) -> frames.MessagePayload:
         id=m.id, conversation_id=m.conversation_id, seq=m.seq, sender_id=m.sender_id,
         content=m.content, message_type=m.message_type, client_msg_id=m.client_msg_id,
         created_at=iso(m.created_at) or "",
+        attachments=[frames.AttachmentOut(
+            id=a.id, name=a.name, content_type=a.content_type, size=a.size, url=a.url,
+            thumbnail_url=a.thumbnail_url, width=a.width, height=a.height)
+            for a in m.attachments],
     )
+
+
+def render_upload(u: Upload, url: str, thumbnail_url: str | None) -> wire.UploadOut:
+    return wire.UploadOut(id=u.id, name=u.name, content_type=u.content_type, size=u.size,
+                          sha256=u.sha256, url=url, thumbnail_url=thumbnail_url,
+                          width=u.width, height=u.height, created_at=iso(u.created_at) or "")
 
 
 def render_ack(m: Message, *, duplicate: bool) -> frames.MessageAck:

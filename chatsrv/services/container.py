@@ -19,6 +19,7 @@ from chatsrv.services.membership import MembershipCache
 from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
 from chatsrv.services.sessions import SessionRegistry
+from chatsrv.services.uploads import UploadService
 
 
 @dataclass(slots=True)
@@ -40,3 +41,4 @@ class Services:
     # for concurrent connects together
     arrivals: Coalescer[str, Arrival]
     metrics: Metrics
+    uploads: UploadService

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from chatsrv.domain.errors import Invalid, NotFound
 from chatsrv.domain.model import Message, Watermarks, new_id, parse_id, unix_ms, utcnow
@@ -14,6 +15,9 @@ from chatsrv.protocol.frames import Frame, MessageStatus, TypingOut
 from chatsrv.protocol.render import render_message
 from chatsrv.services.commit import GroupCommitter, Pending
 from chatsrv.services.membership import MembershipCache
+
+if TYPE_CHECKING:
+    from chatsrv.services.uploads import UploadService
 
 MESSAGE_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 MAX_CLIENT_MSG_ID = 64
@@ -30,8 +34,9 @@ class MessagingService:
     def __init__(self, store: Store, router: Router, members: MembershipCache,
                  commits: GroupCommitter, *,
                  max_content_chars: int, history_max_limit: int, history_default_limit: int,
-                 sync_page_size: int) -> None:
+                 sync_page_size: int, uploads: UploadService | None = None) -> None:
         self._store = store
+        self._uploads = uploads  # attachments; None: messages carry none
         self._router = router
         self._members = members
         self._commits = commits
@@ -42,7 +47,8 @@ class MessagingService:
 
     async def send(self, user_id: str, *, conversation_id: str, content: str,
                    message_type: str = "text", client_msg_id: str | None = None,
-                   origin: Subscriber | None = None) -> tuple[Message, bool]:
+                   origin: Subscriber | None = None,
+                   attachments: Sequence[str] = ()) -> tuple[Message, bool]:
         """Commit; the committer then fans out `new_message` (see `announce`) to every
         member's live connections except `origin`, which gets `message_ack` instead.
 
@@ -51,17 +57,19 @@ class MessagingService:
         """
         pending = await self.submit(user_id, conversation_id=conversation_id, content=content,
                                     message_type=message_type, client_msg_id=client_msg_id,
-                                    origin=origin)
+                                    origin=origin, attachments=attachments)
         await pending.done.wait()
-        return self.result(pending)
+        message, created = self.result(pending)
+        return self._present([message])[0], created
 
     async def submit(self, user_id: str, *, conversation_id: str, content: str,
                      message_type: str = "text", client_msg_id: str | None = None,
-                     origin: Subscriber | None = None) -> Pending:
+                     origin: Subscriber | None = None,
+                     attachments: Sequence[str] = ()) -> Pending:
         """`send` without waiting for the commit: validates (raises Invalid at once) and
         queues; `result(pending)` once `pending.done` is set."""
         conversation_id = parse_id(conversation_id, "conversation_id")
-        if not content or not content.strip():
+        if (not content or not content.strip()) and not attachments:
             raise Invalid("content must not be empty", field="content")
         if len(content) > self._max_content:
             raise Invalid(f"content is longer than {self._max_content} characters",
@@ -71,10 +79,14 @@ class MessagingService:
         if client_msg_id is not None and not 1 <= len(client_msg_id) <= MAX_CLIENT_MSG_ID:
             raise Invalid(f"client_msg_id must be 1-{MAX_CLIENT_MSG_ID} characters",
                           field="client_msg_id")
+        if attachments and self._uploads is None:
+            raise Invalid("this server takes no attachments", field="attachments")
+        carried = (await self._uploads.resolve(user_id, attachments)
+                   if attachments and self._uploads is not None else ())
         return await self._commits.submit(Message(
             id=new_id(), conversation_id=conversation_id, seq=0, sender_id=user_id,
             content=content, message_type=message_type, client_msg_id=client_msg_id,
-            created_at=utcnow(),
+            created_at=utcnow(), attachments=carried,
         ), origin=origin)
 
     @staticmethod
@@ -90,7 +102,7 @@ class MessagingService:
     async def announce(self, message: Message, origin: Subscriber | None) -> None:
         """Fan a committed message out; called by the group committer in commit order."""
         members = await self._members.members(message.conversation_id)
-        self._router.publish(members, Frame(render_message(message)),
+        self._router.publish(members, Frame(render_message(self._present([message])[0])),
                              exclude=origin.connection_id if origin is not None else None)
 
     async def history(self, user_id: str, conversation_id: str, *, limit: int | None,
@@ -118,7 +130,7 @@ class MessagingService:
         del rows[limit:]
         if after_seq is None:
             rows.reverse()  # fetched newest first
-        return rows, has_more
+        return self._present(rows), has_more
 
     async def status(self, user_id: str, message_id: str) -> tuple[Message, dict[str, str]]:
         """A message and what each other member has of it: sent, delivered or read (from
@@ -214,7 +226,8 @@ class MessagingService:
                 has_more = True
         everywhere = await self._store.watermarks_of_my_conversations(user_id)
         watermarks = {cid: everywhere.get(cid, {}) for cid in start}
-        return SyncResult(messages=messages, has_more=has_more, watermarks=watermarks)
+        return SyncResult(messages=self._present(messages), has_more=has_more,
+                          watermarks=watermarks)
 
     async def typing(self, user_id: str, conversation_id: str, is_typing: bool, *,
                      check: bool = True) -> None:
@@ -229,6 +242,12 @@ class MessagingService:
             Frame(TypingOut(conversation_id=conversation_id, user_id=user_id,
                             is_typing=is_typing)),
         )
+
+    def _present(self, messages: list[Message]) -> list[Message]:
+        """Messages as handed out: attachments with fresh signed URLs."""
+        if self._uploads is None:
+            return messages
+        return self._uploads.present(messages)
 
     async def _require_member(self, user_id: str, conversation_id: str) -> str:
         conversation_id = parse_id(conversation_id, "conversation_id")

@@ -162,7 +162,7 @@ class UploadService:
                         break
                 if waited.cancelled_caught:
                     raise Invalid(f"the upload stalled for {lim.read_timeout:g}s",
-                                  code="timeout")
+                                  code="upload_incomplete")
                 if not chunk:
                     continue
                 size += len(chunk)

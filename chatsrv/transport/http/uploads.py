@@ -79,7 +79,7 @@ async def _raw_body(receive: Any, *, cap: int) -> AsyncIterator[bytes]:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise Invalid("the client went away during the upload", code="timeout")
+            raise Invalid("the client went away during the upload", code="upload_incomplete")
         body = message.get("body", b"")
         total += len(body)
         if total > cap:

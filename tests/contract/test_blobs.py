@@ -8,8 +8,7 @@ request with SigV4 and creates its bucket itself, like against AWS or MinIO.
 from __future__ import annotations
 
 import hashlib
-import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -20,26 +19,7 @@ from chatsrv.adapters.blobs.local import LocalBlobStore
 from chatsrv.adapters.blobs.s3 import open_s3
 from chatsrv.domain.errors import NotFound
 from chatsrv.domain.ports import BlobStore
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """A moto S3 server for the session (moto keeps buckets in memory)."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+from tests.s3 import s3_endpoint  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(params=["local", "s3"])

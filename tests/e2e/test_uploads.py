@@ -14,8 +14,9 @@ import trio
 from PIL import Image
 
 from chatsrv.config import Settings
-from tests.conftest import Server
+from tests.conftest import Server, start_server
 from tests.helpers import Account, Client, pair
+from tests.s3 import s3_endpoint  # noqa: F401 (a fixture)
 
 PNG_AS_HTML = {"Content-Type": "text/html"}
 
@@ -297,3 +298,40 @@ async def test_orphans_are_swept_and_released_attachments_go(server: Server,
             ).status_code == 404
     blobs = server.settings.data_dir / "blobs"
     assert not [p for p in blobs.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("redirect", [True, False])
+@pytest.mark.parametrize("backend", ["sqlite"])  # the blob store is what differs here
+async def test_on_s3(settings: Settings, request: pytest.FixtureRequest, aio_loop: None,
+                     nursery: trio.Nursery, redirect: bool) -> None:
+    endpoint = request.getfixturevalue("s3_endpoint")
+    s3 = replace(settings, s3_endpoint=endpoint, s3_bucket=f"chat-{redirect}".lower(),
+                 s3_access_key="test", s3_secret_key="test-secret", s3_redirect=redirect)
+    server = await start_server(nursery, s3)
+    client = server.client()
+    try:
+        a, b, conv = await pair(client)
+        data = _jpeg_with_gps((640, 480))
+        up = await upload(client, a, data, name="p.jpg")
+        await send(client, a, conv, [up["id"]])
+        for path in (f"/api/uploads/{up['id']}", f"/api/uploads/{up['id']}/thumbnail"):
+            r = await client.http.get(path, headers=b.headers)
+            if redirect:
+                assert r.status_code == 302, r.text
+                assert r.headers["location"].startswith(endpoint)
+                r = await client.http.get(r.headers["location"])
+            assert r.status_code == 200
+            if path.endswith("thumbnail"):
+                assert r.headers["content-type"] == "image/webp" and b"SpyCam" not in r.content
+            else:
+                assert r.content == data and r.headers["content-type"] == "image/jpeg"
+        outsider = await client.register()
+        r = await client.http.get(f"/api/uploads/{up['id']}", headers=outsider.headers)
+        assert r.status_code == 404
+        if not redirect:
+            r = await client.http.get(f"/api/uploads/{up['id']}",
+                                      headers={**b.headers, "Range": "bytes=2-5"})
+            assert r.status_code == 206 and r.content == data[2:6]
+    finally:
+        await client.aclose()
+        server.shutdown.set()

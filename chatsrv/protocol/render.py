@@ -44,8 +44,13 @@ def render_message(m: Message) -> frames.MessagePayload:
         content=m.content, message_type=m.message_type, client_msg_id=m.client_msg_id,
         created_at=iso(m.created_at) or "",
         attachments=[frames.AttachmentOut(
-            id=a.id, name=a.name, content_type=a.content_type, size=a.size, url=a.url,
-            thumbnail_url=a.thumbnail_url, width=a.width, height=a.height)
+            id=a.id, name=a.name, content_type=a.content_type, size=a.size,
+            # unsigned (bearer header) where no signed URL was filled in: a conversation's
+            # last_message
+            url=a.url or f"/api/uploads/{a.id}",
+            thumbnail_url=a.thumbnail_url or (f"/api/uploads/{a.id}/thumbnail"
+                                              if a.has_thumbnail else None),
+            width=a.width, height=a.height)
             for a in m.attachments],
     )
 

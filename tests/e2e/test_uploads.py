@@ -273,6 +273,12 @@ async def test_attachments_in_message_payloads(client: Client) -> None:
     r = await client.http.get(f"/api/conversations/{conv}/messages", headers=b.headers)
     [msg] = r.json()["messages"]
     assert [x["name"] for x in msg["attachments"]] == ["p.png", "d.pdf"]
+    r = await client.http.get("/api/conversations", headers=b.headers)
+    [listed] = [c for c in r.json()["conversations"] if c["id"] == conv]
+    last = listed["last_message"]["attachments"]
+    assert [x["id"] for x in last] == [img["id"], doc["id"]]
+    r = await client.http.get(last[0]["thumbnail_url"], headers=b.headers)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/webp"
 
 
 async def test_orphans_are_swept_and_released_attachments_go(server: Server,

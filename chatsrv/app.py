@@ -176,6 +176,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             store, router, members, statuses=presence.statuses,
             max_group_members=settings.max_group_members)
         uploads = build_uploads(SqlUploadStore(db), blobs, settings)
+        if settings.redis_url and not settings.s3_endpoint:
+            log.warning("cluster mode with uploads on local disk: every node must see the "
+                        "same %s (a shared volume), or set S3_ENDPOINT",
+                        settings.data_dir / "blobs")
         messaging = MessagingService(store, router, members, commits, uploads=uploads,
                                      max_content_chars=settings.max_content_chars,
                                      history_max_limit=settings.history_max_limit,

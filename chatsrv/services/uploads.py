@@ -91,6 +91,7 @@ class UploadService:
         self.limits = limits
         self._signer = signer
         self._redirect = redirect
+        self._swept = trio.Event()  # set (and replaced) after each periodic sweep
         images.set_pixel_limit(limits.max_pixels)
 
     # ------------------------------------------------------------------ receiving
@@ -319,7 +320,13 @@ class UploadService:
             removed = await self.sweep()
             if removed:
                 log.info("removed %d orphaned uploads", removed)
+            self._swept.set()
+            self._swept = trio.Event()
             await trio.sleep(self.limits.sweep_interval)
+
+    async def wait_sweep(self) -> None:
+        """Until the periodic sweep has run once more."""
+        await self._swept.wait()
 
     async def _drop_blobs(self, gone: Sequence[Upload]) -> None:
         shas = {u.sha256 for u in gone} | {u.thumbnail_sha256 for u in gone

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import uuid
 from dataclasses import replace
 from typing import Any
 
@@ -262,7 +263,9 @@ async def test_attachments_in_message_payloads(client: Client) -> None:
         assert r.status_code == 200
         # someone else's upload, an unknown id, too many
         other = await upload(client, b, b"mine")
-        for bad in ([other["id"]], ["00000000-0000-4000-8000-000000000000"], ["nope"]):
+        too_many = [str(uuid.uuid4()) for _ in range(11)]  # MAX_ATTACHMENTS is 10
+        for bad in ([other["id"]], ["00000000-0000-4000-8000-000000000000"], ["nope"],
+                    [img["id"], img["id"]], too_many):
             err = await ws_a.request("chat_message", {"conversation_id": conv, "content": "x",
                                                       "attachments": bad}, "message_ack")
             assert err["type"] == "error" and err["payload"]["code"] == "invalid_request"
@@ -338,6 +341,62 @@ async def test_on_s3(settings: Settings, request: pytest.FixtureRequest, aio_loo
             r = await client.http.get(f"/api/uploads/{up['id']}",
                                       headers={**b.headers, "Range": "bytes=2-5"})
             assert r.status_code == 206 and r.content == data[2:6]
+    finally:
+        await client.aclose()
+        server.shutdown.set()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_a_full_size_upload_is_never_whole_in_memory(
+        settings: Settings, aio_loop: None, nursery: trio.Nursery) -> None:
+    """25 MiB (the default MAX_UPLOAD_BYTES) through a real node in this process: the
+    Python heap's peak grows by far less than the file (tracemalloc counts every bytes
+    object, the client's chunks included)."""
+    import tracemalloc
+
+    full = replace(settings, max_upload_bytes=Settings.max_upload_bytes,
+                   upload_quota_bytes=0)
+    server = await start_server(nursery, full)
+    client = server.client()
+    size = full.max_upload_bytes
+    chunk = b"0123456789abcdef" * 4096  # 64 KiB, the same object every time
+
+    async def body() -> Any:
+        for _ in range(size // len(chunk)):
+            yield chunk
+
+    try:
+        a = await client.register()
+        tracemalloc.start()
+        try:
+            r = await client.http.post("/api/uploads", content=body(), headers=a.headers,
+                                       timeout=60)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert r.status_code == 201, r.text
+        assert r.json()["size"] == size
+        assert peak < size / 4, f"peak {peak / 2**20:.1f} MiB for a {size / 2**20:.0f} MiB upload"
+    finally:
+        await client.aclose()
+        server.shutdown.set()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_the_node_sweeps_orphans_by_itself(settings: Settings, aio_loop: None,
+                                                 nursery: trio.Nursery) -> None:
+    fast = replace(settings, upload_orphan_ttl=1.0, upload_sweep_interval=0.1)
+    server = await start_server(nursery, fast)
+    client = server.client()
+    try:
+        a = await client.register()
+        up = await upload(client, a, b"left behind")
+        assert (await client.http.get(up["url"])).status_code == 200
+        with trio.fail_after(10):  # UPLOAD_ORPHAN_TTL + a sweep, on a busy machine
+            while (await client.http.get(f"/api/uploads/{up['id']}", headers=a.headers)
+                   ).status_code != 404:
+                await server.services.uploads.wait_sweep()
+        assert not [p for p in (fast.data_dir / "blobs").rglob("*") if p.is_file()]
     finally:
         await client.aclose()
         server.shutdown.set()

@@ -228,7 +228,8 @@ def build_uploads(store: SqlUploadStore, blobs: BlobStore, settings: Settings) -
                          limits=limits,
                          signer=UrlSigner(settings.jwt_secret.encode() or secrets.token_bytes(32),
                                           settings.download_url_ttl),
-                         redirect=settings.s3_redirect)
+                         redirect=settings.s3_redirect,
+                         strip_metadata=settings.upload_strip_metadata)
 
 
 def _gauges(metrics: Metrics, svc: Services) -> None:

@@ -217,6 +217,10 @@ class Settings:
     upload_sweep_interval: float = setting("UPLOAD_SWEEP_INTERVAL", 300.0, "seconds between "
                                            "sweeps for orphaned uploads", group="uploads",
                                            minimum=0.05)
+    upload_strip_metadata: bool = setting("UPLOAD_STRIP_METADATA", True, "remove EXIF/XMP "
+                                          "(GPS position, camera) from uploaded JPEGs, "
+                                          "pixels untouched; false keeps them byte for byte",
+                                          group="uploads")
     max_attachments: int = setting("MAX_ATTACHMENTS", 10, "uploads per message",
                                    group="uploads", minimum=1)
     thumbnail_px: int = setting("THUMBNAIL_PX", 320, "longest side of an image thumbnail",

@@ -71,3 +71,61 @@ def _encode(frame: Image.Image) -> tuple[bytes, str]:
         frame.mode == "P" and "transparency" in frame.info)
     frame.convert("RGBA" if has_alpha else "RGB").save(out, "WEBP", quality=80)
     return out.getvalue(), THUMBNAIL_TYPE
+
+
+_APP1, _COM, _SOS, _EOI = 0xE1, 0xFE, 0xDA, 0xD9
+
+
+def strip_jpeg_metadata(src: Path, dst: Path) -> bool:
+    """Write `src` to `dst` without its EXIF and XMP (APP1) and comment segments, keeping
+    the pixels byte for byte (no re-encoding) and the orientation (as a one-tag EXIF), so a
+    phone photo no longer tells where it was taken. False (and no `dst`) when there was
+    nothing to remove or `src` is not a JPEG we can walk."""
+    try:
+        with Image.open(src) as img:
+            orientation = img.getexif().get(0x0112, 1)
+    except (OSError, ValueError, SyntaxError):
+        return False
+    with open(src, "rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return False
+        kept: list[bytes] = []
+        dropped = False
+        while True:
+            marker = f.read(2)
+            if len(marker) < 2 or marker[0] != 0xFF:
+                return False
+            kind = marker[1]
+            if kind in (_SOS, _EOI):
+                rest_at = f.tell() - 2
+                break
+            size_b = f.read(2)
+            if len(size_b) < 2:
+                return False
+            size = int.from_bytes(size_b, "big")
+            if size < 2:
+                return False
+            body = f.read(size - 2)
+            if len(body) < size - 2:
+                return False
+            if kind in (_APP1, _COM):
+                dropped = True
+                continue
+            kept.append(marker + size_b + body)
+        if not dropped:
+            return False
+        with open(dst, "wb") as out:
+            out.write(b"\xff\xd8")
+            while kept and kept[0][1] == 0xE0:  # JFIF (APP0) stays first
+                out.write(kept.pop(0))
+            if orientation not in (1, None):
+                exif = Image.Exif()
+                exif[0x0112] = orientation
+                payload = exif.tobytes()
+                out.write(b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload)
+            for segment in kept:
+                out.write(segment)
+            f.seek(rest_at)
+            while chunk := f.read(1 << 16):
+                out.write(chunk)
+    return True

@@ -82,15 +82,36 @@ class UrlSigner:
         return hmac.compare_digest(mac, self._mac(upload_id, variant, int(expires_s)))
 
 
+def _strip_jpeg(path: Path) -> tuple[str, int] | None:
+    """Blocking: `path` without its JPEG metadata, in place; its new (sha256, size), or
+    None when there was nothing to strip."""
+    clean = path.with_suffix(".clean")
+    try:
+        if not images.strip_jpeg_metadata(path, clean):
+            return None
+        os.replace(clean, path)
+    finally:
+        clean.unlink(missing_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 16):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
 class UploadService:
     def __init__(self, uploads: UploadStore, blobs: BlobStore, *, tmp_dir: Path,
-                 limits: UploadLimits, signer: UrlSigner, redirect: bool = True) -> None:
+                 limits: UploadLimits, signer: UrlSigner, redirect: bool = True,
+                 strip_metadata: bool = True) -> None:
         self._uploads = uploads
         self._blobs = blobs
         self._tmp_dir = tmp_dir
         self.limits = limits
         self._signer = signer
         self._redirect = redirect
+        self._strip_metadata = strip_metadata
         self._swept = trio.Event()  # set (and replaced) after each periodic sweep
         images.set_pixel_limit(limits.max_pixels)
 
@@ -116,6 +137,10 @@ class UploadService:
                 raise Invalid("the upload is empty", field="file")
             await self._check_quota(owner_id, size)
             content_type = sniff(head)
+            if content_type == "image/jpeg" and self._strip_metadata:
+                stripped = await trio.to_thread.run_sync(_strip_jpeg, path)
+                if stripped is not None:
+                    sha, size = stripped
             width = height = None
             thumb_sha = None
             if content_type in IMAGE_TYPES:

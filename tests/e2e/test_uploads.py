@@ -22,10 +22,11 @@ from tests.s3 import s3_endpoint  # noqa: F401 (a fixture)
 PNG_AS_HTML = {"Content-Type": "text/html"}
 
 
-def _jpeg_with_gps(size: tuple[int, int] = (1200, 800)) -> bytes:
+def _jpeg_with_gps(size: tuple[int, int] = (1200, 800), orientation: int = 1) -> bytes:
     img = Image.new("RGB", size, (200, 30, 30))
     exif = Image.Exif()
     exif[0x010F] = "SpyCam"  # Make
+    exif[0x0112] = orientation
     exif[0x8825] = {2: (52.0, 31.0, 12.0), 1: "N"}  # GPS IFD: latitude
     out = io.BytesIO()
     img.save(out, "JPEG", exif=exif)
@@ -109,6 +110,20 @@ async def test_thumbnail_has_no_exif_and_the_size_is_kept(client: Client) -> Non
     assert b"SpyCam" not in r.content
     thumb = Image.open(io.BytesIO(r.content))
     assert max(thumb.size) == 320 and not thumb.getexif()
+
+
+async def test_the_original_jpeg_loses_its_exif_but_not_its_pixels_or_orientation(
+        client: Client) -> None:
+    a = await client.register()
+    sent = _jpeg_with_gps((300, 200), orientation=6)  # rotated 90°: shown 200 x 300
+    up = await upload(client, a, sent, name="phone.jpg")
+    assert (up["width"], up["height"]) == (200, 300)
+    stored = (await client.http.get(up["url"])).content
+    assert b"SpyCam" not in stored and len(stored) < len(sent)
+    assert up["sha256"] == hashlib.sha256(stored).hexdigest() and up["size"] == len(stored)
+    img = Image.open(io.BytesIO(stored))
+    assert dict(img.getexif()) == {0x0112: 6}  # only the orientation is left
+    assert img.tobytes() == Image.open(io.BytesIO(sent)).tobytes()  # not re-encoded
 
 
 async def test_over_the_limit_is_413_with_and_without_content_length(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -19,6 +20,7 @@ from chatsrv.domain.uploads import (
     parse_range,
     sniff,
 )
+from chatsrv.services.images import strip_jpeg_metadata
 from chatsrv.services.uploads import UrlSigner
 from chatsrv.transport.http.uploads import _Multipart
 
@@ -132,3 +134,18 @@ async def test_multipart_without_the_file_part() -> None:
     body = b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--b--\r\n"
     with pytest.raises(Invalid):
         await _Multipart(_chunks(body, 5), "b").start()
+
+
+def test_strip_jpeg_metadata(tmp_path: Path) -> None:
+    plain, commented, clean = tmp_path / "plain.jpg", tmp_path / "c.jpg", tmp_path / "out.jpg"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(plain, "JPEG")
+    assert not strip_jpeg_metadata(plain, clean) and not clean.exists()  # nothing to remove
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(commented, "JPEG", comment=b"secret note",
+                                             exif=b"Exif\x00\x00" + Image.Exif().tobytes()[6:])
+    assert strip_jpeg_metadata(commented, clean)
+    data = clean.read_bytes()
+    assert b"secret note" not in data and data.startswith(b"\xff\xd8\xff\xe0")  # JFIF first
+    assert Image.open(clean).tobytes() == Image.open(commented).tobytes()
+    not_jpeg = tmp_path / "x.jpg"
+    not_jpeg.write_bytes(b"\xff\xd8\xff\xe1\x00")  # cut short
+    assert not strip_jpeg_metadata(not_jpeg, clean)

@@ -16,6 +16,7 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -101,6 +102,39 @@ def _strip_jpeg(path: Path) -> tuple[str, int] | None:
     return digest.hexdigest(), size
 
 
+class BlobLocks:
+    """One lock per blob digest on this node, held while a blob is stored and its record
+    written, or checked for use and deleted. (Across nodes the same race is left open: a
+    sweep on one node deleting a blob in the instant another node stores the same bytes
+    again; see docs/protocol.md, Uploads.)"""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[trio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, *digests: str | None) -> AsyncIterator[None]:
+        keys = sorted({d for d in digests if d})  # one order: no deadlock between holders
+        for key in keys:
+            lock, users = self._locks.get(key, (trio.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        held: list[trio.Lock] = []
+        try:
+            for key in keys:
+                lock = self._locks[key][0]
+                await lock.acquire()
+                held.append(lock)
+            yield
+        finally:
+            for lock in held:
+                lock.release()
+            for key in keys:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
 class UploadService:
     def __init__(self, uploads: UploadStore, blobs: BlobStore, *, tmp_dir: Path,
                  limits: UploadLimits, signer: UrlSigner, redirect: bool = True,
@@ -113,6 +147,7 @@ class UploadService:
         self._redirect = redirect
         self._strip_metadata = strip_metadata
         self._swept = trio.Event()  # set (and replaced) after each periodic sweep
+        self._locks = BlobLocks()
         images.set_pixel_limit(limits.max_pixels)
 
     # ------------------------------------------------------------------ receiving
@@ -142,20 +177,24 @@ class UploadService:
                 if stripped is not None:
                     sha, size = stripped
             width = height = None
-            thumb_sha = None
+            thumbnail = None
             if content_type in IMAGE_TYPES:
                 info = await self._inspect(path)
                 if info is not None:
-                    width, height = info.width, info.height
-                    if info.thumbnail is not None:
-                        thumb_sha = await self._store_bytes(info.thumbnail)
+                    width, height, thumbnail = info.width, info.height, info.thumbnail
+            thumb_sha = hashlib.sha256(thumbnail).hexdigest() if thumbnail else None
             upload = Upload(id=new_id(), owner_id=owner_id, name=clean_name(name, content_type),
                             content_type=content_type, size=size, sha256=sha, width=width,
                             height=height, thumbnail_sha256=thumb_sha, created_at=utcnow())
-            with trio.fail_after(max(lim.op_timeout, lim.read_timeout)):
-                await self._blobs.put_file(path, sha256=sha, size=size)
-            with trio.fail_after(lim.op_timeout):
-                await self._uploads.create_upload(upload)
+            # under the blobs' locks: a sweep cannot delete a blob between our put (a no-op
+            # when it exists) and the record that makes it in use
+            async with self._locks.hold(sha, thumb_sha):
+                if thumbnail and thumb_sha:
+                    await self._store_bytes(thumbnail, thumb_sha)
+                with trio.fail_after(max(lim.op_timeout, lim.read_timeout)):
+                    await self._blobs.put_file(path, sha256=sha, size=size)
+                with trio.fail_after(lim.op_timeout):
+                    await self._uploads.create_upload(upload)
             return upload
         finally:
             with trio.move_on_after(lim.op_timeout, shield=True):
@@ -217,14 +256,12 @@ class UploadService:
                     lim.image_timeout)
         return None
 
-    async def _store_bytes(self, data: bytes) -> str:
-        sha = hashlib.sha256(data).hexdigest()
+    async def _store_bytes(self, data: bytes, sha: str) -> None:
         fd, raw = tempfile.mkstemp(dir=self._tmp_dir, prefix="th-", suffix=".part")
         with os.fdopen(fd, "wb") as f:  # a thumbnail is small (tens of kB)
             f.write(data)
         with trio.fail_after(self.limits.op_timeout):
             await self._blobs.put_file(Path(raw), sha256=sha, size=len(data))
-        return sha
 
     # ------------------------------------------------------------------ reading
 
@@ -357,6 +394,7 @@ class UploadService:
         shas = {u.sha256 for u in gone} | {u.thumbnail_sha256 for u in gone
                                             if u.thumbnail_sha256}
         for sha in shas:
-            with trio.fail_after(self.limits.op_timeout):
-                if not await self._uploads.blob_in_use(sha):
-                    await self._blobs.delete(sha)
+            async with self._locks.hold(sha):
+                with trio.fail_after(self.limits.op_timeout):
+                    if not await self._uploads.blob_in_use(sha):
+                        await self._blobs.delete(sha)

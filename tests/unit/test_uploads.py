@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 from PIL import Image
 
 from chatsrv.domain.errors import Invalid
@@ -21,7 +23,7 @@ from chatsrv.domain.uploads import (
     sniff,
 )
 from chatsrv.services.images import strip_jpeg_metadata
-from chatsrv.services.uploads import UrlSigner
+from chatsrv.services.uploads import BlobLocks, UrlSigner
 from chatsrv.transport.http.uploads import _Multipart
 
 
@@ -149,3 +151,27 @@ def test_strip_jpeg_metadata(tmp_path: Path) -> None:
     not_jpeg = tmp_path / "x.jpg"
     not_jpeg.write_bytes(b"\xff\xd8\xff\xe1\x00")  # cut short
     assert not strip_jpeg_metadata(not_jpeg, clean)
+
+
+async def test_blob_locks_serialise_one_digest() -> None:
+    locks = BlobLocks()
+    order: list[str] = []
+    inside = trio.Event()
+
+    async def sweeper() -> None:
+        async with locks.hold("aa"):
+            order.append("sweep")
+            inside.set()
+            await trio.testing.wait_all_tasks_blocked()
+            order.append("sweep done")
+
+    async def uploader() -> None:
+        await inside.wait()
+        async with locks.hold("bb", "aa", None):
+            order.append("upload")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sweeper)
+        nursery.start_soon(uploader)
+    assert order == ["sweep", "sweep done", "upload"]
+    assert locks._locks == {}  # nothing kept once nobody holds or waits

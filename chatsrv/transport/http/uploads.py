@@ -44,6 +44,7 @@ UPLOAD_PATH = "/api/uploads"
 RECEIVE_KEY = "chatsrv.receive"  # where the wrapper leaves the real ASGI receive
 DOWNLOAD_CSP = "sandbox; default-src 'none'; img-src 'self'; media-src 'self'"
 MULTIPART_HEAD_LIMIT = 16 * 1024  # bytes of part headers
+MIN_DOWNLOAD_RATE = 32 * 1024  # bytes/s a download may be as slow as before it is cut
 _BOUNDARY = re.compile(r'boundary="?([^";]{1,200})"?', re.IGNORECASE)
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -227,6 +228,9 @@ def register(api: Api, edge: Edge, *, uploads: UploadService) -> None:
         headers["Content-Type"] = ctype
         if thumbnail:  # small; its size is not recorded: sent whole
             return Response(uploads.read(sha), status=200, headers=headers)
+        # Quart cuts a response after RESPONSE_TIMEOUT (60 s): a big file to a slow client
+        # gets as long as MIN_DOWNLOAD_RATE needs
+        timeout = max(60.0, upload.size / MIN_DOWNLOAD_RATE)
         headers["Accept-Ranges"] = "bytes"
         try:
             wanted = parse_range(request.headers.get("Range"), upload.size)
@@ -235,12 +239,15 @@ def register(api: Api, edge: Edge, *, uploads: UploadService) -> None:
                 **headers, "Content-Range": f"bytes */{upload.size}"})
         if wanted is None:
             headers["Content-Length"] = str(upload.size)
-            return Response(uploads.read(sha), status=200, headers=headers)
+            resp = Response(uploads.read(sha), status=200, headers=headers)
+            resp.timeout = timeout
+            return resp
         first, last = wanted
         headers["Content-Range"] = f"bytes {first}-{last}/{upload.size}"
         headers["Content-Length"] = str(last - first + 1)
-        return Response(uploads.read(sha, first=first, last=last), status=206,
-                        headers=headers)
+        resp = Response(uploads.read(sha, first=first, last=last), status=206, headers=headers)
+        resp.timeout = timeout
+        return resp
 
     @api.route("GET", "/api/uploads/<upload_id>", summary="The bytes of an upload (Range, "
                "ETag; Bearer or the signed `sig` of its `url`); 404 unless the caller may "

@@ -60,6 +60,9 @@ class MessagingService:
                                     origin=origin, attachments=attachments)
         await pending.done.wait()
         message, created = self.result(pending)
+        if not created and self._uploads is not None:
+            # a resend: the stored message as it is, attachments included
+            message = await self._store.get_message(message.id) or message
         return self._present([message])[0], created
 
     async def submit(self, user_id: str, *, conversation_id: str, content: str,

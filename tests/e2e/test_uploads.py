@@ -288,13 +288,19 @@ async def test_attachments_in_message_payloads(client: Client) -> None:
         sync = await ws_b.expect("sync_result")
         [synced] = sync["payload"]["messages"]
         assert [x["id"] for x in synced["attachments"]] == [img["id"], doc["id"]]
-    r = await client.http.get(f"/api/conversations/{conv}/messages", headers=b.headers)
+    resend = {"content": "again", "client_msg_id": "c-1", "attachments": [img["id"]]}
+    for status in (201, 200):  # a resend answers the stored message, attachments and all
+        r = await client.http.post(f"/api/conversations/{conv}/messages", headers=a.headers,
+                                   json=resend)
+        assert r.status_code == status and r.json()["attachments"][0]["id"] == img["id"]
+    r = await client.http.get(f"/api/conversations/{conv}/messages?limit=1&before_seq=2",
+                              headers=b.headers)
     [msg] = r.json()["messages"]
     assert [x["name"] for x in msg["attachments"]] == ["p.png", "d.pdf"]
     r = await client.http.get("/api/conversations", headers=b.headers)
     [listed] = [c for c in r.json()["conversations"] if c["id"] == conv]
     last = listed["last_message"]["attachments"]
-    assert [x["id"] for x in last] == [img["id"], doc["id"]]
+    assert [x["id"] for x in last] == [img["id"]]  # the resent message
     r = await client.http.get(last[0]["thumbnail_url"], headers=b.headers)
     assert r.status_code == 200 and r.headers["content-type"] == "image/webp"
 

@@ -1,5 +1,6 @@
-"""The UploadStore over SQL, on SQLite and PostgreSQL: attachments committed with their
-message (single and group commit), who may read, release, orphans, shared blobs."""
+"""The UploadStore contract, in memory, on SQLite and on PostgreSQL: attachments committed
+with their message (single and group commit), who may read, release, orphans, shared
+blobs."""
 
 from __future__ import annotations
 
@@ -8,14 +9,22 @@ from datetime import timedelta
 
 import pytest
 
+from chatsrv.adapters.storage.memory import MemoryStore, MemoryUploadStore
 from chatsrv.adapters.storage.sql import SqlStore
 from chatsrv.adapters.storage.uploads import SqlUploadStore
 from chatsrv.domain.model import Message, User, new_id, utcnow
+from chatsrv.domain.ports import Store, UploadStore
 from chatsrv.domain.uploads import Upload, attachment_of
-from tests.conftest import BACKENDS
 from tests.contract.test_store import make_conversation, make_user
 
-pytestmark = pytest.mark.parametrize("backend", BACKENDS)
+
+@pytest.fixture
+def uploads(store: Store) -> UploadStore:
+    """The uploads beside `store`, on the same tables."""
+    if isinstance(store, MemoryStore):
+        return MemoryUploadStore(store)
+    assert isinstance(store, SqlStore)
+    return SqlUploadStore(store.db)
 
 
 def _upload(owner: User, data: bytes = b"x", *, age: float = 0.0) -> Upload:
@@ -25,7 +34,7 @@ def _upload(owner: User, data: bytes = b"x", *, age: float = 0.0) -> Upload:
                   created_at=utcnow() - timedelta(seconds=age))
 
 
-async def _send(store: SqlStore, conv: str, sender: User, *uploads: Upload) -> Message:
+async def _send(store: Store, conv: str, sender: User, *uploads: Upload) -> Message:
     draft = Message(id=new_id(), conversation_id=conv, seq=0, sender_id=sender.id,
                     content="", message_type="text", client_msg_id=None, created_at=utcnow(),
                     attachments=tuple(attachment_of(u) for u in uploads))
@@ -34,8 +43,7 @@ async def _send(store: SqlStore, conv: str, sender: User, *uploads: Upload) -> M
     return outcome[0]
 
 
-async def test_attachments_travel_with_messages(store: SqlStore) -> None:
-    uploads = SqlUploadStore(store.db)
+async def test_attachments_travel_with_messages(store: Store, uploads: UploadStore) -> None:
     a, b, c = await make_user(store), await make_user(store), await make_user(store)
     conv = await make_conversation(store, a, b)
     first, second = _upload(a, b"1"), _upload(a, b"2")
@@ -55,8 +63,7 @@ async def test_attachments_travel_with_messages(store: SqlStore) -> None:
     assert got is not None and got.attached_at is not None
 
 
-async def test_group_commit_links_each_message(store: SqlStore) -> None:
-    uploads = SqlUploadStore(store.db)
+async def test_group_commit_links_each_message(store: Store, uploads: UploadStore) -> None:
     a, b = await make_user(store), await make_user(store)
     conv = await make_conversation(store, a, b)
     ups = [_upload(a, bytes([i])) for i in range(3)]
@@ -71,8 +78,7 @@ async def test_group_commit_links_each_message(store: SqlStore) -> None:
     assert [found[d.id][0].id for d in drafts] == [u.id for u in ups]
 
 
-async def test_release_and_orphans(store: SqlStore) -> None:
-    uploads = SqlUploadStore(store.db)
+async def test_release_and_orphans(store: Store, uploads: UploadStore) -> None:
     a, b = await make_user(store), await make_user(store)
     conv = await make_conversation(store, a, b)
     shared, alone = _upload(a, b"s", age=10), _upload(a, b"a", age=10)

@@ -168,7 +168,8 @@ async def _lying_upload(server: Server, who: Account, *, claimed: int, extra: in
 def settings(settings: Settings) -> Settings:
     # small limits so the tests move little data; orphans swept by hand
     return replace(settings, max_upload_bytes=256 * 1024, upload_quota_bytes=600 * 1024,
-                   max_image_pixels=4_000_000, upload_sweep_interval=3600.0)
+                   max_image_pixels=4_000_000, upload_sweep_interval=3600.0,
+                   cors_origins=("https://chat.example",))
 
 
 async def test_quota_is_413_quota_exceeded(client: Client) -> None:
@@ -257,6 +258,15 @@ async def test_range_etag_and_304(client: Client) -> None:
     assert r.status_code == 304 and r.content == b""
     r = await client.http.get(url, headers={**a.headers, "If-None-Match": '"other"'})
     assert r.status_code == 200 and r.content == data
+    # a web client on another allowed origin can read them and send Range / If-None-Match
+    r = await client.http.options(url, headers={
+        "Origin": "https://chat.example", "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "range, if-none-match"})
+    allowed = r.headers["access-control-allow-headers"].lower()
+    assert "range" in allowed and "if-none-match" in allowed
+    r = await client.http.get(url, headers={**a.headers, "Origin": "https://chat.example"})
+    exposed = r.headers["access-control-expose-headers"]
+    assert {"ETag", "Content-Range", "Content-Disposition"} <= set(exposed.split(", "))
 
 
 async def test_attachments_in_message_payloads(client: Client) -> None:

@@ -207,6 +207,54 @@ class Settings:
     commit_queue_size: int = setting("COMMIT_QUEUE_SIZE", 4096, "messages waiting per commit "
                                      "lane; senders wait when it is full", group="storage",
                                      minimum=1)
+    # ---- uploads (services/uploads.py, adapters/blobs/)
+    max_upload_bytes: int = setting("MAX_UPLOAD_BYTES", 25 * 1024 * 1024, "bytes per upload "
+                                    "(more: 413 `too_large`, also when Content-Length lies)",
+                                    group="uploads", minimum=1)
+    upload_quota_bytes: int = setting("UPLOAD_QUOTA_BYTES", 1024 * 1024 * 1024, "bytes of "
+                                      "uploads one user may keep (more: 413 "
+                                      "`quota_exceeded`; 0: no quota)", group="uploads",
+                                      minimum=0)
+    upload_orphan_ttl: float = setting("UPLOAD_ORPHAN_TTL", 24 * 3600.0, "seconds an upload "
+                                       "never attached to a message is kept", group="uploads",
+                                       minimum=1)
+    upload_sweep_interval: float = setting("UPLOAD_SWEEP_INTERVAL", 300.0, "seconds between "
+                                           "sweeps for orphaned uploads", group="uploads",
+                                           minimum=0.05)
+    upload_strip_metadata: bool = setting("UPLOAD_STRIP_METADATA", True, "remove EXIF/XMP "
+                                          "(GPS position, camera) from uploaded JPEGs, "
+                                          "pixels untouched; false keeps them byte for byte",
+                                          group="uploads")
+    max_attachments: int = setting("MAX_ATTACHMENTS", 10, "uploads per message",
+                                   group="uploads", minimum=1)
+    thumbnail_px: int = setting("THUMBNAIL_PX", 320, "longest side of an image thumbnail",
+                                group="uploads", minimum=16)
+    max_image_pixels: int = setting("MAX_IMAGE_PIXELS", 50_000_000, "images over this many "
+                                    "pixels get no thumbnail (decompression-bomb limit)",
+                                    group="uploads", minimum=1)
+    image_timeout: float = setting("IMAGE_TIMEOUT", 10.0, "seconds to decode an image and "
+                                   "make its thumbnail; slower: kept without one",
+                                   group="uploads", minimum=0.1)
+    upload_read_timeout: float = setting("UPLOAD_READ_TIMEOUT", 30.0, "an upload body that "
+                                         "sends nothing for this long is dropped",
+                                         group="uploads", minimum=0.1)
+    download_url_ttl: float = setting("DOWNLOAD_URL_TTL", 3600.0, "seconds a signed download "
+                                      "URL (`?sig=`, for <img src>) and an S3 presigned "
+                                      "redirect live", group="uploads", minimum=10)
+    s3_endpoint: str | None = setting("S3_ENDPOINT", None, "S3-compatible endpoint "
+                                      "(`https://s3.eu-west-1.amazonaws.com`, MinIO, …); "
+                                      "unset: blobs on local disk under the data directory",
+                                      group="uploads")
+    s3_bucket: str = setting("S3_BUCKET", "", "bucket of the blobs (with S3_ENDPOINT)",
+                             group="uploads")
+    s3_access_key: str = setting("S3_ACCESS_KEY", "", "S3 access key id", group="uploads",
+                                 secret=True)
+    s3_secret_key: str = setting("S3_SECRET_KEY", "", "S3 secret access key", group="uploads",
+                                 secret=True)
+    s3_region: str = setting("S3_REGION", "us-east-1", "S3 region (SigV4 scope)",
+                             group="uploads")
+    s3_redirect: bool = setting("S3_REDIRECT", True, "downloads answer 302 to a presigned S3 "
+                                "URL (false: bytes proxied through the node)", group="uploads")
     # ---- lifetimes
     connect_retry_deadline: float = setting(
         "CONNECT_RETRY_DEADLINE", 60.0, "start-up: how long an unreachable PostgreSQL or Redis "
@@ -306,6 +354,11 @@ class Settings:
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got "
                               f"{self.log_level!r}")
+        if self.s3_endpoint and not (self.s3_endpoint.startswith(("http://", "https://"))
+                                     and self.s3_bucket and self.s3_access_key
+                                     and self.s3_secret_key):
+            raise ConfigError("S3_ENDPOINT must be an http(s):// URL and needs S3_BUCKET, "
+                              "S3_ACCESS_KEY and S3_SECRET_KEY")
         self.check_ice()
         self.check_secret()
         self.check_cluster()

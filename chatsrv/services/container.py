@@ -21,6 +21,7 @@ from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
 from chatsrv.services.privacy import PrivacyCache, PrivacyService
 from chatsrv.services.sessions import SessionRegistry
+from chatsrv.services.uploads import UploadService
 
 
 @dataclass(slots=True)
@@ -46,3 +47,4 @@ class Services:
     # blocks and privacy settings (services/privacy.py)
     privacy: PrivacyService
     privacy_cache: PrivacyCache
+    uploads: UploadService

@@ -19,7 +19,9 @@ from chatsrv.services.conversations import ConversationService
 from chatsrv.services.limits import RateLimits
 from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
+from chatsrv.services.push import PushService
 from chatsrv.transport.http import admin, auth, calls, conversations, docs, messages, ops, users
+from chatsrv.transport.http import push as push_routes
 from chatsrv.transport.http.api import Api
 from chatsrv.transport.http.edge import Edge
 
@@ -28,7 +30,8 @@ def create_app(settings: Settings, *, auth_service: AuthService, admin_service: 
                presence: PresenceService, conversation_service: ConversationService,
                messaging: MessagingService, call_service: CallService, limits: RateLimits,
                ready: Callable[[], Awaitable[None]],
-               metrics: Callable[[], tuple[bytes, str]]) -> QuartTrio:
+               metrics: Callable[[], tuple[bytes, str]],
+               push_service: PushService | None = None) -> QuartTrio:
     """The Quart app for everything but the WebSocket (see transport/ws.py)."""
     app = QuartTrio("chatsrv", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -41,6 +44,8 @@ def create_app(settings: Settings, *, auth_service: AuthService, admin_service: 
     conversations.register(api, edge, conversations=conversation_service)
     messages.register(api, edge, messaging=messaging, settings=settings)
     calls.register(api, edge, calls=call_service)
+    if push_service is not None:
+        push_routes.register(api, edge, push=push_service)
     ops.register(api, settings=settings, ready=ready, metrics=metrics)
     docs.register(api)
     app.extensions["chatsrv_api"] = api

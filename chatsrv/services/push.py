@@ -229,6 +229,8 @@ class PushService:
                 self.counts["enqueue_failed"] += 1
                 log.warning("push for message %s not queued: %s", message.id, exc)
                 continue
+            finally:
+                self.counts["messages"] += 1  # considered (tests wait on it)
             if written:
                 self.counts["queued"] += written
                 self._wake.set()

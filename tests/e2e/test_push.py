@@ -162,7 +162,14 @@ async def test_muted_conversation_is_not_pushed_until_the_mute_ends(env: Any) ->
     # muted for good, then unmuted
     r = await c.http.put(f"/api/conversations/{conv}/mute", headers=bob.headers)
     assert r.status_code == 200 and r.json()["until"] is None
+    push_svc = server.services.push
+    seen = push_svc.counts["messages"]
     await send(c, alice, conv, "muted for good")
+
+    async def considered() -> bool:  # the muted message went past the outbox writer
+        return bool(push_svc.counts["messages"] > seen)
+
+    await wait_until(considered)
     r = await c.http.delete(f"/api/conversations/{conv}/mute", headers=bob.headers)
     assert r.status_code == 204
     third = await send(c, alice, conv, "unmuted")

@@ -58,7 +58,9 @@ CLAIMED_SUBSCRIPTIONS = f"""SELECT {", ".join("s." + c.strip() for c in SUB_COLS
 FROM push_subscriptions s JOIN push_outbox o ON o.target = CAST(s.id AS text)
 WHERE o.lease_owner = $1"""
 FINISH = "DELETE FROM push_outbox WHERE id = $1 AND lease_owner = $2 AND version = $3"
-RELEASE = """UPDATE push_outbox SET lease_owner = NULL, lease_until = NULL, attempts = 0
+# the messages folded in while a push was sent are left for the next one
+RELEASE = """UPDATE push_outbox SET lease_owner = NULL, lease_until = NULL, attempts = 0,
+    count = count - $3
 WHERE id = $1 AND lease_owner = $2"""
 RETRY = """UPDATE push_outbox SET lease_owner = NULL, lease_until = NULL, attempts = $3,
     due_at = $4
@@ -196,12 +198,12 @@ class SqlPushStore:
         return await self.db.run(op())
 
     async def finish(self, item: PushItem) -> bool:
-        """Sent: delete the row, unless a message was folded in meanwhile (then it is due
-        again at once, for one more push). True if deleted."""
+        """Sent: delete the row, unless messages were folded in meanwhile: then it is due
+        again at once, for one more push counting only those. True if deleted."""
         def op() -> Op[bool]:
             done = yield val(FINISH + " RETURNING 1", item.id, item.lease, item.version)
             if not done:
-                yield exec_(RELEASE, item.id, item.lease)
+                yield exec_(RELEASE, item.id, item.lease, item.count)
             return bool(done)
 
         return await self.db.run(op())

@@ -364,3 +364,11 @@ async def test_subscription_rules(env: Any) -> None:
     assert r.status_code == 404
     r = await c.http.get("/api/push/vapid-public-key")
     assert r.status_code == 401
+
+
+async def test_service_worker_is_served_at_the_root(env: Any) -> None:
+    _, c, _ = env
+    r = await c.http.get("/sw.js")
+    assert r.status_code == 200 and "javascript" in r.headers["content-type"]
+    assert r.headers["service-worker-allowed"] == "/"
+    assert 'addEventListener("push"' in r.text and "showNotification" in r.text

@@ -20,9 +20,11 @@ def _time(raw: str | None) -> datetime | None:
         return None
     try:
         at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        # in UTC here: a time that has no UTC form (year 9999 west of Greenwich) is refused
+        # now, not by the database driver
+        return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).astimezone(UTC)
     except (ValueError, OverflowError):
         raise Invalid("until must be an ISO 8601 time", field="until") from None
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _subscription(s: PushSubscription) -> rest.SubscriptionOut:

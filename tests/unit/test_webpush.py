@@ -114,3 +114,20 @@ def test_summary_collapses_and_redacts() -> None:
     assert summary(_item(1), redact=True)["body"] == "New message"
     assert summary(_item(2), redact=True)["body"] == "2 new messages"
     assert len(str(summary(_item(1, "x" * 5000), redact=False)["body"])) == 501
+
+
+def test_mentions_are_read_when_messages_carry_them() -> None:
+    from dataclasses import dataclass
+
+    from chatsrv.domain.model import Message, utcnow
+    from chatsrv.services.push import mentions_of
+
+    plain = Message(id="m", conversation_id="c", seq=1, sender_id="s", content="hi",
+                    message_type="text", client_msg_id=None, created_at=utcnow())
+    assert mentions_of(plain) == ()  # before messages carry `mentions`
+
+    @dataclass(frozen=True)
+    class WithMentions:
+        mentions: tuple[str, ...]
+
+    assert mentions_of(WithMentions(("u1", "u2"))) == ("u1", "u2")  # type: ignore[arg-type]

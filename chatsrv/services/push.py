@@ -14,15 +14,16 @@ Path of one push:
    commit path stays the same on both backends and for every sender): a crash between the
    commit and this write loses that push, never the message.
 3. `run_sender` claims due rows by lease (cluster: one node sends each), skips users who
-   came online meanwhile, and sends each with a deadline (PUSH_HTTP_TIMEOUT). 2xx deletes
-   the row; 404/410 deletes the subscription; 429/5xx/network errors retry with jittered
-   exponential back-off (Retry-After honoured) up to PUSH_MAX_ATTEMPTS; anything else drops
-   the row. A node that dies mid-send leaves a lease that expires: the row is sent again
+   came online meanwhile or left the conversation, and sends each with a deadline
+   (PUSH_HTTP_TIMEOUT). 2xx deletes the row; 404/410 deletes the subscription;
+   429/5xx/network errors retry with jittered exponential back-off (Retry-After honoured)
+   up to PUSH_MAX_ATTEMPTS; anything else drops the row. A node that dies mid-send leaves a lease that expires: the row is sent again
    by whoever claims it (at least once; the Topic header lets the push service collapse).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -137,12 +138,20 @@ class PushService:
         if not host or parts.username or parts.password or not endpoint.isascii() \
                 or any(c in endpoint for c in " \t\r\n"):
             raise Invalid("endpoint must be an https:// URL", field="endpoint")
-        if parts.scheme == "https":
-            return endpoint
         local = parts.netloc.rpartition(":")[0] if parts.port else parts.netloc
-        if parts.scheme == "http" and self._allow_insecure and local in LOCAL_HOSTS:
+        if self._allow_insecure and local in LOCAL_HOSTS and parts.scheme in ("http", "https"):
             return endpoint
-        raise Invalid("endpoint must be an https:// URL", field="endpoint")
+        if parts.scheme != "https":
+            raise Invalid("endpoint must be an https:// URL", field="endpoint")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return endpoint  # a host name: push services have public ones
+        # an address literal must be a public one: the server POSTs there
+        if not address.is_global:
+            raise Invalid("endpoint must not point at a private or local address",
+                          field="endpoint")
+        return endpoint
 
     async def subscribe(self, user_id: str, *, endpoint: str, p256dh: str,
                         auth: str) -> tuple[PushSubscription, bool]:
@@ -281,10 +290,12 @@ class PushService:
         users = list({i.user_id for i in items})
         online = {u for u in users if self._router.reach(u) > 0}
         online |= await self._directory.online(users)
+        left = {i.id for i in items
+                if i.user_id not in await self._members.members(i.conversation_id)}
         async with trio.open_nursery() as nursery:
             for item in items:
-                if item.user_id in online:
-                    self.counts["skipped_online"] += 1
+                if item.user_id in online or item.id in left:
+                    self.counts["skipped_online" if item.id not in left else "skipped_left"] += 1
                     nursery.start_soon(self._settle, self._store.drop, item)
                 else:
                     nursery.start_soon(self._send_one, item, limiter)

@@ -348,6 +348,8 @@ async def test_subscription_rules(env: Any) -> None:
     assert [s["id"] for s in r.json()["subscriptions"]] == [first]
     bad = browser.json()
     for field, value in (("endpoint", "http://push.example.com/x"),
+                         ("endpoint", "https://10.1.2.3/push"), ("endpoint", "https://[fe80::1]/x"),
+                         ("endpoint", "https://user:pw@push.example.com/x"),
                          ("endpoint", "ftp://127.0.0.1/x"), ("p256dh", "AAAA"),
                          ("auth", "AAAA"), ("p256dh", "B" + "A" * 86)):
         body = {**bad, "keys": dict(bad["keys"])}

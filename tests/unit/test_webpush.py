@@ -131,3 +131,24 @@ def test_mentions_are_read_when_messages_carry_them() -> None:
         mentions: tuple[str, ...]
 
     assert mentions_of(WithMentions(("u1", "u2"))) == ("u1", "u2")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("env", [
+    {"VAPID_SUBJECT": "admin@example.com"},
+    {"VAPID_PRIVATE_KEY": "not-a-key"},
+    {"PUSH_WEBHOOK_URL": "ftp://gateway.example/push"},
+    {"PUSH_DELAY": "-1"},
+])
+def test_push_settings_are_checked_at_start(env: dict[str, str]) -> None:
+    from chatsrv.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError):
+        Settings.from_env(env)
+
+
+def test_a_configured_vapid_key_is_taken() -> None:
+    from chatsrv.config import Settings
+
+    s = Settings.from_env({"VAPID_PRIVATE_KEY": AS_PRIVATE, "VAPID_SUBJECT": "https://chat.example"})
+    assert VapidKey.from_text(s.vapid_private_key, s.vapid_subject).public_key.startswith("BP4z")
+    assert s.masked()["vapid_private_key"] == "***"

@@ -52,6 +52,29 @@ class Recipient:
     mentioned: bool
 
 
+@dataclass(frozen=True, slots=True)
+class PushDraft:
+    """One committed message to fold into the outbox for its offline `recipients`."""
+
+    conversation_id: str
+    message_id: str
+    sender_id: str
+    sender_name: str
+    body: str
+    recipients: tuple[Recipient, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What became of one claimed row: `finish` (sent), `drop`, `retry` at `due_at` with
+    `attempts`, or `gone` (delete its subscription, and with it the subscription's rows)."""
+
+    item: PushItem
+    action: str
+    attempts: int = 0
+    due_at: datetime | None = None
+
+
 def summary(item: PushItem, *, redact: bool) -> dict[str, object]:
     """What the push says (the decrypted Web Push body; the webhook's JSON is the same plus
     `user_id`). The service worker shows `title`/`body` and tags by conversation."""

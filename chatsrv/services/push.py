@@ -26,7 +26,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -40,9 +40,11 @@ from chatsrv.domain.model import Message, parse_id, utcnow
 from chatsrv.domain.ports import Directory, Router, Store
 from chatsrv.domain.push import (
     WEBHOOK,
+    PushDraft,
     PushItem,
     PushSubscription,
     Recipient,
+    Settlement,
     backoff,
     summary,
 )
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 
 MAX_ENDPOINT_CHARS = 2048
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+ENQUEUE_BATCH = 128  # committed messages written to the outbox in one transaction
 
 
 class PushStore(Protocol):
@@ -66,14 +69,11 @@ class PushStore(Protocol):
                        until: datetime | None) -> None: ...
     async def clear_mute(self, conversation_id: str, user_id: str) -> None: ...
     async def mutes(self, user_id: str) -> dict[str, datetime | None]: ...
-    async def enqueue(self, *, conversation_id: str, message_id: str, sender_id: str,
-                      sender_name: str, body: str, recipients: Sequence[Recipient],
-                      webhook: bool, now: datetime, due_at: datetime) -> int: ...
+    async def enqueue(self, drafts: Sequence[PushDraft], *, webhook: bool, now: datetime,
+                      due_at: datetime) -> int: ...
     async def claim_due(self, *, now: datetime, lease_until: datetime,
                         limit: int) -> list[PushItem]: ...
-    async def finish(self, item: PushItem) -> bool: ...
-    async def retry(self, item: PushItem, *, attempts: int, due_at: datetime) -> None: ...
-    async def drop(self, item: PushItem) -> None: ...
+    async def settle(self, outcomes: Sequence[Settlement]) -> None: ...
     async def next_due(self) -> datetime | None: ...
     async def pending(self, user_id: str | None = None) -> int: ...
 
@@ -228,37 +228,49 @@ class PushService:
 
     async def run_enqueue(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                           ) -> None:
-        """Forever: committed messages -> outbox rows for the members offline now. A
-        message whose rows cannot be written (storage down) loses its push (logged)."""
+        """Forever: committed messages -> outbox rows for the members offline now, the
+        messages queued together in one transaction (one fsync on SQLite). A batch whose
+        rows cannot be written (storage down) loses its pushes (logged)."""
         task_status.started()
-        async for message in self._queue:
+        async for first in self._queue:
+            batch = [first]
+            while len(batch) < ENQUEUE_BATCH:
+                try:
+                    batch.append(self._queue.receive_nowait())
+                except trio.WouldBlock:
+                    break
             try:
-                written = await self._enqueue(message)
+                written = await self._enqueue(batch)
             except ChatError as exc:
-                self.counts["enqueue_failed"] += 1
-                log.warning("push for message %s not queued: %s", message.id, exc)
+                self.counts["enqueue_failed"] += len(batch)
+                log.warning("pushes for %d messages not queued: %s", len(batch), exc)
                 continue
             finally:
-                self.counts["messages"] += 1  # considered (tests wait on it)
+                self.counts["messages"] += len(batch)  # considered (tests wait on it)
             if written:
                 self.counts["queued"] += written
                 self._wake.set()
 
-    async def _enqueue(self, message: Message) -> int:
-        members = await self._members.members(message.conversation_id)
-        mentioned = set(mentions_of(message))
-        offline = [Recipient(u, u in mentioned) for u in sorted(members)
-                   if u != message.sender_id and self._router.reach(u) == 0]
-        if not offline:
+    async def _enqueue(self, messages: list[Message]) -> int:
+        drafts: list[PushDraft] = []
+        names: dict[str, str] = {}
+        for message in messages:
+            members = await self._members.members(message.conversation_id)
+            mentioned = set(mentions_of(message))
+            offline = tuple(Recipient(u, u in mentioned) for u in sorted(members)
+                            if u != message.sender_id and self._router.reach(u) == 0)
+            if not offline:
+                continue
+            if message.sender_id not in names:
+                sender = await self._users.get_user(message.sender_id)
+                names[message.sender_id] = sender.display_name if sender is not None else ""
+            drafts.append(PushDraft(message.conversation_id, message.id, message.sender_id,
+                                    names[message.sender_id], message.content, offline))
+        if not drafts:
             return 0
-        sender = await self._users.get_user(message.sender_id)
         now = utcnow()
-        return await self._store.enqueue(
-            conversation_id=message.conversation_id, message_id=message.id,
-            sender_id=message.sender_id,
-            sender_name=sender.display_name if sender is not None else "",
-            body=message.content, recipients=offline, webhook=self._webhook_url is not None,
-            now=now, due_at=now + timedelta(seconds=self._delay))
+        return await self._store.enqueue(drafts, webhook=self._webhook_url is not None,
+                                         now=now, due_at=now + timedelta(seconds=self._delay))
 
     async def run_sender(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                          ) -> None:
@@ -287,33 +299,33 @@ class PushService:
                 await self._wake.wait()
 
     async def _send_all(self, items: list[PushItem], limiter: trio.CapacityLimiter) -> None:
+        """Send a claimed batch concurrently, then record every outcome in one
+        transaction. Storage down then: logged; the leases expire and the rows are due
+        again (sent once more)."""
         users = list({i.user_id for i in items})
         online = {u for u in users if self._router.reach(u) > 0}
         online |= await self._directory.online(users)
-        left = {i.id for i in items
-                if i.user_id not in await self._members.members(i.conversation_id)}
+        settled: list[Settlement] = []
         async with trio.open_nursery() as nursery:
             for item in items:
-                if item.user_id in online or item.id in left:
-                    self.counts["skipped_online" if item.id not in left else "skipped_left"] += 1
-                    nursery.start_soon(self._settle, self._store.drop, item)
+                if item.user_id in online:
+                    self.counts["skipped_online"] += 1
+                    settled.append(Settlement(item, "drop"))
+                elif item.user_id not in await self._members.members(item.conversation_id):
+                    self.counts["skipped_left"] += 1
+                    settled.append(Settlement(item, "drop"))
                 else:
-                    nursery.start_soon(self._send_one, item, limiter)
-
-    async def _settle(self, fn: Callable[[PushItem], Awaitable[None]], item: PushItem) -> None:
-        """One outbox update; storage down: logged, the lease expires and it is due again."""
+                    nursery.start_soon(self._send_one, item, limiter, settled)
         try:
-            await fn(item)
+            await self._store.settle(settled)
         except ChatError as exc:
-            log.warning("push outbox row %s not updated: %s", item.id, exc)
+            log.warning("outcomes of %d pushes not recorded: %s", len(settled), exc)
 
-    async def _send_one(self, item: PushItem, limiter: trio.CapacityLimiter) -> None:
+    async def _send_one(self, item: PushItem, limiter: trio.CapacityLimiter,
+                        settled: list[Settlement]) -> None:
         async with limiter:
             outcome = await self._deliver(item)
-        try:
-            await self._record(item, outcome)
-        except ChatError as exc:
-            log.warning("push outbox row %s not updated: %s", item.id, exc)
+        settled.append(self._settlement(item, outcome))
 
     async def _deliver(self, item: PushItem) -> Outcome:
         payload = summary(item, redact=self._redact)
@@ -333,28 +345,25 @@ class PushService:
         return Outcome("retry", detail=f"no answer within {self._http_timeout:g}s "
                                        "(PUSH_HTTP_TIMEOUT)")
 
-    async def _record(self, item: PushItem, outcome: Outcome) -> None:
+    def _settlement(self, item: PushItem, outcome: Outcome) -> Settlement:
         self.counts[outcome.kind] += 1
         if outcome.kind == "sent":
-            await self._store.finish(item)
-        elif outcome.kind == "gone":
+            return Settlement(item, "finish")
+        if outcome.kind == "gone":
             if item.subscription is not None:
                 log.info("push subscription %s gone (%s): deleted", item.target,
                          outcome.status or outcome.detail)
-                await self._store.delete_subscription(item.target)
-            else:
-                await self._store.drop(item)
-        elif outcome.kind == "retry" and item.attempts + 1 < self._max_attempts:
+            return Settlement(item, "gone")
+        if outcome.kind == "retry" and item.attempts + 1 < self._max_attempts:
             wait = backoff(item.attempts + 1, first=self._retry_delay, cap=self._retry_max,
                            retry_after=outcome.retry_after)
-            await self._store.retry(item, attempts=item.attempts + 1,
-                                    due_at=utcnow() + timedelta(seconds=wait))
-        else:
-            self.counts["given_up"] += 1
-            log.warning("push %s to %s given up after %d attempts (%s %s)", item.id,
-                        "the webhook" if item.target == WEBHOOK else "subscription "
-                        + item.target, item.attempts + 1, outcome.status or "", outcome.detail)
-            await self._store.drop(item)
+            return Settlement(item, "retry", item.attempts + 1,
+                              utcnow() + timedelta(seconds=wait))
+        self.counts["given_up"] += 1
+        log.warning("push %s to %s given up after %d attempts (%s %s)", item.id,
+                    "the webhook" if item.target == WEBHOOK else "subscription " + item.target,
+                    item.attempts + 1, outcome.status or "", outcome.detail)
+        return Settlement(item, "drop")
 
     async def pending(self, user_id: str | None = None) -> int:
         """Pushes waiting in the outbox (for one user)."""

@@ -12,7 +12,7 @@ from chatsrv.adapters.storage.push import SqlPushStore
 from chatsrv.adapters.storage.sql import SqlStore
 from chatsrv.domain.model import User, new_id, utcnow
 from chatsrv.domain.ports import Store
-from chatsrv.domain.push import WEBHOOK, PushItem, Recipient
+from chatsrv.domain.push import WEBHOOK, PushDraft, PushItem, Recipient, Settlement
 from tests.conftest import BACKENDS
 from tests.contract.test_store import make_conversation, make_user
 
@@ -34,9 +34,9 @@ async def _subscribed(push: SqlPushStore, user: User) -> str:
 async def _enqueue(push: SqlPushStore, conv: str, sender: User, body: str,
                    *recipients: Recipient, webhook: bool = False, delay: float = 0) -> int:
     now = utcnow()
-    return await push.enqueue(conversation_id=conv, message_id=new_id(), sender_id=sender.id,
-                              sender_name="Ann", body=body, recipients=recipients,
-                              webhook=webhook, now=now, due_at=now + timedelta(seconds=delay))
+    draft = PushDraft(conv, new_id(), sender.id, "Ann", body, recipients)
+    return await push.enqueue([draft], webhook=webhook, now=now,
+                              due_at=now + timedelta(seconds=delay))
 
 
 async def claim_of(push: SqlPushStore, *users: User, at: datetime | None = None
@@ -115,10 +115,10 @@ async def test_finish_keeps_a_row_that_changed_while_sent(store: Store,
     await _enqueue(push, conv, a, "one", Recipient(b.id, False))
     [item] = await claim_of(push, b)
     await _enqueue(push, conv, a, "two", Recipient(b.id, False))  # while it is sent
-    assert await push.finish(item) is False
-    [again] = await claim_of(push, b)
+    await push.settle([Settlement(item, "finish")])
+    [again] = await claim_of(push, b)  # kept, and due at once
     assert (again.count, again.body) == (1, "two")  # only what came after the push
-    assert await push.finish(again) is True
+    await push.settle([Settlement(again, "finish")])
     assert await push.pending(b.id) == 0
 
 
@@ -131,14 +131,16 @@ async def test_retry_waits_and_a_gone_subscription_takes_its_rows(
     now = utcnow()
     [item] = await claim_of(push, b, at=now)
     due = now + timedelta(seconds=60)
-    await push.retry(item, attempts=1, due_at=due)
+    await push.settle([Settlement(item, "retry", 1, due)])
     early = await push.claim_due(now=now + timedelta(seconds=59),
                                  lease_until=now + timedelta(seconds=90), limit=1000)
     assert item.id not in {i.id for i in early}
     retried = await push.claim_due(now=due, lease_until=due + timedelta(seconds=30), limit=1000)
     assert [i.attempts for i in retried if i.id == item.id] == [1]
-    assert await push.delete_subscription(sub) is True
+    [gone] = [i for i in retried if i.id == item.id]
+    await push.settle([Settlement(gone, "gone")])  # the push service said 410
     assert await push.pending(b.id) == 0 and await push.list_subscriptions(b.id) == []
+    assert await push.delete_subscription(sub) is False
 
 
 async def test_an_endpoint_is_one_subscription(store: Store, push: SqlPushStore) -> None:

@@ -16,7 +16,7 @@ from datetime import datetime
 from chatsrv.adapters.storage.base import Database, Op, Row, exec_, one, rows, val
 from chatsrv.adapters.storage.rows import opt_ts, ts
 from chatsrv.domain.model import new_id
-from chatsrv.domain.push import WEBHOOK, PushItem, PushSubscription, Recipient
+from chatsrv.domain.push import WEBHOOK, PushDraft, PushItem, PushSubscription, Settlement
 
 SUB_COLS = "id, user_id, endpoint, p256dh, auth, created_at"
 SAVE_SUBSCRIPTION = f"""INSERT INTO push_subscriptions (id, user_id, endpoint, p256dh, auth,
@@ -154,32 +154,39 @@ class SqlPushStore:
 
     # ------------------------------------------------------------ outbox
 
-    async def enqueue(self, *, conversation_id: str, message_id: str, sender_id: str,
-                      sender_name: str, body: str, recipients: Sequence[Recipient],
-                      webhook: bool, now: datetime, due_at: datetime) -> int:
-        """One transaction: a pending push per subscription of each recipient (and one
-        for the webhook), folded into the pending one of that target and conversation.
-        Muted recipients are skipped unless mentioned. Returns the rows written."""
+    async def enqueue(self, drafts: Sequence[PushDraft], *, webhook: bool, now: datetime,
+                      due_at: datetime) -> int:
+        """One transaction for several messages: a pending push per subscription of each
+        recipient (and one for the webhook), folded into the pending one of that target and
+        conversation. Muted recipients are skipped unless mentioned. Returns rows written."""
         def op() -> Op[int]:
-            muted = {str(r["user_id"]) for r in (yield rows(MUTED, conversation_id, now))}
-            wanted = {r.user_id: r.mentioned for r in recipients
-                      if r.mentioned or r.user_id not in muted}
-            if not wanted:
-                return 0
-            targets: list[tuple[str, str]] = [(u, WEBHOOK) for u in wanted] if webhook else []
-            if self.db.dialect == "postgres":
-                found = yield rows(SUBSCRIBED_PG, list(wanted))
-            else:
-                found = []
-                for uid in wanted:
-                    found.extend((yield rows(SUBSCRIBED_ONE, uid)))
-            targets += [(str(r["user_id"]), str(r["id"])) for r in found]
-            for uid, target in targets:
-                yield exec_(ENQUEUE, new_id(), uid, conversation_id, target, message_id,
-                            sender_id, sender_name, body, wanted[uid], now, due_at)
-            return len(targets)
+            written = 0
+            for d in drafts:
+                written += yield from self._enqueue_one(d, webhook=webhook, now=now,
+                                                        due_at=due_at)
+            return written
 
         return await self.db.run(op())
+
+    def _enqueue_one(self, d: PushDraft, *, webhook: bool, now: datetime,
+                     due_at: datetime) -> Op[int]:
+        muted = {str(r["user_id"]) for r in (yield rows(MUTED, d.conversation_id, now))}
+        wanted = {r.user_id: r.mentioned for r in d.recipients
+                  if r.mentioned or r.user_id not in muted}
+        if not wanted:
+            return 0
+        targets: list[tuple[str, str]] = [(u, WEBHOOK) for u in wanted] if webhook else []
+        if self.db.dialect == "postgres":
+            found = yield rows(SUBSCRIBED_PG, list(wanted))
+        else:
+            found = []
+            for uid in wanted:
+                found.extend((yield rows(SUBSCRIBED_ONE, uid)))
+        targets += [(str(r["user_id"]), str(r["id"])) for r in found]
+        for uid, target in targets:
+            yield exec_(ENQUEUE, new_id(), uid, d.conversation_id, target, d.message_id,
+                        d.sender_id, d.sender_name, d.body, wanted[uid], now, due_at)
+        return len(targets)
 
     async def claim_due(self, *, now: datetime, lease_until: datetime,
                         limit: int) -> list[PushItem]:
@@ -197,26 +204,23 @@ class SqlPushStore:
 
         return await self.db.run(op())
 
-    async def finish(self, item: PushItem) -> bool:
-        """Sent: delete the row, unless messages were folded in meanwhile: then it is due
-        again at once, for one more push counting only those. True if deleted."""
-        def op() -> Op[bool]:
-            done = yield val(FINISH + " RETURNING 1", item.id, item.lease, item.version)
-            if not done:
-                yield exec_(RELEASE, item.id, item.lease, item.count)
-            return bool(done)
-
-        return await self.db.run(op())
-
-    async def retry(self, item: PushItem, *, attempts: int, due_at: datetime) -> None:
+    async def settle(self, outcomes: Sequence[Settlement]) -> None:
+        """What became of a batch of claimed rows, in one transaction. A row finished
+        while messages were folded into it stays, due at once, counting only those."""
         def op() -> Op[None]:
-            yield exec_(RETRY, item.id, item.lease, attempts, due_at)
-
-        await self.db.run(op())
-
-    async def drop(self, item: PushItem) -> None:
-        def op() -> Op[None]:
-            yield exec_(DROP, item.id, item.lease)
+            for o in outcomes:
+                item = o.item
+                if o.action == "finish":
+                    done = yield val(FINISH + " RETURNING 1", item.id, item.lease, item.version)
+                    if not done:
+                        yield exec_(RELEASE, item.id, item.lease, item.count)
+                elif o.action == "retry":
+                    yield exec_(RETRY, item.id, item.lease, o.attempts, o.due_at)
+                elif o.action == "gone" and item.subscription is not None:
+                    yield exec_(DELETE_SUBSCRIPTION, item.target)
+                    yield exec_(DELETE_TARGET, item.target)
+                else:
+                    yield exec_(DROP, item.id, item.lease)
 
         await self.db.run(op())
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -97,8 +97,10 @@ class PushService:
                  public_key: str, delay: float, redact: bool, webhook_url: str | None,
                  allow_insecure: bool, ttl: int, http_timeout: float, max_attempts: int,
                  retry_delay: float, retry_max_delay: float, poll_interval: float,
-                 concurrency: int, queue_size: int, max_subscriptions: int) -> None:
+                 concurrency: int, queue_size: int, max_subscriptions: int,
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self._store = store
+        self._now = clock  # wall time of due dates and mutes (tests: the Trio clock's)
         self._users = users
         self._members = members
         self._router = router
@@ -175,7 +177,7 @@ class PushService:
                 all(s.endpoint != endpoint for s in mine):
             raise Invalid(f"at most {self._max_subscriptions} push subscriptions per user "
                           "(PUSH_MAX_SUBSCRIPTIONS); delete one", code="too_many_subscriptions")
-        now = utcnow()
+        now = self._now()
         sub = await self._store.save_subscription(user_id=user_id, endpoint=endpoint,
                                                   p256dh=p256dh, auth=auth, now=now)
         return sub, sub.created_at == now
@@ -202,7 +204,7 @@ class PushService:
         """No pushes from the conversation (but mentions) until `until`, or for good.
         Raises NotFound for a non-member, Invalid for a time in the past."""
         conversation_id = await self._require_member(user_id, conversation_id)
-        if until is not None and until <= utcnow():
+        if until is not None and until <= self._now():
             raise Invalid("until must be in the future", field="until")
         await self._store.set_mute(conversation_id, user_id, until)
         return conversation_id, until
@@ -213,7 +215,7 @@ class PushService:
 
     async def mutes(self, user_id: str) -> dict[str, datetime | None]:
         """The user's mutes in force (conversation id -> until, None: forever)."""
-        now = utcnow()
+        now = self._now()
         return {c: u for c, u in (await self._store.mutes(user_id)).items()
                 if u is None or u > now}
 
@@ -268,7 +270,7 @@ class PushService:
                                     names[message.sender_id], message.content, offline))
         if not drafts:
             return 0
-        now = utcnow()
+        now = self._now()
         return await self._store.enqueue(drafts, webhook=self._webhook_url is not None,
                                          now=now, due_at=now + timedelta(seconds=self._delay))
 
@@ -282,7 +284,7 @@ class PushService:
         while True:
             self._wake = trio.Event()
             try:
-                now = utcnow()
+                now = self._now()
                 items = await self._store.claim_due(now=now, lease_until=now + self._lease,
                                                     limit=self._concurrency * 2)
                 if items:
@@ -294,7 +296,7 @@ class PushService:
                 next_due = None
             wait = self._poll
             if next_due is not None:
-                wait = min(wait, max(0.0, (next_due - utcnow()).total_seconds()))
+                wait = min(wait, max(0.0, (next_due - self._now()).total_seconds()))
             with trio.move_on_after(wait):
                 await self._wake.wait()
 
@@ -358,7 +360,7 @@ class PushService:
             wait = backoff(item.attempts + 1, first=self._retry_delay, cap=self._retry_max,
                            retry_after=outcome.retry_after)
             return Settlement(item, "retry", item.attempts + 1,
-                              utcnow() + timedelta(seconds=wait))
+                              self._now() + timedelta(seconds=wait))
         self.counts["given_up"] += 1
         log.warning("push %s to %s given up after %d attempts (%s %s)", item.id,
                     "the webhook" if item.target == WEBHOOK else "subscription " + item.target,

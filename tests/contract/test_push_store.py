@@ -1,4 +1,4 @@
-"""The push store (subscriptions, mutes, outbox) on SQLite and PostgreSQL: collapse, mutes
+"""The push store (subscriptions, mutes, outbox) in memory, on SQLite and PostgreSQL: collapse, mutes
 and mentions, leases that let exactly one sender hold a row, versions, retries."""
 
 from __future__ import annotations
@@ -8,30 +8,31 @@ from datetime import datetime, timedelta
 import pytest
 import trio
 
+from chatsrv.adapters.push.memory import MemoryPushStore
 from chatsrv.adapters.storage.push import SqlPushStore
 from chatsrv.adapters.storage.sql import SqlStore
 from chatsrv.domain.model import User, new_id, utcnow
 from chatsrv.domain.ports import Store
 from chatsrv.domain.push import WEBHOOK, PushDraft, PushItem, Recipient, Settlement
-from tests.conftest import BACKENDS
 from tests.contract.test_store import make_conversation, make_user
 
-pytestmark = pytest.mark.parametrize("backend", BACKENDS)  # the SQL adapter's own
+PushStore = SqlPushStore | MemoryPushStore
 
 
 @pytest.fixture
-def push(store: Store) -> SqlPushStore:
-    assert isinstance(store, SqlStore)
-    return SqlPushStore(store.db)
+def push(store: Store) -> PushStore:
+    if isinstance(store, SqlStore):
+        return SqlPushStore(store.db)
+    return MemoryPushStore()
 
 
-async def _subscribed(push: SqlPushStore, user: User) -> str:
+async def _subscribed(push: PushStore, user: User) -> str:
     sub = await push.save_subscription(user_id=user.id, endpoint=f"https://p.example/{new_id()}",
                                        p256dh="k", auth="a", now=utcnow())
     return sub.id
 
 
-async def _enqueue(push: SqlPushStore, conv: str, sender: User, body: str,
+async def _enqueue(push: PushStore, conv: str, sender: User, body: str,
                    *recipients: Recipient, webhook: bool = False, delay: float = 0) -> int:
     now = utcnow()
     draft = PushDraft(conv, new_id(), sender.id, "Ann", body, recipients)
@@ -39,7 +40,7 @@ async def _enqueue(push: SqlPushStore, conv: str, sender: User, body: str,
                               due_at=now + timedelta(seconds=delay))
 
 
-async def claim_of(push: SqlPushStore, *users: User, at: datetime | None = None
+async def claim_of(push: PushStore, *users: User, at: datetime | None = None
                    ) -> list[PushItem]:
     """Claim what is due, and keep this test's rows (PostgreSQL: the run's tests share a
     database)."""
@@ -50,7 +51,7 @@ async def claim_of(push: SqlPushStore, *users: User, at: datetime | None = None
 
 
 async def test_messages_collapse_into_one_row_per_target(store: Store,
-                                                         push: SqlPushStore) -> None:
+                                                         push: PushStore) -> None:
     a, b = await make_user(store), await make_user(store)
     conv = await make_conversation(store, a, b)
     sub = await _subscribed(push, b)
@@ -63,7 +64,7 @@ async def test_messages_collapse_into_one_row_per_target(store: Store,
     assert web.subscription is not None and web.subscription.user_id == b.id
 
 
-async def test_muted_members_get_only_mentions(store: Store, push: SqlPushStore) -> None:
+async def test_muted_members_get_only_mentions(store: Store, push: PushStore) -> None:
     a, b, c = await make_user(store), await make_user(store), await make_user(store)
     conv = await make_conversation(store, a, b, c, group=True)
     await _subscribed(push, b)
@@ -80,7 +81,7 @@ async def test_muted_members_get_only_mentions(store: Store, push: SqlPushStore)
     assert await push.mutes(b.id) == {}
 
 
-async def test_a_lease_lets_one_sender_hold_a_row(store: Store, push: SqlPushStore) -> None:
+async def test_a_lease_lets_one_sender_hold_a_row(store: Store, push: PushStore) -> None:
     # (PostgreSQL: the run's tests share a database; rows of others are claimed alongside)
     a = await make_user(store)
     users = [await make_user(store) for _ in range(12)]
@@ -108,7 +109,7 @@ async def test_a_lease_lets_one_sender_hold_a_row(store: Store, push: SqlPushSto
 
 
 async def test_finish_keeps_a_row_that_changed_while_sent(store: Store,
-                                                          push: SqlPushStore) -> None:
+                                                          push: PushStore) -> None:
     a, b = await make_user(store), await make_user(store)
     conv = await make_conversation(store, a, b)
     await _subscribed(push, b)
@@ -123,7 +124,7 @@ async def test_finish_keeps_a_row_that_changed_while_sent(store: Store,
 
 
 async def test_retry_waits_and_a_gone_subscription_takes_its_rows(
-        store: Store, push: SqlPushStore) -> None:
+        store: Store, push: PushStore) -> None:
     a, b = await make_user(store), await make_user(store)
     conv = await make_conversation(store, a, b)
     sub = await _subscribed(push, b)
@@ -143,7 +144,7 @@ async def test_retry_waits_and_a_gone_subscription_takes_its_rows(
     assert await push.delete_subscription(sub) is False
 
 
-async def test_an_endpoint_is_one_subscription(store: Store, push: SqlPushStore) -> None:
+async def test_an_endpoint_is_one_subscription(store: Store, push: PushStore) -> None:
     a, b = await make_user(store), await make_user(store)
     first = await push.save_subscription(user_id=a.id, endpoint="https://p.example/e1",
                                          p256dh="k1", auth="a1", now=utcnow())

@@ -61,7 +61,8 @@ class PushStore(Protocol):
     """Subscriptions, mutes and the outbox (adapters/storage/push.py)."""
 
     async def save_subscription(self, *, user_id: str, endpoint: str, p256dh: str, auth: str,
-                                now: datetime) -> PushSubscription: ...
+                                now: datetime, session_id: str | None = None
+                                ) -> PushSubscription: ...
     async def list_subscriptions(self, user_id: str) -> list[PushSubscription]: ...
     async def delete_subscription(self, subscription_id: str, *,
                                   user_id: str | None = None) -> bool: ...
@@ -155,11 +156,12 @@ class PushService:
                           field="endpoint")
         return endpoint
 
-    async def subscribe(self, user_id: str, *, endpoint: str, p256dh: str,
-                        auth: str) -> tuple[PushSubscription, bool]:
-        """Store a browser's PushSubscription; the same endpoint again updates it (and
-        moves it to this user). Returns (subscription, created). Raises Invalid, Conflict
-        (`too_many_subscriptions`), Unavailable."""
+    async def subscribe(self, user_id: str, *, endpoint: str, p256dh: str, auth: str,
+                        session_id: str | None = None) -> tuple[PushSubscription, bool]:
+        """Store a browser's PushSubscription, made in `session_id` (pushes stop when that
+        session ends); the same endpoint again updates it (and moves it to this user and
+        session). Returns (subscription, created). Raises Invalid (also
+        `too_many_subscriptions`), Unavailable."""
         endpoint = self._check_endpoint(endpoint)
         try:
             load_point(b64url_decode(p256dh))
@@ -179,7 +181,8 @@ class PushService:
                           "(PUSH_MAX_SUBSCRIPTIONS); delete one", code="too_many_subscriptions")
         now = self._now()
         sub = await self._store.save_subscription(user_id=user_id, endpoint=endpoint,
-                                                  p256dh=p256dh, auth=auth, now=now)
+                                                  p256dh=p256dh, auth=auth, now=now,
+                                                  session_id=session_id)
         return sub, sub.created_at == now
 
     async def subscriptions(self, user_id: str) -> list[PushSubscription]:

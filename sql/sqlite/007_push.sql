@@ -1,5 +1,7 @@
 -- Offline push (services/push.py). A subscription is one browser/device of a user
--- (endpoint unique: the same endpoint subscribed again updates its row). The outbox holds
+-- (endpoint unique: the same endpoint subscribed again updates its row), made in a session:
+-- once that session ends (logout, password change...) the device gets no more pushes
+-- until it subscribes again from a new session. The outbox holds
 -- the pushes not sent yet: one row per target (a subscription, or '' for the webhook) and
 -- conversation, collapsed — later messages bump `count` and `version` and replace the
 -- shown message; `due_at` stays the first message's (plus PUSH_DELAY), so a busy
@@ -11,6 +13,7 @@ CREATE TABLE push_subscriptions (
     endpoint   text NOT NULL UNIQUE,
     p256dh     text NOT NULL,
     auth       text NOT NULL,
+    session_id uuid,
     created_at timestamptz NOT NULL,
     updated_at timestamptz NOT NULL
 );

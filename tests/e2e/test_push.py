@@ -69,6 +69,20 @@ async def _pending_is(server: Server, user: Account, n: int) -> bool:
     return await push.pending(user.id) == n
 
 
+async def considered(server: Server, sending: Callable[[], Awaitable[object]]) -> None:
+    """Send, then wait until the outbox writer has looked at the message (decided whom to
+    push), so what the test changes next cannot race with that decision."""
+    push = server.services.push
+    assert push is not None
+    seen = push.counts["messages"]
+    await sending()
+
+    async def past() -> bool:
+        return bool(push.counts["messages"] > seen)
+
+    await wait_until(past)
+
+
 async def wait_until(check: Callable[[], Awaitable[bool]], wait: float = 10.0) -> None:
     """Until `check()` holds: a condition in the server's database (the outbox), which
     has no event to wait on."""
@@ -162,14 +176,7 @@ async def test_muted_conversation_is_not_pushed_until_the_mute_ends(env: Any) ->
     # muted for good, then unmuted
     r = await c.http.put(f"/api/conversations/{conv}/mute", headers=bob.headers)
     assert r.status_code == 200 and r.json()["until"] is None
-    push_svc = server.services.push
-    seen = push_svc.counts["messages"]
-    await send(c, alice, conv, "muted for good")
-
-    async def considered() -> bool:  # the muted message went past the outbox writer
-        return bool(push_svc.counts["messages"] > seen)
-
-    await wait_until(considered)
+    await considered(server, lambda: send(c, alice, conv, "muted for good"))
     r = await c.http.delete(f"/api/conversations/{conv}/mute", headers=bob.headers)
     assert r.status_code == 204
     third = await send(c, alice, conv, "unmuted")
@@ -375,3 +382,20 @@ async def test_service_worker_is_served_at_the_root(env: Any) -> None:
     assert r.status_code == 200 and "javascript" in r.headers["content-type"]
     assert r.headers["service-worker-allowed"] == "/"
     assert 'addEventListener("push"' in r.text and "showNotification" in r.text
+
+
+async def test_a_signed_out_device_gets_no_pushes_until_it_subscribes_again(env: Any) -> None:
+    server, c, push = env
+    alice, bob, conv = await subscribed_pair(c, push)
+    r = await c.http.post("/api/auth/logout", headers=bob.headers)
+    assert r.status_code == 204
+    await considered(server, lambda: send(c, alice, conv, "after the logout"))
+    r = await c.http.post("/api/auth/login", json={"email": bob.email, "password": bob.password})
+    assert r.status_code == 200
+    again = {"Authorization": f"Bearer {r.json()['token']}"}
+    r = await c.http.post("/api/push/subscriptions", json=push.browsers["bob"].json(),
+                          headers=again)
+    assert r.status_code == 200  # the same endpoint: the same subscription, new session
+    second = await send(c, alice, conv, "signed in again")
+    got = await push.next()
+    assert got.payload["message_id"] == second and got.payload["count"] == 1

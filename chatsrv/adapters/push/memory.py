@@ -27,7 +27,9 @@ class MemoryPushStore:
         self._rows: dict[tuple[str, str, str], _Row] = {}  # (user, conversation, target)
 
     async def save_subscription(self, *, user_id: str, endpoint: str, p256dh: str, auth: str,
-                                now: datetime) -> PushSubscription:
+                                now: datetime, session_id: str | None = None
+                                ) -> PushSubscription:
+        """(Sessions are not known here: every subscription counts as live.)"""
         old = next((s for s in self._subs.values() if s.endpoint == endpoint), None)
         sub = PushSubscription(old.id if old else new_id(), user_id, endpoint, p256dh, auth,
                                old.created_at if old else now)

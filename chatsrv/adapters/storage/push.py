@@ -20,18 +20,22 @@ from chatsrv.domain.push import WEBHOOK, PushDraft, PushItem, PushSubscription, 
 
 SUB_COLS = "id, user_id, endpoint, p256dh, auth, created_at"
 SAVE_SUBSCRIPTION = f"""INSERT INTO push_subscriptions (id, user_id, endpoint, p256dh, auth,
-                                created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $6)
+                                session_id, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $7, $6, $6)
 ON CONFLICT (endpoint) DO UPDATE SET user_id = excluded.user_id, p256dh = excluded.p256dh,
-    auth = excluded.auth, updated_at = excluded.updated_at
+    auth = excluded.auth, session_id = excluded.session_id, updated_at = excluded.updated_at
 RETURNING {SUB_COLS}"""
 MY_SUBSCRIPTIONS = f"""SELECT {SUB_COLS} FROM push_subscriptions WHERE user_id = $1
 ORDER BY created_at, id"""
 DELETE_MY_SUBSCRIPTION = "DELETE FROM push_subscriptions WHERE id = $1 AND user_id = $2"
 DELETE_SUBSCRIPTION = "DELETE FROM push_subscriptions WHERE id = $1"
 DELETE_TARGET = "DELETE FROM push_outbox WHERE target = $1"
-SUBSCRIBED_PG = """SELECT id, user_id FROM push_subscriptions WHERE user_id = ANY($1::uuid[])"""
-SUBSCRIBED_ONE = "SELECT id, user_id FROM push_subscriptions WHERE user_id = $1"
+# the subscriptions of live sessions only (a device signed out gets no more pushes)
+_LIVE = """SELECT s.id, s.user_id FROM push_subscriptions s
+LEFT JOIN sessions x ON x.id = s.session_id
+WHERE (s.session_id IS NULL OR x.revoked_at IS NULL) AND """
+SUBSCRIBED_PG = _LIVE + "s.user_id = ANY($1::uuid[])"
+SUBSCRIBED_ONE = _LIVE + "s.user_id = $1"
 MUTED = """SELECT user_id FROM conversation_mutes
 WHERE conversation_id = $1 AND (until IS NULL OR until > $2)"""
 SET_MUTE = """INSERT INTO conversation_mutes (conversation_id, user_id, until) VALUES ($1, $2, $3)
@@ -96,11 +100,13 @@ class SqlPushStore:
     # ------------------------------------------------------------ subscriptions
 
     async def save_subscription(self, *, user_id: str, endpoint: str, p256dh: str, auth: str,
-                                now: datetime) -> PushSubscription:
-        """Insert, or update the row of the same endpoint (it moves to `user_id`: the
-        browser profile signed in as someone else)."""
+                                now: datetime, session_id: str | None = None
+                                ) -> PushSubscription:
+        """Insert, or update the row of the same endpoint (it moves to `user_id` and
+        `session_id`: the browser profile signed in again, maybe as someone else)."""
         def op() -> Op[PushSubscription]:
-            row = yield one(SAVE_SUBSCRIPTION, new_id(), user_id, endpoint, p256dh, auth, now)
+            row = yield one(SAVE_SUBSCRIPTION, new_id(), user_id, endpoint, p256dh, auth, now,
+                            session_id)
             return _subscription(row)
 
         return await self.db.run(op())

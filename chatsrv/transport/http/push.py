@@ -43,10 +43,11 @@ def register(api: Api, edge: Edge, *, push: PushService) -> None:
                response=rest.SubscriptionOut, status=201,
                also={200: "the endpoint was subscribed already: updated"})
     async def push_subscribe() -> Response:
-        uid = await edge.user_id()
+        who = await edge.principal()
         b = await body(rest.SubscriptionIn)
-        sub, created = await push.subscribe(uid, endpoint=b.endpoint, p256dh=b.keys.p256dh,
-                                            auth=b.keys.auth)
+        sub, created = await push.subscribe(who.user_id, endpoint=b.endpoint,
+                                            p256dh=b.keys.p256dh, auth=b.keys.auth,
+                                            session_id=who.session_id)
         return json_response(_subscription(sub), 201 if created else 200)
 
     @api.route("GET", "/api/push/subscriptions", summary="My push subscriptions",

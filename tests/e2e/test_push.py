@@ -184,6 +184,18 @@ async def test_muted_conversation_is_not_pushed_until_the_mute_ends(env: Any) ->
     assert got.payload["message_id"] == third and got.payload["count"] == 1
 
 
+async def test_a_mention_is_pushed_through_a_mute(env: Any) -> None:
+    server, c, push = env
+    alice, bob, conv = await subscribed_pair(c, push)
+    r = await c.http.put(f"/api/conversations/{conv}/mute", headers=bob.headers)
+    assert r.status_code == 200, r.text
+    await considered(server, lambda: send(c, alice, conv, "not for bob's pocket"))
+    named = await send(c, alice, conv, f"@{bob.username} look at this")
+    got = await push.next()
+    assert got.payload["message_id"] == named and got.payload["mentioned"] is True
+    assert got.headers.get("urgency") == "high"
+
+
 async def test_mute_is_for_members_and_future_times(env: Any) -> None:
     _, c, _ = env
     alice, bob, eve = await c.register(), await c.register(), await c.register()

@@ -22,6 +22,7 @@ from chatsrv.adapters.memory import LOCAL_INSTANCE, LocalDirectory, LocalRouter,
 from chatsrv.adapters.storage.base import Database
 from chatsrv.adapters.storage.calls import SqlCallLog
 from chatsrv.adapters.storage.migrate import migrate
+from chatsrv.adapters.storage.search import SqlSearchIndex
 from chatsrv.adapters.storage.sql import SqlStore
 from chatsrv.config import ConfigError, Settings
 from chatsrv.domain.model import CallSignal
@@ -37,6 +38,7 @@ from chatsrv.services.limits import Limiter, LocalLimiter, RateLimits
 from chatsrv.services.membership import MembershipCache
 from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
+from chatsrv.services.search import SearchService
 from chatsrv.services.sessions import SessionRegistry
 from chatsrv.tasks import StartupError, as_startup_error, leaves, open_background, supervised
 
@@ -186,6 +188,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             conversations=conversations, messaging=messaging, presence=presence,
             commits=commits, arrivals=Coalescer(store.arrivals, max_batch=settings.commit_batch),
             calls=calls, metrics=metrics,
+            search=SearchService(SqlSearchIndex(db), members,
+                                 default_limit=settings.search_default_limit,
+                                 max_limit=settings.search_max_limit),
         )
         _gauges(metrics, svc)
         supervise = partial(supervised, failures=metrics.task_failures,
@@ -244,7 +249,7 @@ def build_asgi(svc: Services) -> tuple[Any, Any]:
         settings, auth_service=svc.auth, admin_service=svc.admin, presence=svc.presence,
         conversation_service=svc.conversations, messaging=svc.messaging,
         call_service=svc.calls, limits=svc.limits, ready=svc.store.ping,
-        metrics=svc.metrics.render)
+        metrics=svc.metrics.render, search_service=svc.search)
     endpoint: WebSocketEndpoint
 
     def bind(session: Any, principal: Any) -> None:

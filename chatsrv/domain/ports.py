@@ -22,6 +22,7 @@ from chatsrv.domain.model import (
     User,
     Watermarks,
 )
+from chatsrv.domain.search import SearchCursor, SearchQuery
 
 if TYPE_CHECKING:  # frames are the protocol's; the domain only passes them on
     from chatsrv.protocol.frames import Frame
@@ -159,6 +160,22 @@ class CallLog(Protocol):
         """A single node starting: no owner of earlier claims is alive."""
         ...
     async def call_owner(self, call_id: str) -> str | None: ...
+
+
+class SearchIndex(Protocol):
+    """Full-text search of messages (domain/search.py: the query language). The index is
+    kept by the database itself (a generated column, triggers), so an edit or a delete of
+    a message is searchable as it is now, with no call here."""
+
+    async def search_messages(
+        self, user_id: str, query: SearchQuery, *, conversation_id: str | None,
+        before: SearchCursor | None, limit: int,
+    ) -> list[Message]:
+        """Messages matching every term of `query` in the conversations `user_id` is a
+        member of now (checked in the same read), narrowed to `conversation_id` if given;
+        newest first ((created_at, id) descending), strictly after `before` in that order;
+        at most `limit`. A deleted message (content "") never matches. Raises Unavailable."""
+        ...
 
 
 class Subscriber(Protocol):

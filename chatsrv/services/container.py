@@ -18,6 +18,7 @@ from chatsrv.services.limits import RateLimits
 from chatsrv.services.membership import MembershipCache
 from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
+from chatsrv.services.search import SearchService
 from chatsrv.services.sessions import SessionRegistry
 
 
@@ -40,3 +41,4 @@ class Services:
     # for concurrent connects together
     arrivals: Coalescer[str, Arrival]
     metrics: Metrics
+    search: SearchService

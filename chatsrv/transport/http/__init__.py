@@ -1,6 +1,6 @@
 """REST under /api, health, metrics, OpenAPI and the web client, on Quart-Trio.
 
-One module per aggregate (auth, users, admin, conversations, messages, calls, ops), and docs
+One module per aggregate (auth, users, admin, conversations, messages, search, calls, ops), and docs
 (the served documentation); each handler parses, calls one service method and renders.
 `edge.py` is what every request passes through; `api.py` declares routes and builds the
 OpenAPI document from their types.
@@ -19,7 +19,9 @@ from chatsrv.services.conversations import ConversationService
 from chatsrv.services.limits import RateLimits
 from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
+from chatsrv.services.search import SearchService
 from chatsrv.transport.http import admin, auth, calls, conversations, docs, messages, ops, users
+from chatsrv.transport.http import search as search_routes
 from chatsrv.transport.http.api import Api
 from chatsrv.transport.http.edge import Edge
 
@@ -28,7 +30,8 @@ def create_app(settings: Settings, *, auth_service: AuthService, admin_service: 
                presence: PresenceService, conversation_service: ConversationService,
                messaging: MessagingService, call_service: CallService, limits: RateLimits,
                ready: Callable[[], Awaitable[None]],
-               metrics: Callable[[], tuple[bytes, str]]) -> QuartTrio:
+               metrics: Callable[[], tuple[bytes, str]],
+               search_service: SearchService) -> QuartTrio:
     """The Quart app for everything but the WebSocket (see transport/ws.py)."""
     app = QuartTrio("chatsrv", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -41,6 +44,7 @@ def create_app(settings: Settings, *, auth_service: AuthService, admin_service: 
     conversations.register(api, edge, conversations=conversation_service)
     messages.register(api, edge, messaging=messaging, settings=settings)
     calls.register(api, edge, calls=call_service)
+    search_routes.register(api, edge, search=search_service, settings=settings)
     ops.register(api, settings=settings, ready=ready, metrics=metrics)
     docs.register(api)
     app.extensions["chatsrv_api"] = api

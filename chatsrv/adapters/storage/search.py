@@ -1,0 +1,81 @@
+"""Full-text search over SQL: the SearchIndex port on PostgreSQL (tsvector + GIN) and SQLite
+(FTS5). The indexes are kept by the databases (migration 009), so nothing here writes.
+
+User input never reaches either query language as syntax: every term is quoted as a
+literal (`tsquery_of`, `fts5_match_of`), and the database's own parser splits it into words
+exactly as it split the content (a quoted "foo-bar" is the phrase foo, bar on both).
+
+One statement per search: membership is a semi-join in the same read, so a user who left
+a conversation finds nothing of it from the moment the removal committed.
+"""
+
+from __future__ import annotations
+
+from chatsrv.adapters.storage.base import Database, Op, rows
+from chatsrv.adapters.storage.rows import MESSAGE_COLS, message_of
+from chatsrv.domain.model import Message
+from chatsrv.domain.search import SearchCursor, SearchQuery, Term
+
+_COLS = ", ".join("m." + c.strip() for c in MESSAGE_COLS.split(","))
+_MINE = "m.conversation_id IN (SELECT conversation_id FROM conversation_members WHERE user_id = $2)"
+
+SEARCH_PG = f"""SELECT {_COLS} FROM messages m
+WHERE m.search_vector @@ to_tsquery('chatsrv_search', $1) AND {_MINE}"""
+SEARCH_SQLITE = f"""SELECT {_COLS} FROM messages m
+WHERE m.rowid IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH $1) AND {_MINE}"""
+# optional conditions, numbered from $4 in the order they are added
+IN_CONVERSATION = " AND m.conversation_id = ${}"
+BEFORE = " AND (m.created_at < ${0} OR (m.created_at = ${0} AND m.id < ${1}))"
+ORDER = "\nORDER BY m.created_at DESC, m.id DESC LIMIT $3"
+
+
+def _tsquery_literal(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def tsquery_of(query: SearchQuery) -> str:
+    """to_tsquery input: each term a quoted literal (PostgreSQL splits a literal of several
+    words into a phrase), prefixes marked `:*`, all of them ANDed."""
+    return " & ".join(_tsquery_literal(t.text) + (":*" if t.prefix else "")
+                      for t in query.terms)
+
+
+def _fts5_term(t: Term) -> str:
+    return '"' + t.text.replace('"', '""') + '"' + ("*" if t.prefix else "")
+
+
+def fts5_match_of(query: SearchQuery) -> str:
+    """FTS5 MATCH input: each term an FTS5 string (a phrase of its words), prefixes marked
+    `*`, all of them ANDed (FTS5's implicit AND)."""
+    return " AND ".join(_fts5_term(t) for t in query.terms)
+
+
+class SqlSearchIndex:
+    """Implements domain.ports.SearchIndex on the SQL store's tables."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def search_messages(
+        self, user_id: str, query: SearchQuery, *, conversation_id: str | None,
+        before: SearchCursor | None, limit: int,
+    ) -> list[Message]:
+        if self.db.dialect == "postgres":
+            sql, match = SEARCH_PG, tsquery_of(query)
+        else:
+            sql, match = SEARCH_SQLITE, fts5_match_of(query)
+        args: list[object] = [match, user_id, limit]
+        if conversation_id is not None:
+            args.append(conversation_id)
+            sql += IN_CONVERSATION.format(len(args))
+        if before is not None:
+            args += [before.created_at, before.message_id]
+            sql += BEFORE.format(len(args) - 1, len(args))
+        statement = sql + ORDER
+
+        def op() -> Op[list[Message]]:
+            found = yield rows(statement, *args)
+            return [message_of(r) for r in found]
+
+        return await self.db.run(op(), write=False)
+

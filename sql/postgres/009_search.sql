@@ -31,8 +31,11 @@ BEGIN
 END
 $$;
 
+-- The parser takes "<...>" for an XML tag and "&...;" for an entity and drops them ("<Café>"
+-- would not be found): < > & are spaces to it here, and in queries (tsquery_of).
 ALTER TABLE messages ADD COLUMN search_vector tsvector
-    GENERATED ALWAYS AS (to_tsvector('chatsrv_search'::regconfig, content)) STORED;
+    GENERATED ALWAYS AS (to_tsvector('chatsrv_search'::regconfig,
+                                     translate(content, '<>&', '   '))) STORED;
 
 CREATE INDEX messages_search_idx ON messages USING gin (search_vector)
     WITH (fastupdate = off);

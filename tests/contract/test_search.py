@@ -93,6 +93,15 @@ async def test_diacritics_and_case_are_ignored(store: Store, index: SearchIndex)
     assert await find(index, a, "arger zurich") == ["Ärger in Zürich"]
 
 
+async def test_text_that_looks_like_markup_is_words(store: Store, index: SearchIndex) -> None:
+    # PostgreSQL's parser drops what looks like an XML tag or entity unless told otherwise
+    a, b = await make_user(store), await make_user(store)
+    ab = await make_conversation(store, a, b)
+    await post(store, ab, a, "meet at the <Café> &amp; bring <b>snacks</b>, I <3 it", at=T0)
+    for q in ["cafe", "<café>", "snacks", "amp", "b", "<3"]:
+        assert len(await find(index, a, q)) == 1, q
+
+
 async def test_phrases_and_prefixes(store: Store, index: SearchIndex) -> None:
     a, b = await make_user(store), await make_user(store)
     ab = await make_conversation(store, a, b)

@@ -29,7 +29,12 @@ BEFORE = " AND (m.created_at < ${0} OR (m.created_at = ${0} AND m.id < ${1}))"
 ORDER = "\nORDER BY m.created_at DESC, m.id DESC LIMIT $3"
 
 
+# as the generated column does (migration 009): the parser would take "<...>" for a tag
+_NOT_MARKUP = str.maketrans("<>&", "   ")
+
+
 def _tsquery_literal(text: str) -> str:
+    text = text.translate(_NOT_MARKUP)
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 

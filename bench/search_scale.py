@@ -27,10 +27,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -40,9 +41,11 @@ import trio_asyncio
 from bench.stats import quantile
 from chatsrv.adapters.storage import migrate as migrations
 from chatsrv.adapters.storage.base import Database, Op, Row, exec_, rows, script
+from chatsrv.adapters.storage.messages import INSERT_MESSAGE
 from chatsrv.adapters.storage.postgres import open_postgres
-from chatsrv.adapters.storage.search import SqlSearchIndex, tsquery_of
-from chatsrv.adapters.storage.sql import SqlStore
+from chatsrv.adapters.storage.search import SqlSearchIndex, fts5_match_of, tsquery_of
+from chatsrv.adapters.storage.sql import INSERT_CONVERSATION, INSERT_MEMBER, INSERT_USER, SqlStore
+from chatsrv.adapters.storage.sqlite import open_sqlite
 from chatsrv.domain.model import new_id, utcnow
 from chatsrv.domain.search import parse_query
 
@@ -91,7 +94,7 @@ SELECT gen_random_uuid(), c.id, (g - 1) / $2 + 1, c.created_by,
 FROM generate_series($3::int, $4::int) AS g
 JOIN bench_conversations c ON c.n = (g - 1) % $2 + 1"""
 FINISH = """
-UPDATE conversations c SET last_seq = m.s
+UPDATE conversations AS c SET last_seq = m.s
 FROM (SELECT conversation_id, max(seq) AS s FROM messages GROUP BY 1) m
 WHERE m.conversation_id = c.id;
 ANALYZE;
@@ -182,88 +185,157 @@ def burst_row(label: str, latencies: Sequence[float], wall: float) -> str:
             f"{p99:.2f} | {worst:.1f} |")
 
 
-async def measure(dsn: str, args: argparse.Namespace) -> list[str]:
-    out: list[str] = []
-    rng = random.Random(14)
-    words = vocabulary(rng)
+async def load_postgres(db: Database, messages: int, words: list[str]) -> None:
+    await run_script(db, SETUP)
+    step = 100_000
+    for start in range(1, messages + 1, step):
+        def op(s: int = start) -> Op[None]:
+            yield exec_(LOAD, words, CONVERSATIONS, s, min(messages, s + step - 1))
+
+        await db.run(op())
+    await run_script(db, FINISH)
+
+
+async def load_sqlite(db: Database, messages: int, words: list[str]) -> None:
+    """The same shape as load_postgres, rows made in Python (no generate_series here)."""
+    rng = random.Random(15)
+    at = datetime(2025, 11, 30, tzinfo=UTC)
+    base = datetime(2025, 12, 1, tzinfo=UTC)
+
+    def op() -> Op[None]:
+        yield script("CREATE TABLE bench_users (n integer, id uuid);\n"
+                     "CREATE TABLE bench_conversations (n integer, id uuid, created_by uuid);")
+        users = [new_id() for _ in range(USERS)]
+        for i, u in enumerate(users, 1):
+            yield exec_(INSERT_USER, u, f"bench{i}", f"bench{i}@example.com", f"Bench {i}",
+                        "x", at)
+            yield exec_("INSERT INTO bench_users VALUES ($1, $2)", i, u)
+        convs = []
+        for i in range(1, CONVERSATIONS + 1):
+            cid, owner = new_id(), users[(i * 7) % USERS]
+            yield exec_(INSERT_CONVERSATION, cid, "group", f"g{i}", owner, at, None)
+            yield exec_("INSERT INTO bench_conversations VALUES ($1, $2, $3)", i, cid, owner)
+            members = {users[(i * 13 + k * 101) % USERS] for k in (1, 2, 3)} - {owner}
+            if i <= SEARCHER_CONVERSATIONS:
+                members.add(users[0])
+            yield exec_(INSERT_MEMBER, cid, owner, "admin", at)
+            for m in members - {owner}:
+                yield exec_(INSERT_MEMBER, cid, m, "member", at)
+            convs.append((cid, owner))
+        for g in range(1, messages + 1):
+            cid, owner = convs[(g - 1) % CONVERSATIONS]
+            yield exec_(INSERT_MESSAGE, new_id(), cid, (g - 1) // CONVERSATIONS + 1, owner,
+                        content(rng, words), "text", None, base + timedelta(seconds=31 * g))
+        yield script(FINISH)
+
+    await db.run(op())
+
+
+async def migrate_before_search(db: Database) -> None:
     every = migrations.migration_files
-    async with trio_asyncio.open_loop(), open_postgres(
-            dsn, pool_size=args.writers + 2, command_timeout=3600) as db:
-        def before_009(dialect: str) -> list[Path]:
-            return [p for p in every(dialect) if p.name < "009"]
 
-        migrations.migration_files = before_009
-        try:
-            await migrations.migrate(db)
-        finally:
-            migrations.migration_files = every
-        t0 = time.perf_counter()
-        await run_script(db, SETUP)
-        step = 100_000
-        for start in range(1, args.messages + 1, step):
-            def op(s: int = start) -> Op[None]:
-                yield exec_(LOAD, words, CONVERSATIONS, s, min(args.messages, s + step - 1))
+    def before_009(dialect: str) -> list[Path]:
+        return [p for p in every(dialect) if p.name < "009"]
 
-            await db.run(op())
-        await run_script(db, FINISH)
-        load_s = time.perf_counter() - t0
-        convs = await fetch(db, "SELECT id, created_by FROM bench_conversations")
-        store = SqlStore(db)
-        out.append(f"Loaded {args.messages:,} messages in {load_s:.0f} s.\n")
-        out += ["| insert burst | inserts | per s | p50 ms | p99 ms | max ms |",
-                "|---|---|---|---|---|---|"]
-        lat, wall = await burst(store, convs, words, total=args.burst, writers=args.writers,
-                                seed=1)
-        out.append(burst_row("without search (before 009)", lat, wall))
+    migrations.migration_files = before_009
+    try:
+        await migrations.migrate(db)
+    finally:
+        migrations.migration_files = every
 
-        migrate_s = await timed(lambda: migrations.migrate(db))
-        await run_script(db, "ANALYZE messages;")
-        lat, wall = await burst(store, convs, words, total=args.burst, writers=args.writers,
-                                seed=2)
-        out.append(burst_row("with search, GIN fastupdate off (as migrated)", lat, wall))
 
+class Report(list[str]):
+    """Lines of Markdown, printed as they come (a long run that fails keeps its numbers)."""
+
+    def append(self, line: str) -> None:
+        print(line, flush=True)
+        super().append(line)
+
+    def __iadd__(self, lines: Iterable[str]) -> Report:  # type: ignore[override,misc]
+        for line in lines:
+            self.append(line)
+        return self
+
+
+async def measure(db: Database, args: argparse.Namespace) -> list[str]:
+    out = Report()
+    pg = db.dialect == "postgres"
+    words = vocabulary(random.Random(14))
+    await migrate_before_search(db)
+    load_s = await timed(lambda: (load_postgres if pg else load_sqlite)(db, args.messages, words))
+    convs = await fetch(db, "SELECT id, created_by FROM bench_conversations")
+    store = SqlStore(db)
+    out.append(f"Loaded {args.messages:,} messages in {load_s:.0f} s.\n")
+    out += ["| insert burst | inserts | per s | p50 ms | p99 ms | max ms |",
+            "|---|---|---|---|---|---|"]
+    lat, wall = await burst(store, convs, words, total=args.burst, writers=args.writers, seed=1)
+    out.append(burst_row("without search (before 009)", lat, wall))
+
+    migrate_s = await timed(lambda: migrations.migrate(db))
+    await run_script(db, "ANALYZE messages;")
+    lat, wall = await burst(store, convs, words, total=args.burst, writers=args.writers, seed=2)
+    out.append(burst_row("with search, GIN fastupdate off (as migrated)" if pg
+                         else "with search (FTS5 triggers)", lat, wall))
+    if pg:
         await run_script(db, "ALTER INDEX messages_search_idx SET (fastupdate = on);")
         lat, wall = await burst(store, convs, words, total=args.stall_burst,
                                 writers=args.writers, seed=3)
         out.append(burst_row("with search, GIN fastupdate on (4 MB pending list)", lat, wall))
         await run_script(db, "ALTER INDEX messages_search_idx SET (fastupdate = off);")
         await run_script(db, "VACUUM messages", atomic=False)  # flushes the pending list
-
         sizes = (await fetch(db, """SELECT pg_size_pretty(pg_table_size('messages')) AS t,
             pg_size_pretty(pg_relation_size('messages_search_idx')) AS i"""))[0]
-        out.append(f"\nMigration 009 on {args.messages:,} messages: {migrate_s:.0f} s "
-                   f"(table now {sizes['t']}, GIN index {sizes['i']}).\n")
+        sized = f"table now {sizes['t']}, GIN index {sizes['i']}"
+    else:
+        size = (await fetch(db, "SELECT page_count * page_size AS n FROM pragma_page_count(), "
+                                "pragma_page_size()"))[0]["n"]
+        sized = f"database now {size / 2**20:.0f} MiB"
+    out.append(f"\nMigration 009 on {args.messages:,} messages: {migrate_s:.0f} s ({sized}).\n")
 
-        searcher = str((await fetch(db, "SELECT id FROM bench_users WHERE n = 1"))[0]["id"])
-        one = str((await fetch(db, "SELECT id FROM bench_conversations WHERE n = 1"))[0]["id"])
-        scope = (await fetch(db, """SELECT count(*) AS n FROM messages WHERE conversation_id IN
-            (SELECT conversation_id FROM conversation_members WHERE user_id = $1)""",
-                             searcher))[0]["n"]
-        out.append(f"Searches by a user in {SEARCHER_CONVERSATIONS} conversations "
-                   f"({scope:,} messages), `limit` 20 (21 fetched), {args.repeat} runs each:\n")
-        out += [f"| query | matches in all {args.messages:,} | p50 ms | p99 ms | "
-                "one conversation p50 ms | p99 ms |",
-                "|---|---|---|---|---|---|"]
-        index = SqlSearchIndex(db)
-        for label, q in queries(words).items():
-            query = parse_query(q)
-            everywhere = (await fetch(
-                db, "SELECT count(*) AS n FROM messages WHERE search_vector @@ "
-                    "to_tsquery('chatsrv_search', $1)",
-                tsquery_of(query)))[0]["n"]
-            results = []
-            for narrow in (None, one):
-                times = []
-                for _ in range(args.repeat):
-                    t0 = time.perf_counter()
-                    await index.search_messages(searcher, query, conversation_id=narrow,
-                                                before=None, limit=21)
-                    times.append(time.perf_counter() - t0)
-                results.append(ms_summary(times))
-            (a50, a99, _), (b50, b99, _) = results
-            out.append(f"| {label} | {everywhere:,} | {a50:.1f} | {a99:.1f} | {b50:.1f} | "
-                       f"{b99:.1f} |")
+    searcher = str((await fetch(db, "SELECT id FROM bench_users WHERE n = 1"))[0]["id"])
+    one = str((await fetch(db, "SELECT id FROM bench_conversations WHERE n = 1"))[0]["id"])
+    scope = (await fetch(db, """SELECT count(*) AS n FROM messages WHERE conversation_id IN
+        (SELECT conversation_id FROM conversation_members WHERE user_id = $1)""",
+                         searcher))[0]["n"]
+    out.append(f"Searches by a user in {SEARCHER_CONVERSATIONS} conversations "
+               f"({scope:,} messages), `limit` 20 (21 fetched), {args.repeat} runs each:\n")
+    out += [f"| query | matches in all {args.messages:,} | p50 ms | p99 ms | "
+            "one conversation p50 ms | p99 ms |",
+            "|---|---|---|---|---|---|"]
+    index = SqlSearchIndex(db)
+    for label, q in queries(words).items():
+        query = parse_query(q)
+        everywhere = (await fetch(db, COUNT_PG if pg else COUNT_SQLITE,
+                                  tsquery_of(query) if pg else fts5_match_of(query)))[0]["n"]
+        results = []
+        for narrow in (None, one):
+            times = []
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                await index.search_messages(searcher, query, conversation_id=narrow,
+                                            before=None, limit=21)
+                times.append(time.perf_counter() - t0)
+            results.append(ms_summary(times))
+        (a50, a99, _), (b50, b99, _) = results
+        out.append(f"| {label} | {everywhere:,} | {a50:.1f} | {a99:.1f} | {b50:.1f} | "
+                   f"{b99:.1f} |")
     return out
+
+
+COUNT_PG = """SELECT count(*) AS n FROM messages
+WHERE search_vector @@ to_tsquery('chatsrv_search', $1)"""
+COUNT_SQLITE = "SELECT count(*) AS n FROM messages_fts WHERE messages_fts MATCH $1"
+
+
+async def on_postgres(dsn: str, args: argparse.Namespace) -> list[str]:
+    async with trio_asyncio.open_loop(), open_postgres(
+            dsn, pool_size=args.writers + 2, command_timeout=3600) as db:
+        return await measure(db, args)
+
+
+async def on_sqlite(args: argparse.Namespace) -> list[str]:
+    async with open_sqlite(Path(args.sqlite_dir) / "bench.db", op_deadline=3600) as db:
+        return await measure(db, args)
 
 
 def main() -> None:
@@ -275,7 +347,15 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    parser.add_argument("--backend", choices=("postgres", "sqlite"), default="postgres")
     args = parser.parse_args()
+    started = datetime.now(UTC)
+    if args.backend == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="chatsrv-search-bench-") as folder:
+            args.sqlite_dir = folder
+            print(f"<!-- {Path(__file__).name} sqlite {started:%Y-%m-%d %H:%M} UTC -->")
+            trio.run(on_sqlite, args)
+        return
     name = f"chatsrv_search_bench_{uuid.uuid4().hex[:8]}"
 
     async def admin(sql: str) -> None:
@@ -286,14 +366,12 @@ def main() -> None:
             await conn.close()
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    started = datetime.now(UTC)
+    print(f"<!-- {Path(__file__).name} postgres {started:%Y-%m-%d %H:%M} UTC -->")
     try:
-        lines = trio.run(measure, f"{args.dsn.rpartition('/')[0]}/{name}", args)
+        trio.run(on_postgres, f"{args.dsn.rpartition('/')[0]}/{name}", args)
     finally:
         if not args.keep:
             asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    print(f"<!-- {Path(__file__).name} {started:%Y-%m-%d %H:%M} UTC -->")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -221,3 +221,23 @@ async def test_the_migration_indexes_existing_messages(
         assert "009_search" in await migrations.migrate(db)
         assert await find(SqlSearchIndex(db), b, "before existed") == [
             "written before search existed"]
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_both_postgres_plans_find_the_same(store: Store, index: SearchIndex,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # small scopes are read without the GIN index (SCOPE_SCAN_MAX); large ones use it
+    from chatsrv.adapters.storage import search as sql_search
+
+    a, b, c = await make_user(store), await make_user(store), await make_user(store)
+    ab, bc = await make_conversation(store, a, b), await make_conversation(store, b, c)
+    await post(store, ab, a, "Crème brûlée tonight", at=T0)
+    await post(store, ab, b, "brulee again?", at=T0 + timedelta(seconds=1))
+    await post(store, bc, c, "brulee elsewhere", at=T0 + timedelta(seconds=2))
+    for limit in (sql_search.SCOPE_SCAN_MAX, -1):
+        monkeypatch.setattr(sql_search, "SCOPE_SCAN_MAX", limit)
+        assert await find(index, a, "brulee") == ["brulee again?", "Crème brûlée tonight"]
+        assert await find(index, a, "bru*", conversation_id=ab) == [
+            "brulee again?", "Crème brûlée tonight"]
+        assert await find(index, a, "brulee", conversation_id=bc) == []
+        assert await find(index, c, '"creme brulee"') == []

@@ -11,7 +11,7 @@ a conversation finds nothing of it from the moment the removal committed.
 
 from __future__ import annotations
 
-from chatsrv.adapters.storage.base import Database, Op, exec_, rows
+from chatsrv.adapters.storage.base import Database, Op, exec_, rows, val
 from chatsrv.adapters.storage.rows import MESSAGE_COLS, message_of
 from chatsrv.domain.model import Message
 from chatsrv.domain.search import SearchCursor, SearchQuery, Term
@@ -32,6 +32,16 @@ ORDER = "\nORDER BY m.created_at DESC, m.id DESC LIMIT $3"
 # all messages). A prepared statement switches to a generic plan after five runs, which
 # cannot know the words: at 1M messages, "the" took 10 s that way instead of 60 ms.
 CUSTOM_PLAN = "SET LOCAL plan_cache_mode = force_custom_plan"
+# Even a custom plan goes wrong for a word in ~1% of messages: a nested loop over the user's
+# conversations, each probing the GIN index, reads the word's whole posting list once per
+# conversation (bench/RESULTS.md "Search at 1M messages": 168 ms for 59 conversations and
+# 12k messages, 550 ms for a prefix). Reading a user's messages and filtering costs ~5 ms
+# per 1,000 whatever the words (54 ms there), so up to SCOPE_SCAN_MAX messages in the
+# searched conversations the GIN index is set aside (GIN serves bitmap scans only).
+SCOPE_SCAN_MAX = 20_000
+SCOPE = """SELECT coalesce(sum(c.last_seq), 0) FROM conversation_members m
+JOIN conversations c ON c.id = m.conversation_id WHERE m.user_id = $1"""
+SCOPE_SCAN = "SET LOCAL enable_bitmapscan = off"
 
 
 # as the generated column does (migration 009): the parser would take "<...>" for a tag
@@ -87,6 +97,10 @@ class SqlSearchIndex:
         def op() -> Op[list[Message]]:
             if pg:
                 yield exec_(CUSTOM_PLAN)
+                scope = yield (val(SCOPE + " AND c.id = $2", user_id, conversation_id)
+                               if conversation_id is not None else val(SCOPE, user_id))
+                if scope <= SCOPE_SCAN_MAX:
+                    yield exec_(SCOPE_SCAN)
             found = yield rows(statement, *args)
             return [message_of(r) for r in found]
 

@@ -297,7 +297,9 @@ async def measure(db: Database, args: argparse.Namespace) -> list[str]:
     scope = (await fetch(db, """SELECT count(*) AS n FROM messages WHERE conversation_id IN
         (SELECT conversation_id FROM conversation_members WHERE user_id = $1)""",
                          searcher))[0]["n"]
-    out.append(f"Searches by a user in {SEARCHER_CONVERSATIONS} conversations "
+    member_of = (await fetch(db, "SELECT count(*) AS n FROM conversation_members "
+                             "WHERE user_id = $1", searcher))[0]["n"]
+    out.append(f"Searches by a user in {member_of} conversations "
                f"({scope:,} messages), `limit` 20 (21 fetched), {args.repeat} runs each:\n")
     out += [f"| query | matches in all {args.messages:,} | p50 ms | p99 ms | "
             "one conversation p50 ms | p99 ms |",

@@ -81,7 +81,7 @@ JOIN bench_users u ON u.n = (c.n * 13 + k * 101) % {USERS} + 1
 ON CONFLICT DO NOTHING;
 INSERT INTO conversation_members (conversation_id, user_id, role, joined_at)
 SELECT c.id, (SELECT id FROM bench_users WHERE n = 1), 'member', timestamptz '2025-11-30 00:00+00'
-FROM bench_conversations c WHERE c.n <= {SEARCHER_CONVERSATIONS} ON CONFLICT DO NOTHING;
+FROM bench_conversations c WHERE c.n <= SEARCHER_LIMIT ON CONFLICT DO NOTHING;
 """
 # rows g in [$3, $4]: conversation (g - 1) % n + 1, so each conversation's seqs are 1, 2, ...
 LOAD = f"""
@@ -185,8 +185,8 @@ def burst_row(label: str, latencies: Sequence[float], wall: float) -> str:
             f"{p99:.2f} | {worst:.1f} |")
 
 
-async def load_postgres(db: Database, messages: int, words: list[str]) -> None:
-    await run_script(db, SETUP)
+async def load_postgres(db: Database, messages: int, words: list[str], searcher_in: int) -> None:
+    await run_script(db, SETUP.replace("SEARCHER_LIMIT", str(searcher_in)))
     step = 100_000
     for start in range(1, messages + 1, step):
         def op(s: int = start) -> Op[None]:
@@ -196,7 +196,7 @@ async def load_postgres(db: Database, messages: int, words: list[str]) -> None:
     await run_script(db, FINISH)
 
 
-async def load_sqlite(db: Database, messages: int, words: list[str]) -> None:
+async def load_sqlite(db: Database, messages: int, words: list[str], searcher_in: int) -> None:
     """The same shape as load_postgres, rows made in Python (no generate_series here)."""
     rng = random.Random(15)
     at = datetime(2025, 11, 30, tzinfo=UTC)
@@ -216,7 +216,7 @@ async def load_sqlite(db: Database, messages: int, words: list[str]) -> None:
             yield exec_(INSERT_CONVERSATION, cid, "group", f"g{i}", owner, at, None)
             yield exec_("INSERT INTO bench_conversations VALUES ($1, $2, $3)", i, cid, owner)
             members = {users[(i * 13 + k * 101) % USERS] for k in (1, 2, 3)} - {owner}
-            if i <= SEARCHER_CONVERSATIONS:
+            if i <= searcher_in:
                 members.add(users[0])
             yield exec_(INSERT_MEMBER, cid, owner, "admin", at)
             for m in members - {owner}:
@@ -262,7 +262,8 @@ async def measure(db: Database, args: argparse.Namespace) -> list[str]:
     pg = db.dialect == "postgres"
     words = vocabulary(random.Random(14))
     await migrate_before_search(db)
-    load_s = await timed(lambda: (load_postgres if pg else load_sqlite)(db, args.messages, words))
+    load_s = await timed(lambda: (load_postgres if pg else load_sqlite)(
+        db, args.messages, words, args.searcher_conversations))
     convs = await fetch(db, "SELECT id, created_by FROM bench_conversations")
     store = SqlStore(db)
     out.append(f"Loaded {args.messages:,} messages in {load_s:.0f} s.\n")
@@ -348,6 +349,8 @@ def main() -> None:
     parser.add_argument("--stall-burst", type=int, default=20_000)
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--searcher-conversations", type=int, default=SEARCHER_CONVERSATIONS,
+                        help="conversations the searching user is added to (of 5,000)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     parser.add_argument("--backend", choices=("postgres", "sqlite"), default="postgres")
     args = parser.parse_args()

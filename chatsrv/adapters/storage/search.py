@@ -5,8 +5,10 @@ User input never reaches either query language as syntax: every term is quoted a
 literal (`tsquery_of`, `fts5_match_of`), and the database's own parser splits it into words
 exactly as it split the content (a quoted "foo-bar" is the phrase foo, bar on both).
 
-One statement per search: membership is a semi-join in the same read, so a user who left
-a conversation finds nothing of it from the moment the removal committed.
+One operation (one crossing) per search: membership is a semi-join in the search
+statement itself, so a user who left a conversation finds nothing of it from the moment the
+removal committed. On PostgreSQL the statement runs in a transaction of its own, after
+settings that choose its plan (CUSTOM_PLAN, SCOPE_SCAN below).
 """
 
 from __future__ import annotations

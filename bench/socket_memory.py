@@ -106,7 +106,7 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         before = tracemalloc.take_snapshot() if args.trace else None
         rss0 = _rss()
         await proc.stdin.send_all(b"go\n")
-        with trio.fail_after(600):
+        with trio.fail_after(1800):  # tracemalloc slows connecting several times
             ready = await lines.__anext__()
             while router.connection_count() < args.sockets:  # noqa: ASYNC110 (no event for it)
                 await trio.sleep(0.1)  # sessions attach just after their `ready` is queued

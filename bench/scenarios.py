@@ -496,7 +496,7 @@ async def idle_connections(ctx: Ctx) -> dict[str, Any]:
     s = ctx.scale
     counts = sorted(s.idle_counts)
     accounts = await ctx.lonely_users(min(max(counts), s.idle_users_max))
-    rows = await _idle_levels(ctx, counts, accounts)
+    rows = await _idle_levels(ctx, counts, lambda i: accounts[i % len(accounts)])
     return {"params": {"counts": counts, "hold_s": s.idle_hold,
                        "users_max": s.idle_users_max}, "rows": rows}
 
@@ -524,14 +524,15 @@ async def idle_multi_device(ctx: Ctx) -> dict[str, Any]:
         async with trio.open_nursery() as nursery:
             for k in range(groups):
                 nursery.start_soon(group, k)
-    rows = await _idle_levels(ctx, counts, users, per_socket_target=16, connect_targets={
-        2000: 2.0, 10000: 8.0})
+    rows = await _idle_levels(  # socket i is user i // per_user's: 40 per user at every level
+        ctx, counts, lambda i: users[i // s.multi_per_user], per_socket_target=16,
+        connect_targets={2000: 2.0, 10000: 8.0})
     return {"params": {"counts": counts, "hold_s": s.idle_hold, "per_user": s.multi_per_user,
                        "conversations": s.multi_conversations, "users": len(users)},
             "rows": rows}
 
 
-async def _idle_levels(ctx: Ctx, counts: list[int], accounts: list[User], *,
+async def _idle_levels(ctx: Ctx, counts: list[int], owner: Callable[[int], User], *,
                        per_socket_target: float | None = None,
                        connect_targets: dict[int, float] | None = None) -> list[dict[str, Any]]:
     """Open sockets level by level (each level adds to the last), hold each idle."""
@@ -542,7 +543,7 @@ async def _idle_levels(ctx: Ctx, counts: list[int], accounts: list[User], *,
     failures: dict[str, int] = {}
     async with trio.open_nursery() as nursery:
         for n in counts:
-            users = [accounts[i % len(accounts)] for i in range(len(socks), n)]
+            users = [owner(i) for i in range(len(socks), n)]
 
             def show(n: int = n) -> str:
                 return f"connecting up to {n} sockets"
@@ -555,8 +556,8 @@ async def _idle_levels(ctx: Ctx, counts: list[int], accounts: list[User], *,
                                             concurrency=100, failures=failures,
                                             kind=idle_client())
                 connect_s = (time.perf_counter_ns() - t0) / 1e9
-            row = await _idle_hold(ctx, n, socks, accounts, failures, rss0, connect_s,
-                                   len(users))
+            row = await _idle_hold(ctx, n, socks, len({w.user.id for w in socks}), failures,
+                                   rss0, connect_s, len(users))
             if per_socket_target is not None:
                 per = row["memory"]["kib_per_connection"]
                 limit = (connect_targets or {}).get(n)
@@ -574,7 +575,7 @@ async def _idle_levels(ctx: Ctx, counts: list[int], accounts: list[User], *,
     return rows
 
 
-async def _idle_hold(ctx: Ctx, n: int, socks: list[Ws], accounts: list[User],
+async def _idle_hold(ctx: Ctx, n: int, socks: list[Ws], users: int,
                      failures: dict[str, int], rss0: int | None, connect_s: float,
                      added: int) -> dict[str, Any]:
     s = ctx.scale
@@ -596,7 +597,6 @@ async def _idle_hold(ctx: Ctx, n: int, socks: list[Ws], accounts: list[User],
     if n >= 10_000:
         target = _target("≤ 25 KiB/conn, all alive", per_conn,
                          per_conn is not None and per_conn <= 25 and alive == n)
-    users = min(n, len(accounts))
     return {
         "case": f"{n} idle sockets ({users} users) held {s.idle_hold:.0f}s",
         "sockets": n,

@@ -265,7 +265,7 @@ class WebSocketEndpoint:
         try:
             since = parse_qs(handshake.query).get("since") if "since" in handshake.query \
                 else None
-            handshake.headers = {}  # not needed past the upgrade
+            handshake.headers, handshake.query = {}, ""  # not needed past the upgrade
             peer_left = await session.run(since=since[0] if since is not None else None)
         finally:
             self._live.discard(session)

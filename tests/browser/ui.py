@@ -23,8 +23,10 @@ DESKTOP: Any = {"width": 1100, "height": 720}  # playwright's ViewportSize (a Ty
 PHONE: Any = {"width": 390, "height": 760}
 PASSWORD = "password123"
 # The page is served to the tests under the strict policy the security issue will add (no
-# 'unsafe-inline' anywhere): a violation is logged by Chromium and fails the test.
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+# 'unsafe-inline' anywhere): a violation is logged by Chromium and fails the test. img-src
+# blob: (as the server's own CSP, transport/http/edge.py): the preview of a file being
+# uploaded is a blob: URL of the local file.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
        "connect-src 'self'; media-src 'self'; base-uri 'none'; form-action 'self'; "
        "frame-ancestors 'none'")
 

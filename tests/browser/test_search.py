@@ -52,3 +52,31 @@ def test_search_jumps_to_an_old_message(people) -> None:  # type: ignore[no-unty
     expect(bob.message("after the pelican")).to_have_count(1)
     expect(bob.message(f"filler {OLDER - 1}")).to_have_count(1)
     people.shoot("jumped-to-result")
+
+
+def test_snippet_is_never_parsed_as_html(people) -> None:  # type: ignore[no-untyped-def]
+    """What the server sends is escaped; even if it were not, only <mark> becomes markup."""
+    page = people("tester").page
+    page.goto("/")
+    out = page.evaluate("""async () => {
+        const { snippetNodes } = await import('/web/search.js');
+        return [
+            'a &lt;b&gt;x&lt;/b&gt; &amp; <mark>hit</mark> &quot;q&quot; &#39;s&#x27; &#128512;',
+            '<img src=x onerror="window.owned=1"><mark><script>window.owned=1</script></mark>',
+            '<mark>open', 'close</mark> &bogus; &#0; &#x110000;',
+        ].map((s) => {
+            const box = document.createElement('div');
+            box.append(...snippetNodes(s));
+            document.body.append(box);
+            return { html: box.innerHTML, text: box.textContent, elements: box.querySelectorAll('*').length,
+                     marks: [...box.querySelectorAll('mark')].map((m) => m.textContent) };
+        }).concat([{ owned: window.owned ?? null }]);
+    }""")
+    escaped, hostile, unopened, unclosed, owned = out
+    assert escaped["text"] == "a <b>x</b> & hit \"q\" 's' \U0001F600"
+    assert escaped["marks"] == ["hit"] and escaped["elements"] == 1
+    assert hostile["marks"] == ["<script>window.owned=1</script>"]
+    assert hostile["elements"] == 1 and "<img" in hostile["text"]
+    assert unopened["marks"] == ["open"]
+    assert unclosed["marks"] == [] and unclosed["text"] == "close &bogus; &#0; &#x110000;"
+    assert owned == {"owned": None}

@@ -155,16 +155,18 @@ function updateMention() {
   if (!options.length) { closeMention(); return; }
   const start = caret - found[2].length - 1; // the '@'
   const same = mention && mention.start === start && popoverOpen();
-  mention = { start, options, index: same ? Math.min(mention.index, options.length - 1) : 0 };
+  const now = { start, options, index: same ? Math.min(mention.index, options.length - 1) : 0 };
   const list = C.el('div', { class: 'mention-list', id: 'mention-list', role: 'listbox' },
     ...options.map((u, i) => C.el('button', {
       type: 'button', role: 'option', class: 'mention-option', 'data-username': u.username,
-      'aria-selected': String(i === mention.index),
+      'aria-selected': String(i === now.index),
       onmousedown: (ev) => ev.preventDefault(), // keep the caret in the textarea
       onclick: () => pick(u),
     }, C.el('span', { class: 'mention-name', text: u.display_name || u.username }),
     C.el('span', { class: 'mention-user', text: `@${u.username}` }))));
-  showPopover(box, list, { place: 'above', onClose: () => { mention = null; } });
+  // the list replaces the one before (whose onClose runs first), then this one is current
+  showPopover(box, list, { place: 'above', align: 'start', onClose: () => { if (mention === now) mention = null; } });
+  mention = now;
 }
 
 function highlightOption() {

@@ -14,15 +14,16 @@ export function closePopover() {
 
 export const popoverOpen = () => open != null;
 
-// Shows `node` near `anchor` (an element). `place`: 'below' (default) or 'above'.
-export function showPopover(anchor, node, { place = 'below', onClose = null } = {}) {
+// Shows `node` near `anchor` (an element). `place`: 'below' (default) or 'above'; `align`:
+// 'end' (right edges together, default) or 'start' (left edges).
+export function showPopover(anchor, node, { place = 'below', align = 'end', onClose = null } = {}) {
   closePopover();
   node.classList.add('popover');
   document.body.append(node);
   const a = anchor.getBoundingClientRect();
   const w = node.offsetWidth;
   const h = node.offsetHeight;
-  const left = Math.max(8, Math.min(a.right - w, window.innerWidth - w - 8));
+  const left = Math.max(8, Math.min(align === 'start' ? a.left : a.right - w, window.innerWidth - w - 8));
   let top = place === 'above' ? a.top - h - 4 : a.bottom + 4;
   if (top + h > window.innerHeight - 8) top = a.top - h - 4; // no room below: flip
   if (top < 8) top = Math.min(a.bottom + 4, window.innerHeight - h - 8);

@@ -16,7 +16,7 @@ const MAX_PAGES_BACK = 40;   // older pages loaded to reach a message (50 each: 
 export function install(ctx) {
   C = ctx;
   const box = C.$('msg-search-input');
-  box.addEventListener('input', run);
+  box.addEventListener('input', () => { scope(); run(); });
   box.addEventListener('keydown', (e) => {
     if (e.key === 'Escape') { box.value = ''; hide(); }
     if (e.key === 'Enter') { e.preventDefault(); run.now(); }
@@ -24,10 +24,14 @@ export function install(ctx) {
   C.$('msg-search-here').addEventListener('change', () => run.now());
 }
 
-export function header(conv) {
-  C.$('msg-search-scope').hidden = !conv;
-  C.$('msg-search-scope-name').textContent = conv ? C.convName(conv) : '';
+// "only in <this chat>", offered while a conversation is open and something is typed
+function scope() {
+  const conv = C.S.convs.get(C.S.current);
+  C.$('msg-search-scope').hidden = !conv?.type || !C.$('msg-search-input').value.trim();
+  C.$('msg-search-scope-name').textContent = conv?.type ? C.convName(conv) : '';
 }
+
+export const header = scope;
 
 export function signOut() {
   lastQuery = null;

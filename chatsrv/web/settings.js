@@ -16,10 +16,10 @@ const muted = new Map();     // conversation id -> until (ISO string) | null (un
 const revealed = new Set();  // ids of blocked users' messages the user chose to see
 
 const MUTE_CHOICES = [
-  { label: 'For 1 hour', ms: 3600e3 },
-  { label: 'For 8 hours', ms: 8 * 3600e3 },
-  { label: 'For a week', ms: 7 * 86400e3 },
-  { label: 'Until I turn it back on', ms: null },
+  { label: 'Mute for 1 hour', ms: 3600e3 },
+  { label: 'Mute for 8 hours', ms: 8 * 3600e3 },
+  { label: 'Mute for a week', ms: 7 * 86400e3 },
+  { label: 'Mute until I unmute', ms: null },
 ];
 
 export function install(ctx) {
@@ -117,7 +117,7 @@ function openConvMenu(anchor) {
   const peer = conv.type === 'one_to_one' ? C.otherId(conv) : null;
   const items = isMuted(conv.id)
     ? [{ label: 'Unmute notifications', icon: 'bell', data: 'unmute', action: () => setMute(conv, false) }]
-    : MUTE_CHOICES.map((c) => ({ label: `Mute ${c.label.toLowerCase()}`, icon: 'bell-off', data: `mute-${c.ms ?? 'forever'}`,
+    : MUTE_CHOICES.map((c) => ({ label: c.label, icon: 'bell-off', data: `mute-${c.ms ?? 'forever'}`,
                                  action: () => setMute(conv, true, c.ms) }));
   if (peer && peer !== C.me()) {
     items.push(blocked.has(peer)

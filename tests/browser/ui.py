@@ -198,7 +198,7 @@ class Person:
         msg = self.message(text)
         msg.hover()
         msg.locator(".msg-menu-btn").click()
-        menu = self.page.locator(".popover .msg-menu")
+        menu = self.page.locator(".msg-menu.popover")
         expect(menu).to_be_visible()
         if action:
             menu.locator(f'[data-action="{action}"]').click()

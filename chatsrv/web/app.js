@@ -462,8 +462,10 @@ function onStatus(p) {
 function onPresence(p) {
   const u = { id: p.user_id, status: p.status };
   if (p.last_seen) u.last_seen = p.last_seen;
-  else if (p.status === 'offline') u.last_seen = p.timestamp;
+  else if (p.status === 'offline' && !('last_seen' in p)) u.last_seen = p.timestamp;
   rememberUser(u);
+  // offline with last_seen null: hidden (presence_visible off, or a block): no "last seen"
+  if (p.status === 'offline' && 'last_seen' in p && !p.last_seen) delete S.users.get(p.user_id).last_seen;
   invalidate('sidebar', 'header');
 }
 

@@ -27,7 +27,7 @@ export function installFeatures(ctx) {
     frames: changes.frames,
     onError: (p, ref) => changes.onError(p, ref),
     syncExtra: () => changes.syncExtra(),
-    onReady: (p) => { changes.onReady(p); msgview.onReady(p); },
+    onReady: (p) => { changes.onReady(p); msgview.onReady(p); settings.onReady(p); },
     onSyncResult: (p) => changes.onSyncResult(p),
     mergeConv: (conv, c) => settings.mergeConv(conv, c),
     start: () => each('start'),

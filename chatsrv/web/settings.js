@@ -42,6 +42,16 @@ export const isBlocked = (uid) => blocked.has(uid);
 
 export function start() { loadBlocks(); loadMutes(); }
 
+// ready.blocked: the users I blocked, as of this connection (a block made on another device
+// while this one was away included)
+export function onReady(p) {
+  if (!Array.isArray(p.blocked)) return;
+  const now = new Set(p.blocked);
+  for (const uid of [...blocked.keys()]) if (!now.has(uid)) blocked.delete(uid);
+  for (const uid of now) if (!blocked.has(uid)) { blocked.set(uid, { user_id: uid }); C.ensureUser(uid); }
+  C.invalidate('header', 'messages');
+}
+
 // GET /api/push/mutes: {mutes: [{conversation_id, muted, until}]}
 async function loadMutes() {
   try {

@@ -109,3 +109,22 @@ def test_mute_shows_and_is_kept(people) -> None:  # type: ignore[no-untyped-def]
     a.locator("#conv-menu-btn").click()
     a.locator('.popover [data-action="unmute"]').click()
     expect(a.locator("#conv-muted")).to_be_hidden()
+
+
+def test_blocked_users_group_messages_are_collapsed(people) -> None:  # type: ignore[no-untyped-def]
+    alice, bob = people("alice"), people("bob")
+    alice.register()
+    bob.register()
+    group_trip(alice, bob)
+    alice.rest("PUT", f"/api/users/{bob.user_id()}/block")
+    alice.page.reload()  # the block was made elsewhere: ready.blocked / GET /api/blocks
+    alice.expect_online()
+    alice.open_conv("Trip")
+    bob.open_conv("Trip")
+    bob.send("Still here in the group")
+    hidden = alice.page.locator("#messages .msg.collapsed")
+    expect(hidden).to_have_count(1)
+    expect(hidden).to_contain_text("Message from someone you blocked")
+    expect(alice.message("Still here in the group")).to_have_count(0)
+    hidden.get_by_role("button", name="Show").click()
+    expect(alice.message("Still here in the group")).to_be_visible()

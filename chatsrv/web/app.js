@@ -1059,7 +1059,7 @@ function renderMessages() {
                            'data-id': m.id || null, 'data-seq': m.seq ?? null },
       conv.type === 'group' && !mine && !grouped ? el('div', { class: 'sender', text: userName(m.sender_id) }) : null,
       ...(v.replace ? [v.replace] : [...v.before, v.noBody ? null : v.body ?? el('div', { class: 'body', text: m.content }), ...v.after]),
-      el('div', { class: 'meta' }, ...v.meta, fmtTime(d), mine ? tick(conv, m) : null), v.menu));
+      el('div', { class: 'meta' }, v.menu, ...v.meta, fmtTime(d), mine ? tick(conv, m) : null)));
     prev = { m, d };
   }
   box.replaceChildren(...nodes);

@@ -109,7 +109,11 @@ function onKeyDown(e) {
       stop(e);
       return;
     }
-    if (e.key === 'Enter' || e.key === 'Tab') { pick(mention.options[mention.index]); stop(e); return; }
+    // Enter on a name typed in full sends (nothing to complete); Tab always completes
+    const typed = input().value.slice(mention.start + 1, input().selectionStart).toLowerCase();
+    const chosen = mention.options[mention.index];
+    if (e.key === 'Enter' && chosen.username.toLowerCase() === typed) closeMention();
+    else if (e.key === 'Enter' || e.key === 'Tab') { pick(chosen); stop(e); return; }
     if (e.key === 'Escape') { closeMention(); stop(e); return; }
   }
   const conv = C.S.convs.get(C.S.current);

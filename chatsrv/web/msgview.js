@@ -38,7 +38,7 @@ export function contentNodes(conv, m) {
     if (!uid || (listed && !listed.has(uid))) continue;
     const start = hit.index + hit[1].length;
     if (start > at) out.push(document.createTextNode(text.slice(at, start)));
-    out.push(C.el('span', { class: `mention${uid === C.me() ? ' me' : ''}`, 'data-user-id': uid,
+    out.push(C.el('span', { class: `mention${uid === C.me() ? ' to-me' : ''}`, 'data-user-id': uid,
                             text: `@${name}` }));
     at = start + name.length + 1;
   }
@@ -61,7 +61,7 @@ function reactionChips(m) {
   const entries = Object.entries(m.reactions || {}).filter(([, r]) => r && r.count > 0);
   if (!entries.length) return null;
   return C.el('div', { class: 'reactions' }, ...entries.map(([emoji, r]) => C.el('button', {
-    type: 'button', class: `reaction${r.me ? ' me' : ''}`, 'data-emoji': emoji, 'aria-pressed': String(Boolean(r.me)),
+    type: 'button', class: `reaction${r.me ? ' own' : ''}`, 'data-emoji': emoji, 'aria-pressed': String(Boolean(r.me)),
     title: r.me ? 'Remove your reaction' : 'Add this reaction',
     onclick: () => react(m, emoji, !r.me),
   }, C.el('span', { class: 'reaction-emoji', text: emoji }), C.el('span', { class: 'reaction-count', text: String(r.count) }))));
@@ -76,7 +76,7 @@ function openMenu(conv, m, anchor) {
     ...QUICK_REACTIONS.map((emoji) => {
       const mine = Boolean(m.reactions?.[emoji]?.me);
       return C.el('button', {
-        type: 'button', class: `react-pick${mine ? ' me' : ''}`, 'data-emoji': emoji, 'aria-pressed': String(mine),
+        type: 'button', class: `react-pick${mine ? ' own' : ''}`, 'data-emoji': emoji, 'aria-pressed': String(mine),
         title: mine ? 'Remove your reaction' : 'React',
         onclick: () => { closePopover(); react(m, emoji, !mine); },
       }, emoji);

@@ -39,8 +39,8 @@ def test_edit_react_reply_mention_delete_live_and_after_reconnect(people) -> Non
     expect(alice.reaction("Hello Bob", "👍").locator(".reaction-count")).to_have_text("1")
     alice.reaction("Hello Bob", "👍").click()
     expect(bob.reaction("Hello Bob", "👍").locator(".reaction-count")).to_have_text("2")
-    expect(alice.reaction("Hello Bob", "👍")).to_have_class("reaction me")
-    expect(bob.reaction("Hello Bob", "👍")).to_have_class("reaction me")
+    expect(alice.reaction("Hello Bob", "👍")).to_have_class("reaction own")
+    expect(bob.reaction("Hello Bob", "👍")).to_have_class("reaction own")
     people.shoot("edited-and-reacted")
 
     # reply with a quote; the quote jumps to (and highlights) the original
@@ -61,7 +61,7 @@ def test_edit_react_reply_mention_delete_live_and_after_reconnect(people) -> Non
     expect(box).to_have_value("Ask @bob ")
     box.press_sequentially("about it")
     box.press("Enter")
-    expect(bob.message("Ask @bob about it").locator(".mention.me")).to_have_text("@bob")
+    expect(bob.message("Ask @bob about it").locator(".mention.to-me")).to_have_text("@bob")
     people.shoot("reply-and-mention")
 
     # delete, after a confirmation

@@ -1,18 +1,40 @@
-// Notifications opt-in (DESIGN §7 "Offline push"): register the service worker /web/sw.js,
-// fetch the server's VAPID key, subscribe through the browser's push service and hand the
-// subscription to POST /api/push/subscriptions. The subscription id is kept per browser
-// profile (localStorage) so it can be deleted on opt-out and at log-out.
+// Notifications opt-in (DESIGN §7 "Offline push"): register the service worker (sw.js,
+// served at /sw.js with the whole origin as its scope), fetch the server's VAPID key,
+// subscribe through the browser's push service and hand the subscription to
+// POST /api/push/subscriptions. The subscription id is kept per browser profile
+// (localStorage) so it can be deleted on opt-out and at log-out.
 //
-// The worker's scope is /web/ (its folder); it does not need to control the page to receive
-// pushes, so navigator.serviceWorker.ready (which waits for a controlling worker) is not
-// used: the registration's own worker is awaited instead.
+// The registration's own worker is awaited (not navigator.serviceWorker.ready, which waits
+// for a worker controlling this page). A click on a notification reaches an open page as a
+// message {type: "open_conversation", conversation_id}, or opens /?conversation=<id>.
 
 let C = null;
 const STORE_KEY = 'chatsrv.push';
-const SW_URL = '/web/sw.js';
+const SW_URL = '/sw.js';
 const STEP_TIMEOUT = 15000; // ms per browser step (activation, subscribe): a push service may hang
 
-export function install(ctx) { C = ctx; }
+export function install(ctx) {
+  C = ctx;
+  navigator.serviceWorker?.addEventListener('message', (e) => {
+    if (e.data?.type === 'open_conversation' && e.data.conversation_id && C.S.auth) open(e.data.conversation_id);
+  });
+}
+
+async function open(cid) {
+  if (!C.S.convs.get(cid)?.type) await C.loadConversations().catch(() => {});
+  if (C.S.convs.get(cid)?.type) C.openConversation(cid);
+}
+
+// After sign-in: the conversation a notification was clicked for (/?conversation=<id>).
+export function start() {
+  const params = new URLSearchParams(location.search);
+  const cid = params.get('conversation');
+  if (!cid) return;
+  params.delete('conversation');
+  const rest = params.toString();
+  history.replaceState(null, '', `${location.pathname}${rest ? `?${rest}` : ''}${location.hash}`);
+  open(cid);
+}
 
 export const supported = () => 'serviceWorker' in navigator && 'PushManager' in window && 'Notification' in window;
 
@@ -92,7 +114,7 @@ export async function disable() {
   if (s?.id && s.user_id === C.me()) {
     await C.api('DELETE', `/api/push/subscriptions/${encodeURIComponent(s.id)}`).catch(() => {});
   }
-  const reg = 'serviceWorker' in navigator ? await navigator.serviceWorker.getRegistration(SW_URL) : null;
+  const reg = 'serviceWorker' in navigator ? await navigator.serviceWorker.getRegistration('/') : null;
   const sub = await reg?.pushManager.getSubscription();
   await sub?.unsubscribe().catch(() => {});
 }

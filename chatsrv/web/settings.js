@@ -40,7 +40,7 @@ export function install(ctx) {
 
 export const isBlocked = (uid) => blocked.has(uid);
 
-export function start() { loadBlocks(); loadMutes(); }
+export function start() { loadBlocks(); loadMutes(); notify.start(); }
 
 // ready.blocked: the users I blocked, as of this connection (a block made on another device
 // while this one was away included)

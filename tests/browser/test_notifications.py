@@ -1,6 +1,6 @@
 """The notifications opt-in of the web client (issue 15.6, DESIGN §7 "Offline push").
 
-What runs for real: the page registers the service worker /web/sw.js, fetches the server's
+What runs for real: the page registers the service worker /sw.js, fetches the server's
 VAPID key and asks the browser's PushManager to subscribe with it. Chromium here has no
 push service it can reach: in Playwright's (off-the-record) contexts `subscribe` is refused
 ("Registration failed - permission denied"), and in a persistent profile it waits forever
@@ -11,7 +11,8 @@ The second replaces only that browser boundary, `PushManager.subscribe`, with on
 hands back a subscription of the local push service of tests/push_service.py (its
 endpoint and keys, as a browser's push service would). From there everything is real: the
 page posts it, the server stores it, and when Bob has no page open a message from Alice is
-pushed to that endpoint, VAPID-signed and RFC 8291-encrypted, and decrypted by the fixture.
+pushed to that endpoint, VAPID-signed and RFC 8291-encrypted, and decrypted by the fixture;
+the page the notification opens shows that conversation.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def open_settings_and_opt_in(person: Any) -> Any:
 
 
 WORKER_ACTIVE = """async () => {
-    const reg = await navigator.serviceWorker.getRegistration('/web/sw.js');
+    const reg = await navigator.serviceWorker.getRegistration('/');
     return reg?.active?.scriptURL ?? null;
 }"""
 
@@ -97,7 +98,7 @@ def test_opt_in_with_the_browsers_own_push_service(people) -> None:  # type: ign
     status = alice.page.locator("#push-status")
     expect(status).to_have_attribute("data-state", "error")
     expect(status).to_contain_text("push service refused")
-    assert alice.page.evaluate(WORKER_ACTIVE).endswith("/web/sw.js")
+    assert alice.page.evaluate(WORKER_ACTIVE).endswith("/sw.js")
     alice.shot("push-service-refused")
 
 
@@ -129,7 +130,7 @@ def test_opt_in_stores_a_subscription_that_gets_pushes(people, push_service) -> 
     push_service.service.expect_key = key
     expect(bob.page.locator("#push-status")).to_have_attribute("data-state", "on")
     assert bob.page.evaluate("window.subscribedWith") == key
-    assert bob.page.evaluate(WORKER_ACTIVE).endswith("/web/sw.js")
+    assert bob.page.evaluate(WORKER_ACTIVE).endswith("/sw.js")
     bob.shot("notifications-on")
 
     alice.chat_with(bob)
@@ -138,3 +139,9 @@ def test_opt_in_stores_a_subscription_that_gets_pushes(people, push_service) -> 
     got = push_service.next()
     assert got.name == "bob" and got.status == 201
     assert "Are you coming tonight?" in json.dumps(got.payload)
+
+    # a click on the notification opens /?conversation=<id> (sw.js): that conversation
+    bob.page = bob.new_page()
+    bob.page.goto(f"/?conversation={got.payload['conversation_id']}")
+    bob.expect_title(alice.display_name)
+    expect(bob.message("Are you coming tonight?")).to_be_visible()

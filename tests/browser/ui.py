@@ -53,7 +53,7 @@ class Person:
             permissions=["camera", "microphone"], base_url=crowd.server.url)
         # every action and wait is bounded (expect's own default is set in conftest.py)
         self.context.set_default_timeout(15_000)
-        self.context.route(f"{crowd.server.url}/", self._with_csp)
+        self.context.route(re.compile(rf"^{re.escape(crowd.server.url)}/(\?.*)?$"), self._with_csp)
         self.page: Page = self.new_page()
 
     @staticmethod

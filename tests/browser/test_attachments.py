@@ -1,6 +1,6 @@
 """Attachments in the web client (issue 15.6, DESIGN §7 "Uploads"): Alice attaches a PNG
-with the attach button and drops a PDF onto the conversation; both upload (with a
-progress bar while they go), and one message carries them. Bob sees the image's
+with the attach button and drops a PDF onto the conversation; both upload (with a progress
+bar while they go, over a throttled uplink), and one message carries them. Bob sees the image's
 thumbnail, opens it in the lightbox at full size, and sees the PDF as a chip with its
 name and size."""
 
@@ -12,6 +12,7 @@ import zlib
 from tests.browser.ui import expect
 
 WIDTH, HEIGHT = 64, 48
+SLOW_UPLINK = 4_000  # bytes/s: the PNG (~6 KB) takes about 1.5 s
 
 
 def png(width: int, height: int) -> bytes:
@@ -50,11 +51,22 @@ def test_photo_and_pdf_reach_the_other_side(people) -> None:  # type: ignore[no-
     expect(bob.message("Photos coming")).to_be_visible()
 
     a = alice.page
+    # a slow uplink (Chromium's network emulation) so the progress bar has time to show
+    # (Chromium reports an XHR's upload progress as the body enters its network service,
+    # before the throttle: the bar is seen, its part-way values are not)
+    cdp = alice.context.new_cdp_session(a)
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": SLOW_UPLINK})
     a.locator("#attach-input").set_input_files(
         files=[{"name": "gradient.png", "mimeType": "image/png", "buffer": png(WIDTH, HEIGHT)}])
     a.evaluate(DROP, ["notes.pdf", list(PDF)])
     items = a.locator("#attach-tray .attach-item")
     expect(items).to_have_count(2)
+    bar = items.filter(has_text="gradient.png").locator("progress")
+    expect(bar).to_be_visible()
+    alice.shot("uploading")
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
     for item in (items.nth(0), items.nth(1)):
         expect(item).to_have_attribute("data-state", "done")
     expect(items.filter(has_text="gradient.png").locator("img.attach-preview")).to_be_visible()

@@ -31,16 +31,18 @@ from bench.server import ServerInfo, TargetError, started_server, target_server
 PG_ADMIN_DSN = os.environ.get("CHATSRV_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(scenarios: list[str] = SCENARIOS, prog: str = "python -m bench"
+           ) -> argparse.ArgumentParser:
+    """The options; bench/cluster.py reuses them with its own scenario names."""
     p = argparse.ArgumentParser(
-        prog="python -m bench",
+        prog=prog,
         description="Load bench for chatsrv. Starts a server per backend on 127.0.0.1 (or "
                     "targets one with --target), runs the scenarios one at a time and writes "
                     "results.json, results.md and bench.png into --out.")
     p.add_argument("--quick", action="store_true",
                    help="tiny counts, a few seconds per scenario (the CI smoke)")
-    p.add_argument("--scenario", action="append", choices=SCENARIOS, metavar="NAME",
-                   help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}")
+    p.add_argument("--scenario", action="append", choices=scenarios, metavar="NAME",
+                   help=f"run only this scenario (repeatable): {', '.join(scenarios)}")
     p.add_argument("--client", choices=client.CLIENTS, default="lean",
                    help="the generator's WebSocket client: lean (bench/lean.py, default: "
                         "little CPU per received frame) or trio-websocket")
@@ -69,7 +71,7 @@ def parser() -> argparse.ArgumentParser:
                         "(default $CHATSRV_BENCH_PG or postgresql://postgres@127.0.0.1:5432/"
                         "postgres)")
     p.add_argument("--no-plot", action="store_true", help="skip bench.png")
-    p.add_argument("--profile", action="append", default=[], choices=SCENARIOS, metavar="NAME",
+    p.add_argument("--profile", action="append", default=[], choices=scenarios, metavar="NAME",
                    help="sample the server with py-spy during this scenario (repeatable; "
                         "needs `pip install py-spy` and a server pid); best in a run of its "
                         "own, as sampling slows the server")

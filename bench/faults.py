@@ -207,6 +207,8 @@ class PrivatePostgres:
     root: Path
     port: int
     db: str = "chatsrv"
+    # more `-c name=value` settings, after (so over) the ones `start` gives
+    settings: Mapping[str, str] = field(default_factory=dict)
     child: Child = field(init=False)
 
     def __post_init__(self) -> None:
@@ -246,7 +248,8 @@ class PrivatePostgres:
              "-c", "fsync=on", "-c", "synchronous_commit=on", "-c", "full_page_writes=on",
              "-c", "shared_buffers=16MB", "-c", "max_connections=60",
              "-c", "huge_pages=off", "-c", "logging_collector=off",
-             "-c", "log_min_messages=warning"],
+             "-c", "log_min_messages=warning",
+             *(arg for k, v in self.settings.items() for arg in ("-c", f"{k}={v}"))],
             env=_base_env(), cwd=self.root, **_as_postgres_user())
         await self.wait_accepting()
 
@@ -300,12 +303,14 @@ class PrivatePostgres:
 
 
 @asynccontextmanager
-async def open_private_postgres(*, db: str = "chatsrv") -> AsyncIterator[PrivatePostgres]:
-    """initdb, start, create `db`; for the block. Killed and removed afterwards."""
+async def open_private_postgres(*, db: str = "chatsrv", settings: Mapping[str, str] | None = None
+                                ) -> AsyncIterator[PrivatePostgres]:
+    """initdb, start (with more `settings`), create `db`; for the block. Killed and
+    removed afterwards."""
     root = Path(tempfile.mkdtemp(prefix="chatsrv-fault-pg-"))  # mode 0700
     try:
         _chown_to_postgres(root)
-        pg = PrivatePostgres(root, free_port(), db=db)
+        pg = PrivatePostgres(root, free_port(), db=db, settings=dict(settings or {}))
         try:
             await pg.initdb()
             await pg.start()

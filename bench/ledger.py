@@ -228,11 +228,15 @@ class Sender:
     ledger: Ledger
     rate: float  # messages per second, paced open-ended: one in flight, never a burst
     reply_deadline: float = REPLY_DEADLINE
+    # other nodes, tried in turn after a failed connect (a balancer moving the client to a
+    # live node); empty: keep trying `url` (the node comes back on the same port)
+    failover: tuple[str, ...] = ()
     _n: int = 0
 
     async def run(self, stop: trio.Event, nursery: trio.Nursery) -> None:
         """Send until `stop` is set, then resend the message in hand until it is acked.
         Cancellable anywhere; the socket is closed on the way out."""
+        urls = [self.url, *self.failover]
         host, port = _host_port(self.url)
         pending: tuple[str, str, str] | None = None  # (client_msg_id, conversation, content)
         ws: Ws | None = None
@@ -247,8 +251,9 @@ class Sender:
                     next_at = max(next_at + 1 / self.rate, trio.current_time())
                     self._n += 1
                     cid = self.conversations[self._n % len(self.conversations)]
+                    # led by its first send time, as the bench's messages (client.stamp_of)
                     pending = (f"{self.ledger.run_id}-{self.name}-{self._n}", cid,
-                               f"{self.name} #{self._n}")
+                               f"{time.perf_counter_ns()} {self.name} #{self._n}")
                     self.ledger.sent += 1
                     self.ledger.in_hand[self.name] = pending[0]
                 if ws is None or ws.closed:
@@ -256,6 +261,10 @@ class Sender:
                         ws = await connect(nursery, host, port, self.user, kind="lean")
                     except CONNECT_FAILURES:
                         self.ledger.note_failure(self.name, "connect_failed")
+                        urls.append(urls.pop(0))
+                        host, port = _host_port(urls[0])
+                        if urls[0] != self.url:
+                            continue  # the next node at once; after a full round, a pause
                         await trio.sleep(CONNECT_PAUSE)  # retry pacing while the node is down
                         continue
                 try:
@@ -346,13 +355,17 @@ class Traffic:
 @asynccontextmanager
 async def open_traffic(work: Workload, *, rate: float, ledger: Ledger | None = None,
                        watch: Sequence[Callable[[], Awaitable[None]]] = (),
-                       drain_deadline: float = 30.0) -> AsyncIterator[Traffic]:
+                       drain_deadline: float = 30.0,
+                       failover: Sequence[str] = ()) -> AsyncIterator[Traffic]:
     """One sender task per account of `work`, for the block, beside the `watch` tasks
     (e.g. `Child.watch`: a node that dies by itself fails the run at once). Leaving the
     block (normally) stops the senders and waits up to `drain_deadline` for each to get
-    its last message acked (TooSlowError otherwise); an exception cancels them all."""
+    its last message acked (TooSlowError otherwise); an exception cancels them all.
+    `failover`: every node's URL; a sender that cannot connect to its own tries the others
+    in turn (Sender.failover)."""
     ledger = ledger or Ledger()
-    senders = [Sender(f"s{i}", user, cids, url, ledger, rate)
+    senders = [Sender(f"s{i}", user, cids, url, ledger, rate,
+                      failover=tuple(u for u in failover if u != url))
                for i, (user, cids, url) in enumerate(work.senders)]
     stop = trio.Event()
     ledger.started = trio.current_time()

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import resource
-import time
 from dataclasses import dataclass
+from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -89,27 +89,19 @@ def self_cpu_seconds() -> float:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
+    """The server's CPU and RSS, PostgreSQL's CPU for the run's database, ours, the
+    machine's, at one moment (runner.Ctx.begin)."""
+
     at: float
     server_cpu: float | None
     server_rss: int | None
     db_cpu: float | None
     generator_cpu: float
     machine_cpu: float
+    node_cpu: tuple[float | None, ...] = ()  # cluster mode: each node's (server_cpu: the sum)
 
 
-def snapshot(server_pid: int | None, *, database: str | None) -> Snapshot:
-    """The server's CPU and RSS, PostgreSQL's CPU for `database`, ours, the machine's."""
-    return Snapshot(
-        at=time.monotonic(),
-        server_cpu=cpu_seconds(server_pid) if server_pid else None,
-        server_rss=rss_bytes(server_pid) if server_pid else None,
-        db_cpu=postgres_cpu_seconds(database) if database else None,
-        generator_cpu=self_cpu_seconds(),
-        machine_cpu=machine_cpu_seconds(),
-    )
-
-
-def usage(a: Snapshot, b: Snapshot, *, peak_rss: int | None = None) -> dict[str, float | None]:
+def usage(a: Snapshot, b: Snapshot, *, peak_rss: int | None = None) -> dict[str, Any]:
     """CPU as % of one core between two snapshots, and the server's RSS in MiB."""
     wall = max(b.at - a.at, 1e-9)
 
@@ -136,4 +128,5 @@ def usage(a: Snapshot, b: Snapshot, *, peak_rss: int | None = None) -> dict[str,
         "server_rss_end_mib": mib(b.server_rss),
         "server_rss_peak_mib": mib(max(filter(None, (peak_rss, a.server_rss, b.server_rss)),
                                        default=None)),
-    }
+    } | ({"node_cpu_pct": [pct(x, y) for x, y in zip(a.node_cpu, b.node_cpu, strict=True)]}
+         if len(a.node_cpu) > 1 else {})

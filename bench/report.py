@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 NONE = "\N{EN DASH}"  # an empty cell
-BACKEND_TITLES = {"postgres": "PostgreSQL", "sqlite": "SQLite", "target": "Target server"}
+BACKEND_TITLES = {"postgres": "PostgreSQL", "sqlite": "SQLite", "target": "Target server",
+                  "cluster": "Cluster (PostgreSQL + Redis, bench/cluster.py)"}
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:
@@ -55,7 +56,13 @@ def _rate(row: dict[str, Any]) -> str:
     for k, v in (row.get("rate") or {}).items():
         unit = {"acked_per_s": "acked/s", "delivered_per_s": "delivered/s",
                 "deliveries_per_s": "deliveries/s", "messages_per_s": "msg/s",
-                "all_ready_s": "s to all ready", "connects_per_s": "connects/s"}.get(k, k)
+                "all_ready_s": "s to all ready", "connects_per_s": "connects/s",
+                "redis_commands_per_msg": "Redis commands/msg",
+                "pg_statements_per_msg": "PostgreSQL statements/msg",
+                "peer_events_per_msg": "node-to-node events/msg",
+                "redis_commands_per_connection": "Redis commands/connection",
+                "pg_statements_per_connection": "PostgreSQL statements/connection",
+                "senders_acked_again_s": "s until every sender was acked again"}.get(k, k)
         parts.append(f"{_num(v)} {unit}")
     mem = row.get("memory")
     if mem:

@@ -8,7 +8,7 @@ import dataclasses
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -16,10 +16,10 @@ from typing import Any, TextIO
 import trio
 
 from bench import proc
-from bench.client import Rest, User
+from bench.client import QUEUE, Rest, User, Ws, connect, connect_many
 from bench.profile import recording
 from bench.profile import summarize as summarize_profile
-from bench.server import ServerInfo
+from bench.server import NodeRef, ServerInfo
 
 
 @dataclass(frozen=True)
@@ -144,6 +144,12 @@ class Ctx:
         self.quick = quick
         self._lonely: list[User] = []
         self._grace_due = False
+        # the bench's own round-robin: one entry for a single server
+        self.nodes = server.nodes or (NodeRef(server.backend, server.host, server.port,
+                                              server.pid),)
+        self.placed: dict[str, int] = {}  # user id -> index in nodes of its latest socket
+        self._next_node = 0
+        self._last_cpu: dict[int, float] = {}  # pid -> last reading (a killed node keeps it)
         # server samples every MONITOR_S: (monotonic, cpu seconds, rss bytes); ~1 h kept
         self.samples: collections.deque[tuple[float, float | None, int | None]] = \
             collections.deque(maxlen=7200)
@@ -163,10 +169,94 @@ class Ctx:
             self._lonely += await self.register(n - len(self._lonely), "idle users")
         return self._lonely[:n]
 
+    # ---- sockets, spread over the nodes
+
+    async def connect_many(self, nursery: trio.Nursery, users: Sequence[User], *,
+                           concurrency: int = 200, queue: int = QUEUE, kind: str | None = None,
+                           failures: dict[str, int] | None = None) -> list[Ws]:
+        """client.connect_many over the nodes (same order and failure handling):
+        users[i] goes to node (i // 2 + i % 2) mod N, so the two users of a pair (2k,
+        2k + 1) are on nodes k and k + 1: always different nodes, and the pairs' first
+        users (the senders of the 1:1 scenarios) on every node in turn."""
+        n = len(self.nodes)
+        if n == 1:
+            return await connect_many(nursery, self.host, self.port, users,
+                                      concurrency=concurrency, queue=queue, kind=kind,
+                                      failures=failures)
+        where = [(i // 2 + i % 2) % n for i in range(len(users))]
+        parts: list[list[Ws]] = [[] for _ in range(n)]
+
+        async def part(k: int) -> None:
+            node = self.nodes[k]
+            mine = [u for u, at in zip(users, where, strict=True) if at == k]
+            parts[k] = await connect_many(nursery, node.host, node.port, mine,
+                                          concurrency=max(1, concurrency // n), queue=queue,
+                                          kind=kind, failures=failures)
+
+        async with trio.open_nursery() as inner:
+            for k in range(n):
+                inner.start_soon(part, k)
+        for u, at in zip(users, where, strict=True):
+            self.placed[u.id] = at
+        if failures is not None:  # some may be missing: order is lost anyway
+            return [w for p in parts for w in p]
+        cursors = [iter(p) for p in parts]
+        return [next(cursors[at]) for at in where]
+
+    async def connect(self, nursery: trio.Nursery, user: User, *, queue: int = QUEUE,
+                      kind: str | None = None) -> Ws:
+        """One socket for `user`: on the node it was placed on (else the next in turn); a
+        node that refuses the TCP connection (killed) is skipped for the next one, as a
+        balancer with health checks would. Raises what client.connect raises."""
+        n = len(self.nodes)
+        first = self.placed.get(user.id)
+        if first is None:
+            first, self._next_node = self._next_node, (self._next_node + 1) % n
+        for step in range(n):
+            k = (first + step) % n
+            try:
+                ws = await connect(nursery, self.nodes[k].host, self.nodes[k].port, user,
+                                   queue=queue, kind=kind)
+            except OSError:
+                if step == n - 1:
+                    raise
+                continue
+            self.placed[user.id] = k
+            return ws
+        raise AssertionError("unreachable")
+
+    def node_of(self, user: User) -> int:
+        """Index in `nodes` of the user's latest socket (0 if never connected here)."""
+        return self.placed.get(user.id, 0)
+
     # ---- measurement
 
+    def _cpu(self, pid: int | None) -> float | None:
+        if not pid:
+            return None
+        now = proc.cpu_seconds(pid)
+        if now is None:
+            return self._last_cpu.get(pid)
+        self._last_cpu[pid] = now
+        return now
+
+    def server_cpu(self) -> float | None:
+        """utime+stime of the server, every node summed; None without pids."""
+        each = [self._cpu(n.pid) for n in self.nodes]
+        return None if None in each else sum(x or 0.0 for x in each)
+
     def begin(self) -> proc.Snapshot:
-        return proc.snapshot(self.server.pid, database=self.server.database)
+        node_cpu = tuple(self._cpu(n.pid) for n in self.nodes)
+        rss = [proc.rss_bytes(n.pid) if n.pid else None for n in self.nodes]
+        return proc.Snapshot(
+            at=time.monotonic(),
+            server_cpu=None if None in node_cpu else sum(x or 0.0 for x in node_cpu),
+            server_rss=None if all(r is None for r in rss) else sum(r or 0 for r in rss),
+            db_cpu=(proc.postgres_cpu_seconds(self.server.database) if self.server.database
+                    else None),
+            generator_cpu=proc.self_cpu_seconds(),
+            machine_cpu=proc.machine_cpu_seconds(),
+            node_cpu=node_cpu if len(node_cpu) > 1 else ())
 
     def end(self, start: proc.Snapshot) -> dict[str, Any]:
         """CPU and RSS between `start` and now (peak RSS from the monitor's samples)."""
@@ -176,7 +266,8 @@ class Ctx:
         return proc.usage(start, now, peak_rss=peak)
 
     def rss(self) -> int | None:
-        return proc.rss_bytes(self.server.pid) if self.server.pid else None
+        """The server's RSS (every node's summed in a cluster)."""
+        return self.begin().server_rss
 
     def status(self, text: str) -> None:
         self.progress.set(text)
@@ -196,7 +287,7 @@ class Ctx:
         waits that out first; then for CPU under idle_pct for 1 s (0.5 s for --quick).
         The PostgreSQL processes of the run's database count as well. Without a pid to
         watch, it waits 3 s."""
-        if not self.server.pid:
+        if self.server_cpu() is None:
             await trio.sleep(3)
             return
         self.status("waiting for the server (and its PostgreSQL) to go idle")
@@ -211,7 +302,7 @@ class Ctx:
         def busy() -> tuple[float | None, float]:
             # PostgreSQL too: autovacuum and checkpoints after a scenario that wrote 100k
             # rows would otherwise run during the next one
-            return (proc.cpu_seconds(self.server.pid),
+            return (self.server_cpu(),
                     proc.postgres_cpu_seconds(database) if database else 0.0)
 
         last = busy()
@@ -229,12 +320,11 @@ class Ctx:
                       ) -> None:
         """Forever: sample the server every 0.5 s and redraw the progress line."""
         task_status.started()
-        pid = self.server.pid
         last: tuple[float, float | None] | None = None
         while True:
             at = time.monotonic()
-            cpu = proc.cpu_seconds(pid) if pid else None
-            rss = proc.rss_bytes(pid) if pid else None
+            cpu = self.server_cpu()
+            rss = self.rss()
             self.samples.append((at, cpu, rss))
             text = "server: not measured (no pid)"
             if cpu is not None and last is not None and last[1] is not None:

@@ -23,8 +23,6 @@ from bench.client import (
     Ws,
     chat_frame,
     close_many,
-    connect,
-    connect_many,
     decode_ack,
     decode_error,
     decode_message,
@@ -102,7 +100,7 @@ async def latency_1to1(ctx: Ctx) -> dict[str, Any]:
             errors.append(decode_error(env.payload).code)
 
     async with trio.open_nursery() as nursery:
-        socks = await connect_many(nursery, ctx.host, ctx.port, users)
+        socks = await ctx.connect_many(nursery, users)
         for w in socks:
             nursery.start_soon(_pump, w, on_frame)
         sent = 0
@@ -197,7 +195,7 @@ async def throughput_1to1(ctx: Ctx) -> dict[str, Any]:
 
     stages: list[dict[str, Any]] = []
     async with trio.open_nursery() as nursery:
-        socks = await connect_many(nursery, ctx.host, ctx.port, users)
+        socks = await ctx.connect_many(nursery, users)
         for i in range(most):
             nursery.start_soon(_pump, socks[2 * i], on_sender(i), closed)
             nursery.start_soon(_pump, socks[2 * i + 1], on_receiver, closed)
@@ -327,14 +325,28 @@ async def _fanout_one(ctx: Ctx, size: int) -> dict[str, Any]:
         if env.type == "message_ack":
             ack_ms.append(_ms(t - int(env.ref)))  # type: ignore[arg-type]
 
+    # cluster mode: each member's latency also by whether it is on the sender's node
+    split = len(ctx.nodes) > 1
+    by_node: dict[bool, list[float]] = {False: [], True: []}  # cross-node? -> ms
+
+    def on_member_at(remote: bool) -> Frame:
+        def on_frame(env: frames.Envelope, t: int) -> None:
+            before = len(member_ms)
+            on_member(env, t)
+            if len(member_ms) > before:
+                by_node[remote].append(member_ms[-1])
+        return on_frame
+
     async with trio.open_nursery() as nursery:
         with ctx.status_during(lambda: f"{size} members: connecting"):
-            socks = await connect_many(nursery, ctx.host, ctx.port, users)
+            socks = await ctx.connect_many(nursery, users)
+        home = ctx.node_of(users[0])
         cid = await ctx.rest.conversation(users[0], users[1:], group=True,
                                           name=f"fanout {size}")
         nursery.start_soon(_pump, socks[0], on_sender)
         for w in socks[1:]:
-            nursery.start_soon(_pump, w, on_member, closed)
+            nursery.start_soon(_pump, w, on_member if not split
+                               else on_member_at(ctx.node_of(w.user) != home), closed)
         warm = 3
         sent = 0
         with ctx.status_during(lambda: f"{size} members: message {sent}/{s.fanout_messages}, "
@@ -346,6 +358,8 @@ async def _fanout_one(ctx: Ctx, size: int) -> dict[str, Any]:
                     window = ctx.begin()
                     member_ms.clear()
                     ack_ms.clear()
+                    by_node[False].clear()
+                    by_node[True].clear()
                     deadline = trio.current_time() + s.fanout_duration
                 elif k > warm and trio.current_time() >= deadline:
                     break
@@ -369,7 +383,9 @@ async def _fanout_one(ctx: Ctx, size: int) -> dict[str, Any]:
 
     summary = summarize(all_ms)
     limit = 15.0 if size <= 50 else 150.0 if size <= 1000 else None
-    return {
+    nodes = {"same_node_member_latency_ms": summarize(by_node[False]),
+             "cross_node_member_latency_ms": summarize(by_node[True])} if split else {}
+    return nodes | {
         "case": f"{size} members: send → all {others} have it",
         "members": size,
         "latency_ms": summary,
@@ -435,7 +451,7 @@ async def broadcast_throughput(ctx: Ctx) -> dict[str, Any]:
             await _send(ws, chat_frame(cid, stamped(t, _pad(ctx)), ref=t, client_msg_id=cmid))
 
     async with trio.open_nursery() as nursery:
-        socks = await connect_many(nursery, ctx.host, ctx.port, users)
+        socks = await ctx.connect_many(nursery, users)
         cid = await ctx.rest.conversation(users[0], users[1:], group=True, name="broadcast")
         for w in socks:
             nursery.start_soon(_pump, w, on_frame, closed)
@@ -511,7 +527,7 @@ async def idle_connections(ctx: Ctx) -> dict[str, Any]:
                 t0 = time.perf_counter_ns()
                 # trio-websocket whatever --client says: its reader task answers the
                 # server's heartbeat pings while the socket idles, as a real client does
-                socks += await connect_many(nursery, ctx.host, ctx.port, users, queue=4,
+                socks += await ctx.connect_many(nursery, users, queue=4,
                                             concurrency=100, failures=failures,
                                             kind="trio-websocket")
                 connect_s = (time.perf_counter_ns() - t0) / 1e9
@@ -612,7 +628,7 @@ async def connect_storm(ctx: Ctx) -> dict[str, Any]:
         async def one(u: User) -> None:
             await go.wait()
             try:
-                w = await connect(nursery, ctx.host, ctx.port, u, queue=4)
+                w = await ctx.connect(nursery, u, queue=4)
             except CONNECT_FAILURES as exc:
                 failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
                 return
@@ -666,7 +682,7 @@ class _Conv:
         self.pending: dict[int, str] = {}  # received ahead of a gap
 
 
-class _Gate:
+class Gate:
     """Receivers reconnect only while the gate is open (closed during an outage)."""
 
     def __init__(self) -> None:
@@ -684,7 +700,7 @@ class _Gate:
         await self._open.wait()
 
 
-class _Receiver:
+class Receiver:
     """A member that keeps receiving: on every (re)connect it sends `sync` with its
     contiguous position per conversation and pages until has_more is false, while live
     `new_message` frames keep arriving. Messages are applied in seq order; what arrives
@@ -734,14 +750,14 @@ class _Receiver:
             conv.applied += 1
             conv.ids[conv.applied] = conv.pending.pop(conv.applied)
 
-    async def run(self, ctx: Ctx, gate: _Gate) -> None:
+    async def run(self, ctx: Ctx, gate: Gate) -> None:
         """Forever: connect when the gate is open, receive until the socket dies."""
         while True:
             await gate.wait_open()
             t_start = time.perf_counter_ns()
             try:
                 async with trio.open_nursery() as nursery:
-                    ws = await connect(nursery, ctx.host, ctx.port, self.user)
+                    ws = await ctx.connect(nursery, self.user)
                     self.ws = ws
                     self.connections += 1
                     await self._session(ws, t_start)
@@ -804,6 +820,34 @@ class _Receiver:
             self.close_codes[code] = self.close_codes.get(code, 0) + 1
 
 
+async def receivers_setup(ctx: Ctx, snd_users: Sequence[User], rcv_users: Sequence[User],
+                          name: str) -> tuple[str, dict[tuple[int, int], str], list[Receiver]]:
+    """One group with every sender and receiver, a one_to_one per (sender i, receiver j)
+    and a Receiver per receiving user over its conversations: (group, o2o, receivers)."""
+    group = await ctx.rest.conversation(snd_users[0], [*snd_users[1:], *rcv_users], group=True,
+                                        name=name)
+    o2o: dict[tuple[int, int], str] = {}
+
+    async def make_o2o(si: int, ri: int) -> None:
+        o2o[si, ri] = await ctx.rest.conversation(snd_users[si], [rcv_users[ri]], group=False)
+
+    async with trio.open_nursery() as nursery:
+        for si in range(len(snd_users)):
+            for ri in range(len(rcv_users)):
+                nursery.start_soon(make_o2o, si, ri)
+    receivers = [Receiver(u, [group, *(o2o[si, ri] for si in range(len(snd_users)))])
+                 for ri, u in enumerate(rcv_users)]
+    return group, o2o, receivers
+
+
+async def run_receivers(nursery: trio.Nursery, ctx: Ctx, receivers: Sequence[Receiver],
+                        gate: Gate) -> bool:
+    """Every receiver's task in `nursery`; True once all have connected and synced (30 s)."""
+    for r in receivers:
+        nursery.start_soon(r.run, ctx, gate)
+    return await wait_until(lambda: all(r.synced for r in receivers), 30)
+
+
 async def reconnect_storm_loss(ctx: Ctx) -> dict[str, Any]:
     """Receivers in one group plus a one_to_one with each sender keep receiving while
     senders send at a steady rate (half into the group, half round the one_to_ones). At
@@ -814,25 +858,13 @@ async def reconnect_storm_loss(ctx: Ctx) -> dict[str, Any]:
     n_rcv, n_send = s.reconnect_members, s.reconnect_senders
     users = await ctx.register(n_rcv + n_send)
     rcv_users, snd_users = users[:n_rcv], users[n_rcv:]
-    group = await ctx.rest.conversation(snd_users[0], [*snd_users[1:], *rcv_users], group=True,
-                                        name="reconnect")
-    o2o: dict[tuple[int, int], str] = {}
-
-    async def make_o2o(si: int, ri: int) -> None:
-        o2o[si, ri] = await ctx.rest.conversation(snd_users[si], [rcv_users[ri]], group=False)
-
-    async with trio.open_nursery() as nursery:
-        for si in range(n_send):
-            for ri in range(n_rcv):
-                nursery.start_soon(make_o2o, si, ri)
-    receivers = [_Receiver(u, [group, *(o2o[si, ri] for si in range(n_send))])
-                 for ri, u in enumerate(rcv_users)]
+    group, o2o, receivers = await receivers_setup(ctx, snd_users, rcv_users, "reconnect")
     acked: dict[str, dict[int, str]] = {c: {} for c in [group, *o2o.values()]}
     windows = [trio.Semaphore(64) for _ in range(n_send)]
     sent = 0
     errors: list[str] = []
     sender_closed: list[int] = []
-    gate = _Gate()
+    gate = Gate()
 
     def on_sender(i: int) -> Frame:
         def on_frame(env: frames.Envelope, t: int) -> None:
@@ -862,12 +894,10 @@ async def reconnect_storm_loss(ctx: Ctx) -> dict[str, Any]:
 
     cuts = 0
     async with trio.open_nursery() as nursery:
-        snd_socks = await connect_many(nursery, ctx.host, ctx.port, snd_users)
+        snd_socks = await ctx.connect_many(nursery, snd_users)
         for i, w in enumerate(snd_socks):
             nursery.start_soon(_pump, w, on_sender(i), sender_closed)
-        for r in receivers:
-            nursery.start_soon(r.run, ctx, gate)
-        await wait_until(lambda: all(r.synced for r in receivers), 30)
+        await run_receivers(nursery, ctx, receivers, gate)
         window = ctx.begin()
         with ctx.status_during(lambda: f"sent {sent} acked {total_acked()} cuts {cuts} "
                                f"connected {sum(1 for r in receivers if r.ws)}/{n_rcv}"):
@@ -895,38 +925,17 @@ async def reconnect_storm_loss(ctx: Ctx) -> dict[str, Any]:
         await close_many([*snd_socks, *(r.ws for r in receivers if r.ws is not None)])
         nursery.cancel_scope.cancel()
 
-    expected = lost = mismatched = extra = holes = 0
-    for r in receivers:
-        for cid, conv in r.convs.items():
-            want = acked[cid]
-            expected += len(want)
-            for seq, mid in want.items():
-                got = conv.ids.get(seq)
-                if got is None:
-                    lost += 1
-                elif got != mid:
-                    mismatched += 1
-            extra += len(conv.ids.keys() - want.keys())
-            holes += len(conv.pending)
-    received = expected - lost - mismatched
-    duplicated = sum(r.dup + r.conflicts for r in receivers)
+    tally = receivers_tally(receivers, acked)
+    ok = tally.pop("ok")
+    lost, duplicated = tally["lost"], tally["duplicated"]
+    received, expected = tally["received"], tally["expected_deliveries"]
     synced_ms = [x for r in receivers for x in r.synced_ms[1:]]  # reconnects only
     counts = {
-        "sent": sent, "acked": total_acked(), "unacked": sent - total_acked(),
-        "expected_deliveries": expected, "received": received, "lost": lost,
-        "duplicated": duplicated, "mismatched": mismatched, "unacked_received": extra,
-        "stuck_behind_gap": holes, "reordered_live": sum(r.reordered for r in receivers),
-        "overlap_dropped": sum(r.overlap for r in receivers),
-        "live_frames": sum(r.live for r in receivers),
-        "sync_frames": sum(r.from_sync for r in receivers),
-        "cuts": cuts, "connections": sum(r.connections for r in receivers),
-        "connect_failures": sum(r.connect_failures for r in receivers),
-        "close_codes": _merge(r.close_codes for r in receivers),
-        "sender_sockets_lost": len(sender_closed),
+        "sent": sent, "acked": total_acked(), "unacked": sent - total_acked(), **tally,
+        "cuts": cuts, "sender_sockets_lost": len(sender_closed),
         "errors": len(errors) + sum(len(r.errors) for r in receivers),
         "caught_up": caught_up,
     }
-    ok = lost == 0 and duplicated == 0 and mismatched == 0 and received == expected
     return {
         "params": {"members": n_rcv, "senders": n_send, "rate_per_s": s.reconnect_rate,
                    "duration_s": s.reconnect_duration, "outages_s": list(s.reconnect_outages)},
@@ -941,6 +950,40 @@ async def reconnect_storm_loss(ctx: Ctx) -> dict[str, Any]:
                                f"{lost} lost, {duplicated} dup", ok)},
         ],
         "error_codes": sorted({*errors, *(e for r in receivers for e in r.errors)}),
+    }
+
+
+def receivers_tally(receivers: Sequence[Receiver], acked: dict[str, dict[int, str]]
+                    ) -> dict[str, Any]:
+    """Every acked message ({conversation: {seq: id}}) against what each receiver applied:
+    `received` = `expected_deliveries` and `lost` = `duplicated` = 0 when nothing went
+    missing or arrived twice (`ok`)."""
+    expected = lost = mismatched = extra = holes = 0
+    for r in receivers:
+        for cid, conv in r.convs.items():
+            want = acked.get(cid, {})
+            expected += len(want)
+            for seq, mid in want.items():
+                got = conv.ids.get(seq)
+                if got is None:
+                    lost += 1
+                elif got != mid:
+                    mismatched += 1
+            extra += len(conv.ids.keys() - want.keys())
+            holes += len(conv.pending)
+    received = expected - lost - mismatched
+    duplicated = sum(r.dup + r.conflicts for r in receivers)
+    return {
+        "expected_deliveries": expected, "received": received, "lost": lost,
+        "duplicated": duplicated, "mismatched": mismatched, "unacked_received": extra,
+        "stuck_behind_gap": holes, "reordered_live": sum(r.reordered for r in receivers),
+        "overlap_dropped": sum(r.overlap for r in receivers),
+        "live_frames": sum(r.live for r in receivers),
+        "sync_frames": sum(r.from_sync for r in receivers),
+        "connections": sum(r.connections for r in receivers),
+        "connect_failures": sum(r.connect_failures for r in receivers),
+        "close_codes": _merge(r.close_codes for r in receivers),
+        "ok": lost == 0 and duplicated == 0 and mismatched == 0 and received == expected,
     }
 
 

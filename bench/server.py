@@ -54,6 +54,16 @@ class TargetError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class NodeRef:
+    """One node behind the bench's own round-robin (cluster mode, bench/cluster.py)."""
+
+    name: str
+    host: str
+    port: int
+    pid: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class ServerInfo:
     backend: str  # "sqlite" | "postgres" | "target"
     base_url: str  # http://127.0.0.1:PORT
@@ -62,6 +72,9 @@ class ServerInfo:
     pid: int | None  # measured through /proc when known
     env: dict[str, str]  # the knobs it was started with (secrets left out)
     database: str | None = None  # PostgreSQL database name, to measure its backends
+    # cluster mode: every node, clients spread over them (base_url/pid: the first one);
+    # empty for the one server above
+    nodes: tuple[NodeRef, ...] = ()
 
 
 def check_local(url: str) -> tuple[str, int]:

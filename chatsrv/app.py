@@ -21,6 +21,7 @@ from chatsrv.adapters.aio import contain_asyncio_errors
 from chatsrv.adapters.memory import LOCAL_INSTANCE, LocalDirectory, LocalRouter, NoBus
 from chatsrv.adapters.storage.base import Database
 from chatsrv.adapters.storage.calls import SqlCallLog
+from chatsrv.adapters.storage.changes import SqlChanges
 from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.sql import SqlStore
 from chatsrv.config import ConfigError, Settings
@@ -30,6 +31,7 @@ from chatsrv.metrics import Metrics
 from chatsrv.services.auth import AdminService, AuthService
 from chatsrv.services.batching import Coalescer
 from chatsrv.services.calls import CallService
+from chatsrv.services.changes import ChangeService
 from chatsrv.services.commit import GroupCommitter
 from chatsrv.services.container import Services
 from chatsrv.services.conversations import ConversationService
@@ -167,14 +169,18 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                                    cleanup_deadline=settings.cleanup_deadline)
         if routing.on_users_back is not None:
             routing.on_users_back(presence.users_back)
+        changes = ChangeService(store, SqlChanges(db), router, members,
+                                max_content_chars=settings.max_content_chars,
+                                edit_window=settings.edit_window,
+                                page_size=settings.sync_page_size)
         conversations = ConversationService(
             store, router, members, statuses=presence.statuses,
-            max_group_members=settings.max_group_members)
+            max_group_members=settings.max_group_members, changes=changes)
         messaging = MessagingService(store, router, members, commits,
                                      max_content_chars=settings.max_content_chars,
                                      history_max_limit=settings.history_max_limit,
                                      history_default_limit=settings.history_default_limit,
-                                     sync_page_size=settings.sync_page_size)
+                                     sync_page_size=settings.sync_page_size, changes=changes)
         calls = CallService(store, SqlCallLog(db), router, directory, routing.bus,
                             routing.signals, instance=routing.instance,
                             ring_timeout=settings.ring_timeout, stun_urls=settings.stun_urls,
@@ -184,7 +190,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             settings=settings, store=store, router=router, members=members,
             auth=auth, sessions=sessions, admin=AdminService(store, auth), limits=limits,
             conversations=conversations, messaging=messaging, presence=presence,
-            commits=commits, arrivals=Coalescer(store.arrivals, max_batch=settings.commit_batch),
+            changes=changes, commits=commits, arrivals=Coalescer(store.arrivals, max_batch=settings.commit_batch),
             calls=calls, metrics=metrics,
         )
         _gauges(metrics, svc)
@@ -244,7 +250,7 @@ def build_asgi(svc: Services) -> tuple[Any, Any]:
         settings, auth_service=svc.auth, admin_service=svc.admin, presence=svc.presence,
         conversation_service=svc.conversations, messaging=svc.messaging,
         call_service=svc.calls, limits=svc.limits, ready=svc.store.ping,
-        metrics=svc.metrics.render)
+        metrics=svc.metrics.render, change_service=svc.changes)
     endpoint: WebSocketEndpoint
 
     def bind(session: Any, principal: Any) -> None:
@@ -253,7 +259,8 @@ def build_asgi(svc: Services) -> tuple[Any, Any]:
     deps = SessionDeps(settings=settings, metrics=svc.metrics, auth=svc.auth,
                        messaging=svc.messaging, presence=svc.presence, calls=svc.calls,
                        rates=FrameRates(rate=settings.rate_per_second,
-                                        burst=settings.rate_burst), bind=bind)
+                                        burst=settings.rate_burst), bind=bind,
+                       changes=svc.changes)
     ws = endpoint = WebSocketEndpoint(settings, svc.metrics, auth=svc.auth,
                                       sessions=svc.sessions, arrivals=svc.arrivals, deps=deps)
 

@@ -141,6 +141,9 @@ class Settings:
                                   group="limits", minimum=1)
     max_group_members: int = setting("MAX_GROUP_MEMBERS", 5000, "members per group",
                                      group="limits", minimum=2)
+    edit_window: float = setting("EDIT_WINDOW", 0.0, "seconds after sending that a message "
+                                 "can still be edited (0: always; deleting is never limited)",
+                                 group="limits", minimum=0)
     # ---- realtime
     outbox_size: int = setting("WS_OUTBOX_SIZE", 512, "frames queued per connection before "
                                "it is cut with 1013 (it resyncs)", group="realtime", minimum=8)

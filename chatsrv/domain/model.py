@@ -6,7 +6,7 @@ import os
 import re
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -144,6 +144,23 @@ class Message:
     message_type: str
     client_msg_id: str | None
     created_at: datetime
+    # message changes (issue 14): its current state
+    reply_to: str | None = None
+    mentions: tuple[str, ...] = ()
+    edited_at: datetime | None = None
+    deleted_at: datetime | None = None
+    deleted_by: str | None = None
+    # as one viewer sees them (filled per viewer by the services; the store leaves it empty)
+    reactions: tuple[Reaction, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    """One emoji on a message: how many users put it there, and whether the viewer did."""
+
+    emoji: str
+    count: int
+    me: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +196,10 @@ class Arrival:
 
     positions: dict[str, tuple[int, Watermarks]]
     contacts: list[str]
+    # message changes (issue 14): unread mentions of the user per conversation, and the
+    # change log's position when they were read (`ready.changes_cursor`)
+    mentions_unread: dict[str, int] = field(default_factory=dict)
+    changes_cursor: int = 0
 
 
 @dataclass(frozen=True, slots=True)

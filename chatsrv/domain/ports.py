@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
+from chatsrv.domain.changes import Change
 from chatsrv.domain.errors import NotFound
 from chatsrv.domain.model import (
     Arrival,
@@ -16,6 +17,7 @@ from chatsrv.domain.model import (
     ConversationSummary,
     ConversationType,
     Message,
+    Reaction,
     RefreshOutcome,
     Role,
     SessionInfo,
@@ -159,6 +161,47 @@ class CallLog(Protocol):
         """A single node starting: no owner of earlier claims is alive."""
         ...
     async def call_owner(self, call_id: str) -> str | None: ...
+
+
+class MessageChanges(Protocol):
+    """Edits, deletes and reactions (issue 14), each committed in one transaction with its
+    entry in the change log (`changes_since`), whose ids are handed out in commit order."""
+
+    async def edit_message(self, message_id: str, *, content: str, mentions: Sequence[str],
+                           at: datetime) -> Message | None:
+        """Set the content, mentions and edited_at of a message that is not deleted, and
+        log `message_edited`. None: no such message, or it is deleted."""
+        ...
+    async def delete_message(self, message_id: str, *, by: str,
+                             at: datetime) -> Message | None:
+        """Empty the message (content "", no mentions, no reactions), mark it deleted and
+        log `message_deleted`. None: no such message, or it was deleted already."""
+        ...
+    async def set_reaction(self, message_id: str, *, user_id: str, emoji: str, add: bool,
+                           at: datetime) -> tuple[Message, dict[str, int], bool] | None:
+        """Add or take back one user's emoji (idempotent). Returns (message, counts per
+        emoji after, whether anything changed: then `reaction_update` is logged). None: no
+        such message, or it is deleted."""
+        ...
+    async def reactions(self, message_ids: Sequence[str],
+                        viewer: str) -> dict[str, tuple[Reaction, ...]]:
+        """message id -> its reactions as `viewer` sees them (only ids that have some),
+        emojis in the order they were first put on the message."""
+        ...
+    async def changes_since(self, user_id: str, after: int, *, limit: int) -> list[Change]:
+        """The logged changes of the user's conversations with id > after, in id order."""
+        ...
+    async def last_change(self) -> int:
+        """The id of the newest change committed (0: none yet)."""
+        ...
+    async def member_ids_by_username(self, conversation_id: str,
+                                     usernames: Sequence[str]) -> dict[str, str]:
+        """lower-cased username -> user id, for the members of the conversation among them."""
+        ...
+    async def mentions_unread(self, user_id: str) -> dict[str, int]:
+        """conversation id -> messages above the user's read watermark that mention them
+        (not deleted); only conversations that have some."""
+        ...
 
 
 class Subscriber(Protocol):

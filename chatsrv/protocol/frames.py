@@ -39,6 +39,7 @@ class ChatMessageIn(Struct):
     content: str
     message_type: str = "text"
     client_msg_id: str | None = None
+    reply_to: str | None = None  # a message of the same conversation (issue 14)
 
 
 class TypingIn(Struct):
@@ -54,6 +55,23 @@ class ReceiptIn(Struct):
 
 class SyncIn(Struct):
     conversations: dict[str, Seq] | None = None
+    changes_since: str | None = None  # a changes_cursor (issue 14)
+
+
+# message changes (issue 14)
+class EditMessageIn(Struct):
+    message_id: str
+    content: str
+
+
+class DeleteMessageIn(Struct):
+    message_id: str
+
+
+class ReactionIn(Struct):
+    message_id: str
+    emoji: str
+    add: bool = True
 
 
 class Empty(Struct, frozen=True):
@@ -139,12 +157,26 @@ class CallEnd(_In, tag="call_end"):
     payload: CallReasonIn
 
 
+class EditMessage(_In, tag="edit_message"):
+    payload: EditMessageIn
+
+
+class DeleteMessage(_In, tag="delete_message"):
+    payload: DeleteMessageIn
+
+
+class Reaction(_In, tag="reaction"):
+    payload: ReactionIn
+
+
 InboundFrame = (ChatMessage | Typing | DeliveryReceipt | ReadReceipt | Sync | Ping | Auth
-                | CallOffer | CallAnswer | IceCandidate | CallReject | CallEnd)
+                | CallOffer | CallAnswer | IceCandidate | CallReject | CallEnd
+                | EditMessage | DeleteMessage | Reaction)
 INBOUND: dict[str, type[_In]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
     for cls in (ChatMessage, Typing, DeliveryReceipt, ReadReceipt, Sync, Ping, Auth,
-                CallOffer, CallAnswer, IceCandidate, CallReject, CallEnd)
+                CallOffer, CallAnswer, IceCandidate, CallReject, CallEnd,
+                EditMessage, DeleteMessage, Reaction)
 }
 
 
@@ -226,6 +258,7 @@ class ConversationPosition(Struct):
     unread: int
     delivered_seq: int
     read_seq: int
+    mentions_unread: int = 0  # messages above read_seq that mention you (issue 14)
 
 
 class Ready(Out):
@@ -237,6 +270,12 @@ class Ready(Out):
     heartbeat_interval: float
     token_expires_at: int
     conversations: dict[str, ConversationPosition]
+    changes_cursor: str = ""  # for sync {changes_since} (issue 14)
+
+
+class ReactionCount(Struct):
+    count: int
+    me: bool
 
 
 class MessagePayload(Out):
@@ -251,6 +290,12 @@ class MessagePayload(Out):
     message_type: str
     client_msg_id: str | None
     created_at: str
+    # its current state (issue 14)
+    edited_at: str | None = None
+    deleted: bool = False
+    reply_to: str | None = None
+    mentions: list[str] = field(default_factory=list)
+    reactions: dict[str, ReactionCount] = field(default_factory=dict)
 
 
 class MessageAck(Out):
@@ -297,11 +342,52 @@ class MemberMarks(Struct):
     read_seq: int
 
 
-class SyncResult(Out):
+class ChangeOut(Struct):
+    """One logged change: a message_edited, message_deleted or reaction_update frame."""
+
+    type: str
+    payload: dict[str, Any]
+
+
+class SyncResult(Out, omit_defaults=True):
     TYPE = "sync_result"
     messages: list[MessagePayload]
     has_more: bool
     watermarks: dict[str, dict[str, MemberMarks]]
+    # with changes_since only (issue 14)
+    changes: list[ChangeOut] | None = None
+    changes_cursor: str | None = None
+    changes_has_more: bool | None = None
+
+
+class MessageEdited(Out):
+    TYPE = "message_edited"
+    message_id: str
+    conversation_id: str
+    seq: int
+    content: str
+    edited_at: str | None
+    mentions: list[str]
+
+
+class MessageDeleted(Out):
+    TYPE = "message_deleted"
+    message_id: str
+    conversation_id: str
+    seq: int
+    deleted_at: str | None
+    deleted_by: str | None
+
+
+class ReactionUpdate(Out):
+    TYPE = "reaction_update"
+    message_id: str
+    conversation_id: str
+    seq: int
+    user_id: str
+    emoji: str
+    add: bool
+    counts: dict[str, int]
 
 
 class MembersAdded(Out):
@@ -401,7 +487,7 @@ OUTBOUND: dict[str, type[Out]] = {
         Ready, MessagePayload, MessageAck, MessageStatus, TypingOut, PresenceUpdate,
         SyncResult, MembersAdded, MemberRemoved, MemberRoleChanged, Pong, AuthOk, ErrorOut,
         CallOfferOut, CallRinging, CallAnswerOut, CallAnsweredElsewhere, IceCandidateOut,
-        CallOver, CallRejectOut)
+        CallOver, CallRejectOut, MessageEdited, MessageDeleted, ReactionUpdate)
 }
 
 _encoder = msgspec.json.Encoder()

@@ -42,6 +42,9 @@ def render_message(m: Message) -> frames.MessagePayload:
         id=m.id, conversation_id=m.conversation_id, seq=m.seq, sender_id=m.sender_id,
         content=m.content, message_type=m.message_type, client_msg_id=m.client_msg_id,
         created_at=iso(m.created_at) or "",
+        edited_at=iso(m.edited_at), deleted=m.deleted_at is not None, reply_to=m.reply_to,
+        mentions=list(m.mentions),
+        reactions={r.emoji: frames.ReactionCount(count=r.count, me=r.me) for r in m.reactions},
     )
 
 

@@ -58,6 +58,11 @@ class SendMessageIn(Struct):
     content: str
     message_type: str = "text"
     client_msg_id: str | None = None
+    reply_to: str | None = None  # a message of the same conversation (issue 14)
+
+
+class EditMessageIn(Struct):
+    content: str
 
 
 class ReceiptBodyIn(Struct):

@@ -12,6 +12,7 @@ from chatsrv.metrics import Metrics
 from chatsrv.services.auth import AdminService, AuthService
 from chatsrv.services.batching import Coalescer
 from chatsrv.services.calls import CallService
+from chatsrv.services.changes import ChangeService
 from chatsrv.services.commit import GroupCommitter
 from chatsrv.services.conversations import ConversationService
 from chatsrv.services.limits import RateLimits
@@ -35,6 +36,7 @@ class Services:
     messaging: MessagingService
     presence: PresenceService
     calls: CallService
+    changes: ChangeService
     commits: GroupCommitter
     # what a connecting user needs (positions for `ready`, contacts for presence), fetched
     # for concurrent connects together

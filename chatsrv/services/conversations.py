@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 
 from chatsrv.domain.errors import Forbidden, Invalid, NotFound
 from chatsrv.domain.model import (
@@ -19,6 +20,7 @@ from chatsrv.domain.model import (
 from chatsrv.domain.ports import Router, Store
 from chatsrv.domain.receipts import unread
 from chatsrv.protocol.frames import Frame, MemberRemoved, MemberRoleChanged, MembersAdded
+from chatsrv.services.changes import ChangeService
 from chatsrv.services.membership import MembershipCache
 
 Statuses = Callable[[Sequence[User]], Awaitable[dict[str, str | None]]]
@@ -26,7 +28,9 @@ Statuses = Callable[[Sequence[User]], Awaitable[dict[str, str | None]]]
 
 class ConversationService:
     def __init__(self, store: Store, router: Router, members: MembershipCache, *,
-                 statuses: Statuses, max_group_members: int) -> None:
+                 statuses: Statuses, max_group_members: int,
+                 changes: ChangeService | None = None) -> None:
+        self._changes = changes  # last messages with their reactions (issue 14)
         self._store = store
         self._router = router
         self._members = members
@@ -35,7 +39,8 @@ class ConversationService:
 
     async def overview(self, user_id: str) -> list[ConversationView]:
         """My conversations, most recent activity first, with members' profiles."""
-        summaries = await self._store.list_conversations(user_id)
+        summaries = await self._with_reactions(
+            user_id, await self._store.list_conversations(user_id))
         users = await self._profiles({m.user_id for s in summaries
                                       for m in s.conversation.members})
         statuses = await self._statuses(list(users.values()))
@@ -55,8 +60,20 @@ class ConversationService:
         me = conv.member(user_id)
         last = (await self._store.list_messages(conv.id, limit=1)
                 if conv.last_seq else [])
-        return ConversationSummary(conv, last[0] if last else None,
-                                   unread(conv.last_seq, me.read_seq if me else conv.last_seq))
+        [summary] = await self._with_reactions(user_id, [ConversationSummary(
+            conv, last[0] if last else None,
+            unread(conv.last_seq, me.read_seq if me else conv.last_seq))])
+        return summary
+
+    async def _with_reactions(self, user_id: str,
+                              summaries: list[ConversationSummary]) -> list[ConversationSummary]:
+        """The last messages as `user_id` sees them: with their reactions."""
+        lasts = [s.last_message for s in summaries if s.last_message is not None]
+        if self._changes is None or not lasts:
+            return summaries
+        seen = {m.id: m for m in await self._changes.decorate(user_id, lasts)}
+        return [replace(s, last_message=seen[s.last_message.id])
+                if s.last_message is not None else s for s in summaries]
 
     async def _profiles(self, user_ids: set[str]) -> dict[str, User]:
         return {u.id: u for u in await self._store.get_users(sorted(user_ids))}

@@ -12,6 +12,7 @@ from chatsrv.domain.ports import Router, Store, Subscriber
 from chatsrv.domain.receipts import status_for
 from chatsrv.protocol.frames import Frame, MessageStatus, TypingOut
 from chatsrv.protocol.render import render_message
+from chatsrv.services.changes import ChangeService, ChangesPage, check_content
 from chatsrv.services.commit import GroupCommitter, Pending
 from chatsrv.services.membership import MembershipCache
 
@@ -24,13 +25,15 @@ class SyncResult:
     messages: list[Message]
     has_more: bool
     watermarks: dict[str, dict[str, Watermarks]]
+    changes: ChangesPage | None = None  # asked for with changes_since (issue 14)
 
 
 class MessagingService:
     def __init__(self, store: Store, router: Router, members: MembershipCache,
                  commits: GroupCommitter, *,
                  max_content_chars: int, history_max_limit: int, history_default_limit: int,
-                 sync_page_size: int) -> None:
+                 sync_page_size: int, changes: ChangeService) -> None:
+        self._changes = changes
         self._store = store
         self._router = router
         self._members = members
@@ -42,7 +45,8 @@ class MessagingService:
 
     async def send(self, user_id: str, *, conversation_id: str, content: str,
                    message_type: str = "text", client_msg_id: str | None = None,
-                   origin: Subscriber | None = None) -> tuple[Message, bool]:
+                   origin: Subscriber | None = None,
+                   reply_to: str | None = None) -> tuple[Message, bool]:
         """Commit; the committer then fans out `new_message` (see `announce`) to every
         member's live connections except `origin`, which gets `message_ack` instead.
 
@@ -51,30 +55,31 @@ class MessagingService:
         """
         pending = await self.submit(user_id, conversation_id=conversation_id, content=content,
                                     message_type=message_type, client_msg_id=client_msg_id,
-                                    origin=origin)
+                                    origin=origin, reply_to=reply_to)
         await pending.done.wait()
         return self.result(pending)
 
     async def submit(self, user_id: str, *, conversation_id: str, content: str,
                      message_type: str = "text", client_msg_id: str | None = None,
-                     origin: Subscriber | None = None) -> Pending:
+                     origin: Subscriber | None = None,
+                     reply_to: str | None = None) -> Pending:
         """`send` without waiting for the commit: validates (raises Invalid at once) and
         queues; `result(pending)` once `pending.done` is set."""
         conversation_id = parse_id(conversation_id, "conversation_id")
-        if not content or not content.strip():
-            raise Invalid("content must not be empty", field="content")
-        if len(content) > self._max_content:
-            raise Invalid(f"content is longer than {self._max_content} characters",
-                          code="content_too_long", field="content")
+        check_content(content, max_chars=self._max_content)
         if not MESSAGE_TYPE.match(message_type):
             raise Invalid("message_type must be a short lowercase word", field="message_type")
         if client_msg_id is not None and not 1 <= len(client_msg_id) <= MAX_CLIENT_MSG_ID:
             raise Invalid(f"client_msg_id must be 1-{MAX_CLIENT_MSG_ID} characters",
                           field="client_msg_id")
+        # replies and mentions (issue 14): a query each, only when the message has them
+        if reply_to is not None:
+            reply_to = await self._changes.reply_target(conversation_id, reply_to)
+        mentions = await self._changes.mentions(conversation_id, content)
         return await self._commits.submit(Message(
             id=new_id(), conversation_id=conversation_id, seq=0, sender_id=user_id,
             content=content, message_type=message_type, client_msg_id=client_msg_id,
-            created_at=utcnow(),
+            created_at=utcnow(), reply_to=reply_to, mentions=mentions,
         ), origin=origin)
 
     @staticmethod
@@ -118,7 +123,7 @@ class MessagingService:
         del rows[limit:]
         if after_seq is None:
             rows.reverse()  # fetched newest first
-        return rows, has_more
+        return await self._changes.decorate(user_id, rows), has_more
 
     async def status(self, user_id: str, message_id: str) -> tuple[Message, dict[str, str]]:
         """A message and what each other member has of it: sent, delivered or read (from
@@ -178,13 +183,19 @@ class MessagingService:
                 timestamp_ms=ms)))
         return after
 
-    async def sync(self, user_id: str, since: Mapping[str, int] | None) -> SyncResult:
+    async def sync(self, user_id: str, since: Mapping[str, int] | None, *,
+                   changes_since: str | None = None) -> SyncResult:
         """Everything the user missed, per conversation in seq order, at most one page.
 
         `since` maps conversation id -> last seq the client saw; without it, each
         conversation starts at the user's delivered watermark. Raises NotFound for a
-        conversation that is not the user's.
+        conversation that is not the user's. `changes_since` (a changes cursor): also the
+        edits, deletes and reactions since then (Invalid for a cursor not ours).
         """
+        # changes first: a message changed after this point is sent in its new state
+        # below, and its change again next time (applying a change twice is harmless)
+        changes = (None if changes_since is None
+                   else await self._changes.changes_since(user_id, changes_since))
         positions = await self._store.conversation_positions(user_id)
         if since is None:
             start = {cid: marks.delivered_seq for cid, (_, marks) in positions.items()}
@@ -214,7 +225,9 @@ class MessagingService:
                 has_more = True
         everywhere = await self._store.watermarks_of_my_conversations(user_id)
         watermarks = {cid: everywhere.get(cid, {}) for cid in start}
-        return SyncResult(messages=messages, has_more=has_more, watermarks=watermarks)
+        messages = await self._changes.decorate(user_id, messages)
+        return SyncResult(messages=messages, has_more=has_more, watermarks=watermarks,
+                          changes=changes)
 
     async def typing(self, user_id: str, conversation_id: str, is_typing: bool, *,
                      check: bool = True) -> None:

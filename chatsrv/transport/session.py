@@ -27,6 +27,7 @@ from typing import Any
 import trio
 
 from chatsrv.config import Settings
+from chatsrv.domain.changes import encode_cursor
 from chatsrv.domain.errors import ChatError, Forbidden, Internal, RateLimited
 from chatsrv.domain.model import Arrival, Device, Principal, iso, new_id, parse_id, utcnow
 from chatsrv.domain.ratelimit import TokenBucket
@@ -38,6 +39,7 @@ from chatsrv.protocol.render import render_ack, render_error, render_marks, rend
 from chatsrv.protocol.rest import decode_since
 from chatsrv.services.auth import AuthService
 from chatsrv.services.calls import CallService
+from chatsrv.services.changes import ChangeService
 from chatsrv.services.commit import Pending
 from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
@@ -83,6 +85,7 @@ class SessionDeps:
     rates: FrameRates
     # the endpoint: this connection now runs on a new principal (after `auth`)
     bind: Callable[[Session, Principal], None]
+    changes: ChangeService  # edits, deletes, reactions (issue 14)
 
 
 class Session:
@@ -124,6 +127,9 @@ class Session:
             f.IceCandidate: self._ice_candidate,
             f.CallReject: self._call_reject,
             f.CallEnd: self._call_end,
+            f.EditMessage: self._edit_message,
+            f.DeleteMessage: self._delete_message,
+            f.Reaction: self._reaction,
         }
 
     def _acks_init(self) -> None:
@@ -190,14 +196,17 @@ class Session:
         s = self._deps.settings
         arrival = self.arrival
         positions = arrival.positions if arrival else {}
+        mentions = arrival.mentions_unread if arrival else {}
         self.send_nowait(f.Frame(f.Ready(
             user_id=self.user_id, session_id=self.connection_id, server_time=iso(utcnow()) or "",
             node_id=s.node_id, heartbeat_interval=s.heartbeat_interval,
             token_expires_at=int(self.expires_at),
             conversations={cid: f.ConversationPosition(
                 last_seq=last, unread=max(0, last - marks.read_seq),
-                delivered_seq=marks.delivered_seq, read_seq=marks.read_seq)
-                for cid, (last, marks) in positions.items()})))
+                delivered_seq=marks.delivered_seq, read_seq=marks.read_seq,
+                mentions_unread=mentions.get(cid, 0))
+                for cid, (last, marks) in positions.items()},
+            changes_cursor=encode_cursor(arrival.changes_cursor if arrival else 0))))
 
     async def _writer(self) -> None:
         try:
@@ -268,7 +277,8 @@ class Session:
         read_at = trio.current_time()
         pending = await self._deps.messaging.submit(
             self.user_id, conversation_id=p.conversation_id, content=p.content,
-            message_type=p.message_type, client_msg_id=p.client_msg_id, origin=self)
+            message_type=p.message_type, client_msg_id=p.client_msg_id, origin=self,
+            reply_to=p.reply_to)
         self._in_flight += 1
         self._settled = trio.Event() if self._settled.is_set() else self._settled
         # waits when MAX_IN_FLIGHT are out
@@ -308,14 +318,22 @@ class Session:
                                            up_to_seq=p.up_to_seq)
 
     async def _sync(self, frame: f.Sync) -> None:
-        await self._send_sync(frame.payload.conversations, frame.ref)
+        await self._send_sync(frame.payload.conversations, frame.ref,
+                              changes_since=frame.payload.changes_since)
 
-    async def _send_sync(self, since: dict[str, int] | None, ref: f.Ref) -> None:
-        result = await self._deps.messaging.sync(self.user_id, since)
+    async def _send_sync(self, since: dict[str, int] | None, ref: f.Ref, *,
+                         changes_since: str | None = None) -> None:
+        result = await self._deps.messaging.sync(self.user_id, since,
+                                                 changes_since=changes_since)
+        page = result.changes
         self.send_nowait(f.Frame(f.SyncResult(
             messages=[render_message(m) for m in result.messages], has_more=result.has_more,
             watermarks={cid: {uid: render_marks(w) for uid, w in marks.items()}
-                        for cid, marks in result.watermarks.items()}), ref=ref))
+                        for cid, marks in result.watermarks.items()},
+            changes=None if page is None else [f.ChangeOut(type=c.type, payload=c.payload)
+                                               for c in page.changes],
+            changes_cursor=None if page is None else page.cursor,
+            changes_has_more=None if page is None else page.has_more), ref=ref))
 
     async def _initial_sync(self, since: str) -> None:
         """`?since=` on the URL: a `sync` before anything else (errors as `error` frames)."""
@@ -324,6 +342,22 @@ class Session:
             await self._send_sync(positions, None)
         except ChatError as exc:
             self.error(exc, None)
+
+    # ------------------------------------------------------------------ message changes
+
+    async def _edit_message(self, frame: f.EditMessage) -> None:
+        p = frame.payload
+        await self._deps.changes.edit(self.user_id, p.message_id, p.content, origin=self,
+                                      ref=frame.ref)
+
+    async def _delete_message(self, frame: f.DeleteMessage) -> None:
+        await self._deps.changes.delete(self.user_id, frame.payload.message_id, origin=self,
+                                        ref=frame.ref)
+
+    async def _reaction(self, frame: f.Reaction) -> None:
+        p = frame.payload
+        await self._deps.changes.react(self.user_id, p.message_id, p.emoji, p.add,
+                                       origin=self, ref=frame.ref)
 
     # ------------------------------------------------------------------ typing
 

@@ -13,12 +13,14 @@ import pytest
 import trio_asyncio
 
 from chatsrv.adapters.storage.calls import SqlCallLog
+from chatsrv.adapters.storage.changes import SqlChanges
 from chatsrv.adapters.storage.memory import MemoryCallLog, MemoryStore
+from chatsrv.adapters.storage.memory_changes import MemoryChanges
 from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.sql import SqlStore
 from chatsrv.app import open_database
 from chatsrv.config import Settings
-from chatsrv.domain.ports import CallLog, Store
+from chatsrv.domain.ports import CallLog, MessageChanges, Store
 from tests.conftest import BACKENDS
 
 CONTRACT_BACKENDS = ["memory", *BACKENDS]
@@ -52,3 +54,12 @@ def call_log(store: Store) -> CallLog:
         return MemoryCallLog(store)
     assert isinstance(store, SqlStore)
     return SqlCallLog(store.db)
+
+
+@pytest.fixture
+def changes(store: Store) -> MessageChanges:
+    """Message changes beside `store`, on the same tables (issue 14)."""
+    if isinstance(store, MemoryStore):
+        return MemoryChanges(store)
+    assert isinstance(store, SqlStore)
+    return SqlChanges(store.db)

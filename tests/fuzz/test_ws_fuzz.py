@@ -57,6 +57,8 @@ ERROR_CODES = {  # docs/protocol.md, "Error codes", the ones a WebSocket frame m
     "not_found", "rate_limited", "call_not_found", "call_not_ringing", "call_over",
     "call_exists", "already_in_call", "not_in_call", "not_a_contact", "unavailable",
     "conflict", "blocked", "unknown_user",
+    # message changes (issue 14)
+    "already_deleted", "edit_window_closed",
     # the `auth` frame's token checks
     "invalid_token", "token_expired", "session_revoked", "account_deactivated",
 }
@@ -184,6 +186,14 @@ def _field_values(world: World) -> dict[str, st.SearchStrategy[Any]]:
              "sdpMLineIndex": st.one_of(st.none(), hostile_int)}), any_json),
         "media": st.one_of(st.sampled_from(["audio", "video"]), hostile_text),
         "reason": st.one_of(st.none(), st.just("busy"), hostile_text, any_json),
+        # message changes (issue 14)
+        "emoji": st.one_of(st.sampled_from(["👍", ":+1:", "", "👍👍", ":X:", "\u200d"]),
+                           hostile_text, any_json),
+        "add": st.one_of(st.booleans(), any_json),
+        "reply_to": st.one_of(st.none(), ids),
+        "changes_since": st.one_of(st.none(), st.sampled_from(["c0", "c1", "c" + "9" * 30,
+                                                               "bogus", ""]),
+                                   hostile_text, any_json),
     }
 
 
@@ -207,6 +217,10 @@ def _valid_values(world: World) -> dict[str, st.SearchStrategy[Any]]:
                               "sdpMid": "0", "sdpMLineIndex": 0}),
         "media": st.sampled_from(["audio", "video"]),
         "reason": st.sampled_from([None, "busy", "hangup"]),
+        "emoji": st.sampled_from(["👍", ":+1:", "🇫🇷"]),
+        "add": st.booleans(),
+        "reply_to": st.none(),
+        "changes_since": st.just("c0"),
     }
 
 

@@ -12,10 +12,12 @@ import trio
 
 from chatsrv.adapters.memory import LOCAL_INSTANCE, LocalDirectory, LocalRouter, NoBus
 from chatsrv.adapters.storage.memory import MemoryCallLog, MemoryStore
+from chatsrv.adapters.storage.memory_changes import MemoryChanges
 from chatsrv.domain.model import ConversationType, Device, Role, User, new_id, utcnow
 from chatsrv.metrics import Metrics
 from chatsrv.protocol import frames as f
 from chatsrv.services.calls import CallService
+from chatsrv.services.changes import ChangeService
 from chatsrv.services.commit import GroupCommitter
 from chatsrv.services.membership import MembershipCache
 from chatsrv.services.messaging import MessagingService
@@ -54,6 +56,7 @@ class World:
     commits: GroupCommitter
     history: MemoryCallLog
     nursery: trio.Nursery
+    changes: ChangeService  # message changes (issue 14)
 
     async def user(self) -> User:
         name = f"u{new_id()[:8]}"
@@ -86,9 +89,12 @@ async def world() -> AsyncIterator[World]:
     directory = LocalDirectory()
     members = MembershipCache(store, ttl=5.0)  # type: ignore[arg-type]
     commits = GroupCommitter(store, Metrics(), max_batch=64, queue_size=256, writers=2)  # type: ignore[arg-type]
+    changes = ChangeService(store, MemoryChanges(store), router, members,  # type: ignore[arg-type]
+                            max_content_chars=4000, edit_window=0, page_size=200)
     messaging = MessagingService(store, router, members, commits,  # type: ignore[arg-type]
                                  max_content_chars=4000, history_max_limit=100,
-                                 history_default_limit=50, sync_page_size=200)
+                                 history_default_limit=50, sync_page_size=200,
+                                 changes=changes)
     presence = PresenceService(store, router, directory, grace=GRACE,  # type: ignore[arg-type]
                                cleanup_deadline=1.0)
     history = MemoryCallLog(store)
@@ -102,5 +108,6 @@ async def world() -> AsyncIterator[World]:
             await nursery.start(commits.run_lane, lane, messaging.announce)
         await nursery.start(presence.run)
         await nursery.start(calls.run)
-        yield World(store, router, messaging, presence, calls, commits, history, nursery)
+        yield World(store, router, messaging, presence, calls, commits, history, nursery,
+                    changes)
         nursery.cancel_scope.cancel()

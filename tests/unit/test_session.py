@@ -81,7 +81,8 @@ def deps_for(world: World, settings: Settings) -> SessionDeps:
     auth, _, _ = build_auth(world.store, settings)  # type: ignore[arg-type]
     return SessionDeps(settings=settings, metrics=Metrics(), auth=auth,
                        messaging=world.messaging, presence=world.presence, calls=world.calls,
-                       rates=FrameRates(rate=1000, burst=1000), bind=lambda s, p: None)
+                       rates=FrameRates(rate=1000, burst=1000), bind=lambda s, p: None,
+                       changes=world.changes)
 
 
 @pytest.fixture

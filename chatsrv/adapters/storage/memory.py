@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import trio
 
+from chatsrv.domain.changes import Change
 from chatsrv.domain.errors import Conflict, Invalid, NotFound
 from chatsrv.domain.model import (
     NO_ID,
@@ -268,6 +269,11 @@ class MemoryStore(_Faults):
         self._sessions_of: dict[str, dict[str, None]] = {}  # user id -> session ids
         self._tokens: dict[str, _TokenRow] = {}  # token hash -> token
         self._families: dict[str, list[str]] = {}  # family id -> token hashes
+        # message changes (issue 14; MemoryChanges in memory_changes.py works on these):
+        # message id -> (user id, emoji) -> when; the change log in id order; its clock
+        self._reactions: dict[str, dict[tuple[str, str], datetime]] = {}
+        self._changes: list[Change] = []
+        self._change_clock = 0
 
     # users -----------------------------------------------------------------------------
 
@@ -572,7 +578,9 @@ class MemoryStore(_Faults):
     def arrivals(self, user_ids: Sequence[str]) -> dict[str, Arrival]:
         """Positions and contacts of several users (every id given is a key)."""
         ids = {u: _uuid(u, "user_id") for u in user_ids}
-        return {u: Arrival(self._positions(uid), self._contacts(uid)) for u, uid in ids.items()}
+        return {u: Arrival(self._positions(uid), self._contacts(uid),
+                           self._mentions_unread(uid), self._change_clock)
+                for u, uid in ids.items()}
 
     # messages --------------------------------------------------------------------------
 
@@ -692,6 +700,16 @@ class MemoryStore(_Faults):
         for cid in self._memberships.get(uid, {}):
             conv = self._conversations[cid]
             out[cid] = (conv.last_seq, conv.members[uid].marks())
+        return out
+
+    def _mentions_unread(self, uid: str) -> dict[str, int]:
+        out = {}
+        for cid in self._memberships.get(uid, {}):
+            conv = self._conversations[cid]
+            n = sum(1 for m in conv.messages[conv.members[uid].read_seq:]
+                    if uid in m.mentions and m.deleted_at is None)
+            if n:
+                out[cid] = n
         return out
 
     def _check_new_token(self, token_hash: str) -> None:
@@ -867,6 +885,7 @@ def _stored_form(d: Message) -> Message:
     return replace(d, id=_uuid(d.id, "message_id"),
                    conversation_id=_uuid(d.conversation_id, "conversation_id"),
                    sender_id=_uuid(d.sender_id, "sender_id"),
+                   reply_to=None if d.reply_to is None else _uuid(d.reply_to, "reply_to"),
                    client_msg_id=_opt_text(d.client_msg_id), created_at=_ts(d.created_at))
 
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from chatsrv.adapters.storage.base import Database, Op, UniqueViolation, exec_, one, rows, val
-from chatsrv.adapters.storage.rows import MESSAGE_COLS, message_of
+from chatsrv.adapters.storage.rows import MESSAGE_COLS, mentions_json, message_of
 from chatsrv.domain.errors import NotFound
 from chatsrv.domain.model import Message, Watermarks
 from chatsrv.domain.receipts import advance
@@ -29,8 +29,8 @@ WHERE id = $1 AND EXISTS (SELECT 1 FROM conversation_members
                           WHERE conversation_id = $1 AND user_id = $2)
 RETURNING last_seq"""
 INSERT_MESSAGE = """INSERT INTO messages (id, conversation_id, seq, sender_id, content, message_type,
-                      client_msg_id, created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"""
+                      client_msg_id, created_at, reply_to, mentions)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"""
 # the sender has obviously seen what they sent
 SENDER_READ = """UPDATE conversation_members SET delivered_seq = $3, read_seq = $3
 WHERE conversation_id = $1 AND user_id = $2 AND read_seq < $3"""
@@ -44,9 +44,9 @@ FIND_BY_CLIENT_IDS_PG = f"""SELECT {MESSAGE_COLS} FROM messages
 WHERE (sender_id, client_msg_id) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))"""
 APPEND_BATCH_PG = """WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
-                         $6::text[], $7::timestamptz[])
+                         $6::text[], $7::timestamptz[], $8::uuid[], $9::text[])
         WITH ORDINALITY AS t(id, conversation_id, sender_id, content, message_type,
-                             client_msg_id, created_at, ord)
+                             client_msg_id, created_at, reply_to, mentions, ord)
 ), allowed AS (
     SELECT i.* FROM input i
     WHERE EXISTS (SELECT 1 FROM conversation_members cm
@@ -66,9 +66,9 @@ APPEND_BATCH_PG = """WITH input AS (
     FROM allowed a JOIN bumped b ON b.id = a.conversation_id
 ), inserted AS (
     INSERT INTO messages (id, conversation_id, seq, sender_id, content, message_type,
-                          client_msg_id, created_at)
+                          client_msg_id, created_at, reply_to, mentions)
     SELECT id, conversation_id, seq, sender_id, content, message_type, client_msg_id,
-           created_at FROM numbered
+           created_at, reply_to, mentions FROM numbered
     RETURNING id, seq
 ), sender_read AS (
     UPDATE conversation_members cm
@@ -230,7 +230,8 @@ def _append(d: Message) -> Op[tuple[Message, bool] | NotFound]:
     if seq is None:
         return NotFound("conversation not found")
     yield exec_(INSERT_MESSAGE, d.id, d.conversation_id, seq, d.sender_id, d.content,
-                d.message_type, d.client_msg_id, d.created_at)
+                d.message_type, d.client_msg_id, d.created_at, d.reply_to,
+                mentions_json(d.mentions))
     yield exec_(SENDER_READ, d.conversation_id, d.sender_id, seq)
     return replace(d, seq=int(seq)), True
 
@@ -243,7 +244,8 @@ def _append_batch_pg(drafts: Sequence[Message]) -> Op[list[tuple[Message, bool] 
         APPEND_BATCH_PG, [d.id for d in drafts], [d.conversation_id for d in drafts],
         [d.sender_id for d in drafts], [d.content for d in drafts],
         [d.message_type for d in drafts], [d.client_msg_id for d in drafts],
-        [d.created_at for d in drafts])
+        [d.created_at for d in drafts], [d.reply_to for d in drafts],
+        [mentions_json(d.mentions) for d in drafts])
     seqs = {str(r["id"]): int(r["seq"]) for r in inserted}
     stored: dict[tuple[str, str], Message] = {}
     left_out = [d for d in drafts if d.id not in seqs and d.client_msg_id is not None]

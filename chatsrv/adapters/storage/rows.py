@@ -3,6 +3,7 @@ datetime or ISO text)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +36,16 @@ def message_of(r: Row) -> Message:
         id=str(r["id"]), conversation_id=str(r["conversation_id"]), seq=int(r["seq"]),
         sender_id=str(r["sender_id"]), content=r["content"], message_type=r["message_type"],
         client_msg_id=r["client_msg_id"], created_at=ts(r["created_at"]),
+        reply_to=None if r["reply_to"] is None else str(r["reply_to"]),
+        mentions=tuple(json.loads(r["mentions"])) if r["mentions"] != "[]" else (),
+        edited_at=opt_ts(r["edited_at"]), deleted_at=opt_ts(r["deleted_at"]),
+        deleted_by=None if r["deleted_by"] is None else str(r["deleted_by"]),
     )
+
+
+def mentions_json(mentions: Sequence[str]) -> str:
+    """The messages.mentions column: a JSON array of user id strings."""
+    return json.dumps(list(mentions), separators=(",", ":"))
 
 
 def member_of(r: Row) -> Member:
@@ -55,5 +65,6 @@ def conversation_of(r: Row, members: Sequence[Member] = ()) -> Conversation:
 
 USER_COLS = ("id, username, email, display_name, created_at, last_seen, is_admin, "
              "deactivated_at")
-MESSAGE_COLS = "id, conversation_id, seq, sender_id, content, message_type, client_msg_id, created_at"
+MESSAGE_COLS = ("id, conversation_id, seq, sender_id, content, message_type, client_msg_id, "
+                "created_at, reply_to, mentions, edited_at, deleted_at, deleted_by")
 CONV_COLS = "id, type, name, created_by, created_at, last_seq"

@@ -11,6 +11,11 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from chatsrv.adapters.storage.base import Database, Op, Row, UniqueViolation, exec_, one, rows, val
+from chatsrv.adapters.storage.changes import (
+    LAST_CHANGE,
+    mentions_unread_many_pg,
+    mentions_unread_op,
+)
 from chatsrv.adapters.storage.messages import MEMBERS_OF_MY_CONVERSATIONS, MessageStore
 from chatsrv.adapters.storage.rows import (
     CONV_COLS,
@@ -286,7 +291,17 @@ class SqlStore(MessageStore, SessionStore):
                 for u in user_ids:
                     positions[u] = {str(r["id"]): _position(r) for r in (yield rows(POSITIONS, u))}
                     contacts[u] = [str(r["user_id"]) for r in (yield rows(CONTACTS, u))]
-            return {u: Arrival(positions[u], contacts[u]) for u in user_ids}
+            # message changes (issue 14): the cursor before anything else this connection
+            # will see, so a change racing with the connect is delivered twice, not lost
+            cursor = int((yield val(LAST_CHANGE)) or 0)
+            if self.db.dialect == "postgres":
+                mentions = yield from mentions_unread_many_pg(user_ids)
+            else:
+                mentions = {}
+                for u in user_ids:
+                    mentions[u] = yield from mentions_unread_op(u)
+            return {u: Arrival(positions[u], contacts[u], mentions[u], cursor)
+                    for u in user_ids}
 
         return await self.db.run(op(), write=False)
 

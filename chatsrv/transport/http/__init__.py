@@ -15,11 +15,22 @@ from quart_trio import QuartTrio
 from chatsrv.config import Settings
 from chatsrv.services.auth import AdminService, AuthService
 from chatsrv.services.calls import CallService
+from chatsrv.services.changes import ChangeService
 from chatsrv.services.conversations import ConversationService
 from chatsrv.services.limits import RateLimits
 from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
-from chatsrv.transport.http import admin, auth, calls, conversations, docs, messages, ops, users
+from chatsrv.transport.http import (
+    admin,
+    auth,
+    calls,
+    changes,
+    conversations,
+    docs,
+    messages,
+    ops,
+    users,
+)
 from chatsrv.transport.http.api import Api
 from chatsrv.transport.http.edge import Edge
 
@@ -28,7 +39,8 @@ def create_app(settings: Settings, *, auth_service: AuthService, admin_service: 
                presence: PresenceService, conversation_service: ConversationService,
                messaging: MessagingService, call_service: CallService, limits: RateLimits,
                ready: Callable[[], Awaitable[None]],
-               metrics: Callable[[], tuple[bytes, str]]) -> QuartTrio:
+               metrics: Callable[[], tuple[bytes, str]],
+               change_service: ChangeService) -> QuartTrio:
     """The Quart app for everything but the WebSocket (see transport/ws.py)."""
     app = QuartTrio("chatsrv", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -40,6 +52,7 @@ def create_app(settings: Settings, *, auth_service: AuthService, admin_service: 
     admin.register(api, edge, auth=auth_service, admin=admin_service)
     conversations.register(api, edge, conversations=conversation_service)
     messages.register(api, edge, messaging=messaging, settings=settings)
+    changes.register(api, edge, changes=change_service)
     calls.register(api, edge, calls=call_service)
     ops.register(api, settings=settings, ready=ready, metrics=metrics)
     docs.register(api)

@@ -434,11 +434,12 @@ function onSyncResult(p, ref) {
   }
   invalidate('sidebar', 'messages');
   if (!S.sync || (ref && ref !== S.sync.ref)) return;
-  if (!p.has_more || !p.messages?.length) { S.sync = null; return; }
+  const changes = X.syncMore(p); // {changes_since} while the changes come in pages too
+  if ((!p.has_more || !p.messages?.length) && !changes) { S.sync = null; return; }
   const since = { ...S.sync.since };
-  for (const m of p.messages) if (m.conversation_id in since) since[m.conversation_id] = Math.max(since[m.conversation_id], m.seq);
+  for (const m of p.messages || []) if (m.conversation_id in since) since[m.conversation_id] = Math.max(since[m.conversation_id], m.seq);
   S.sync = { ref: uuid(), since };
-  send('sync', { conversations: since }, S.sync.ref);
+  send('sync', { conversations: since, ...changes }, S.sync.ref);
 }
 
 function onAck(p) {

@@ -6,6 +6,7 @@
 
 let C = null;                 // the app's context (features.js)
 let cursor = null;            // the latest changes cursor we hold
+let readyCursor = null;       // this connection's ready.changes_cursor
 const acting = new Map();     // ref -> what we asked ('edit' | 'delete' | 'react'), for errors
 const goneListeners = new Set();
 
@@ -95,6 +96,14 @@ const FAILED = { edit: 'Could not edit the message', delete: 'Could not delete t
                  react: 'Could not react' };
 
 export function onError(p, ref) {
+  const sync = C.S.sync;
+  if (ref && sync?.ref === ref && (p.field === 'changes_since' || /changes_since/.test(p.message || ''))) {
+    // a cursor this server did not hand out (a restored database): sync the messages
+    // without it, and go on from this connection's `ready` cursor
+    cursor = readyCursor;
+    C.send('sync', { conversations: sync.since }, ref);
+    return true;
+  }
   const kind = ref && acting.get(ref);
   if (!kind) return false;
   acting.delete(ref);
@@ -107,7 +116,8 @@ export function onError(p, ref) {
 export const syncExtra = () => (cursor ? { changes_since: cursor } : {});
 
 export function onReady(p) {
-  if (cursor == null && p.changes_cursor) cursor = p.changes_cursor;
+  readyCursor = p.changes_cursor || null;
+  if (cursor == null) cursor = readyCursor;
 }
 
 export function onSyncResult(p) {
@@ -115,8 +125,12 @@ export function onSyncResult(p) {
   if (p.changes_cursor) cursor = p.changes_cursor;
 }
 
+// The next page of changes, asked with the next sync while `changes_has_more`.
+export const syncMore = (p) => (p.changes_has_more && p.changes_cursor ? { changes_since: p.changes_cursor } : null);
+
 export function signOut() {
   cursor = null;
+  readyCursor = null;
   acting.clear();
 }
 

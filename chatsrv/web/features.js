@@ -29,6 +29,7 @@ export function installFeatures(ctx) {
     syncExtra: () => changes.syncExtra(),
     onReady: (p) => { changes.onReady(p); msgview.onReady(p); settings.onReady(p); },
     onSyncResult: (p) => changes.onSyncResult(p),
+    syncMore: (p) => changes.syncMore(p),
     mergeConv: (conv, c) => settings.mergeConv(conv, c),
     start: () => each('start'),
     signOut: () => { composer.cancelModes(); each('signOut'); },

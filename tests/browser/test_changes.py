@@ -90,4 +90,8 @@ def test_edit_react_reply_mention_delete_live_and_after_reconnect(people) -> Non
     expect(bob.message("Hello Bob (edited while you were away)")).to_be_visible()
     expect(bob.reaction("Hello Bob (edited while you were away)", "👍").locator(".reaction-count")).to_have_text("1")
     expect(bob.page.locator("#messages .msg.deleted")).to_have_count(2)
+    # the changes since his last cursor (live frames carry none: since his first `ready`),
+    # in pages of two (SYNC_PAGE_SIZE in conftest.py): asked for page after page
+    asked = [f for f in bob.frames if f.startswith('-> {"type":"sync"') and '"changes_since"' in f]
+    assert len(asked) >= 2, asked
     people.shoot("caught-up")

@@ -20,6 +20,7 @@ from hypercorn.config import Config as HypercornConfig
 from chatsrv.adapters.aio import contain_asyncio_errors
 from chatsrv.adapters.memory import LOCAL_INSTANCE, LocalDirectory, LocalRouter, NoBus
 from chatsrv.adapters.storage.base import Database
+from chatsrv.adapters.storage.blocks import SqlBlocks
 from chatsrv.adapters.storage.calls import SqlCallLog
 from chatsrv.adapters.storage.changes import SqlChanges
 from chatsrv.adapters.storage.migrate import migrate
@@ -39,6 +40,7 @@ from chatsrv.services.limits import Limiter, LocalLimiter, RateLimits
 from chatsrv.services.membership import MembershipCache
 from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
+from chatsrv.services.privacy import PrivacyCache, PrivacyService
 from chatsrv.services.sessions import SessionRegistry
 from chatsrv.tasks import StartupError, as_startup_error, leaves, open_background, supervised
 
@@ -158,6 +160,11 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                                   notify=directory.members_changed,
                                   confirmed=lambda: directory.confirmed)
         directory.on_members_changed(members.invalidate)
+        blocks = SqlBlocks(db)
+        privacy_cache = PrivacyCache(blocks, ttl=settings.member_cache_ttl,
+                                     notify=directory.privacy_changed,
+                                     confirmed=lambda: directory.confirmed)
+        directory.on_privacy_changed(privacy_cache.invalidate)
         auth, sessions, limits = build_auth(store, settings, limiter=routing.limiter)
         sessions.publish_with(directory.sessions_revoked)
         directory.on_sessions_revoked(sessions.apply)
@@ -166,7 +173,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                                  queue_size=settings.commit_queue_size,
                                  writers=settings.db_writers if settings.database_url else 1)
         presence = PresenceService(store, router, directory, grace=settings.presence_grace,
-                                   cleanup_deadline=settings.cleanup_deadline)
+                                   cleanup_deadline=settings.cleanup_deadline,
+                                   privacy=privacy_cache)
         if routing.on_users_back is not None:
             routing.on_users_back(presence.users_back)
         changes = ChangeService(store, SqlChanges(db), router, members,
@@ -175,23 +183,28 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                                 page_size=settings.sync_page_size)
         conversations = ConversationService(
             store, router, members, statuses=presence.statuses,
-            max_group_members=settings.max_group_members, changes=changes)
+            max_group_members=settings.max_group_members, changes=changes,
+            privacy=privacy_cache, seen=presence.seen)
         messaging = MessagingService(store, router, members, commits,
                                      max_content_chars=settings.max_content_chars,
                                      history_max_limit=settings.history_max_limit,
                                      history_default_limit=settings.history_default_limit,
-                                     sync_page_size=settings.sync_page_size, changes=changes)
+                                     sync_page_size=settings.sync_page_size, changes=changes,
+                                     privacy=privacy_cache)
         calls = CallService(store, SqlCallLog(db), router, directory, routing.bus,
                             routing.signals, instance=routing.instance,
                             ring_timeout=settings.ring_timeout, stun_urls=settings.stun_urls,
                             turn_urls=settings.turn_urls, turn_secret=settings.turn_secret,
-                            turn_ttl=settings.turn_ttl, record_deadline=settings.cleanup_deadline)
+                            turn_ttl=settings.turn_ttl, record_deadline=settings.cleanup_deadline,
+                            privacy=privacy_cache)
         svc = Services(
             settings=settings, store=store, router=router, members=members,
             auth=auth, sessions=sessions, admin=AdminService(store, auth), limits=limits,
             conversations=conversations, messaging=messaging, presence=presence,
             changes=changes, commits=commits, arrivals=Coalescer(store.arrivals, max_batch=settings.commit_batch),
             calls=calls, metrics=metrics,
+            privacy=PrivacyService(store.get_user, blocks, privacy_cache, presence, router),
+            privacy_cache=privacy_cache,
         )
         _gauges(metrics, svc)
         supervise = partial(supervised, failures=metrics.task_failures,
@@ -250,6 +263,7 @@ def build_asgi(svc: Services) -> tuple[Any, Any]:
         settings, auth_service=svc.auth, admin_service=svc.admin, presence=svc.presence,
         conversation_service=svc.conversations, messaging=svc.messaging,
         call_service=svc.calls, limits=svc.limits, ready=svc.store.ping,
+        privacy=svc.privacy,
         metrics=svc.metrics.render, change_service=svc.changes)
     endpoint: WebSocketEndpoint
 
@@ -258,6 +272,7 @@ def build_asgi(svc: Services) -> tuple[Any, Any]:
 
     deps = SessionDeps(settings=settings, metrics=svc.metrics, auth=svc.auth,
                        messaging=svc.messaging, presence=svc.presence, calls=svc.calls,
+                       privacy=svc.privacy,
                        rates=FrameRates(rate=settings.rate_per_second,
                                         burst=settings.rate_burst), bind=bind,
                        changes=svc.changes)

@@ -161,7 +161,8 @@ class Settings:
     rate_burst: float = setting("RATE_BURST", 60.0, "WebSocket frame burst per user",
                                 group="realtime", minimum=1)
     member_cache_ttl: float = setting("MEMBER_CACHE_TTL", 5.0, "seconds a conversation's "
-                                      "cached member list lives", group="realtime", minimum=0)
+                                      "cached member list (and a user's cached blocks and "
+                                      "privacy settings) lives", group="realtime", minimum=0)
     # ---- calls
     ring_timeout: float = setting("RING_TIMEOUT", 45.0, "seconds a call rings before it is "
                                   "missed", group="calls", minimum=1)

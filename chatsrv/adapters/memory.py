@@ -129,3 +129,9 @@ class LocalDirectory:
 
     def on_sessions_revoked(self, callback: Callable[[list[str]], None]) -> None:
         pass
+
+    async def privacy_changed(self, user_ids: list[str]) -> None:
+        await trio.lowlevel.checkpoint()  # no other node to tell
+
+    def on_privacy_changed(self, callback: Callable[[list[str] | None], None]) -> None:
+        pass  # no other node to hear from

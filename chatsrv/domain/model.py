@@ -80,6 +80,10 @@ class User:
     last_seen: datetime | None = None
     is_admin: bool = False
     deactivated_at: datetime | None = None
+    # privacy settings (PATCH /api/users/me): shown offline to others, reads shown as
+    # delivered only to others
+    presence_visible: bool = True
+    read_receipts_visible: bool = True
 
     @property
     def active(self) -> bool:
@@ -265,3 +269,27 @@ class CallRecord:
     started_at: datetime
     answered_at: datetime | None = None
     ended_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Privacy:
+    """What the rules need to know about one user: whom they blocked, who blocked them,
+    and their privacy settings (services/privacy.py caches it per user)."""
+
+    blocked: frozenset[str] = frozenset()  # users this user blocked
+    blocked_by: frozenset[str] = frozenset()  # users who blocked this user
+    presence_visible: bool = True
+    read_receipts_visible: bool = True
+
+    @property
+    def barriers(self) -> frozenset[str]:
+        """Users with a block between them and this user, either way."""
+        return self.blocked | self.blocked_by
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A block as GET /api/blocks lists it."""
+
+    user: User
+    created_at: datetime

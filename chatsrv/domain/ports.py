@@ -10,6 +10,7 @@ from chatsrv.domain.changes import Change
 from chatsrv.domain.errors import NotFound
 from chatsrv.domain.model import (
     Arrival,
+    Block,
     CallClaim,
     CallRecord,
     CallSignal,
@@ -17,6 +18,7 @@ from chatsrv.domain.model import (
     ConversationSummary,
     ConversationType,
     Message,
+    Privacy,
     Reaction,
     RefreshOutcome,
     Role,
@@ -81,6 +83,7 @@ class Store(Protocol):
         """Returns (conversation, created). For a direct_key that exists, the existing one."""
         ...
     async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
+    async def rename_conversation(self, conversation_id: str, name: str) -> None: ...
     async def list_conversations(self, user_id: str) -> list[ConversationSummary]: ...
     async def member_ids(self, conversation_id: str) -> list[str]: ...
     async def add_members(
@@ -204,6 +207,29 @@ class MessageChanges(Protocol):
         ...
 
 
+class Blocks(Protocol):
+    """Blocks between users and the users' privacy settings (services/privacy.py). Each
+    method is one transaction; raises Unavailable when the database cannot be reached."""
+
+    async def block(self, blocker_id: str, blocked_id: str, *, at: datetime) -> bool:
+        """Record the block (idempotent). True if it is new; Invalid for an unknown user."""
+        ...
+    async def unblock(self, blocker_id: str, blocked_id: str) -> bool:
+        """True if there was such a block."""
+        ...
+    async def list_blocks(self, blocker_id: str) -> list[Block]:
+        """The users `blocker_id` blocked, newest block first."""
+        ...
+    async def privacy(self, user_id: str) -> Privacy:
+        """Blocks either way and the settings of one user (defaults for an unknown id)."""
+        ...
+    async def update_profile(self, user_id: str, *, display_name: str | None = None,
+                             presence_visible: bool | None = None,
+                             read_receipts_visible: bool | None = None) -> User | None:
+        """Change the fields given (None: unchanged); the user after, None if unknown."""
+        ...
+
+
 class Subscriber(Protocol):
     """A live client connection as the router sees it: who, and a way to queue a frame."""
 
@@ -291,4 +317,14 @@ class Directory(Protocol):
 
     def on_sessions_revoked(self, callback: Callable[[list[str]], None]) -> None:
         """Cluster: call `callback(session_ids)` when another node revoked sessions."""
+        ...
+
+    async def privacy_changed(self, user_ids: list[str]) -> None:
+        """Cluster: tell the other nodes to drop what they cached about these users' blocks
+        and privacy settings (best effort: without Redis their caches expire by themselves)."""
+        ...
+
+    def on_privacy_changed(self, callback: Callable[[list[str] | None], None]) -> None:
+        """Cluster: call `callback(user_ids)` when another node changed blocks or privacy
+        settings, and `callback(None)` when notes may have been missed (drop everything)."""
         ...

@@ -271,6 +271,8 @@ class Ready(Out):
     token_expires_at: int
     conversations: dict[str, ConversationPosition]
     changes_cursor: str = ""  # for sync {changes_since} (issue 14)
+    # users this user blocked: their messages in groups are for the client to collapse
+    blocked: list[str] = []
 
 
 class ReactionCount(Struct):
@@ -411,6 +413,22 @@ class MemberRoleChanged(Out):
     role: str
 
 
+class ConversationUpdated(Out):
+    TYPE = "conversation_updated"
+    conversation_id: str
+    name: str | None
+    by: str
+
+
+class BlockUpdate(Out):
+    """To the blocker's own devices: whom they blocked or unblocked (`ready.blocked` then
+    changes the same way)."""
+
+    TYPE = "block_update"
+    user_id: str
+    blocked: bool
+
+
 class Pong(Out):
     TYPE = "pong"
     server_time: str
@@ -487,7 +505,8 @@ OUTBOUND: dict[str, type[Out]] = {
         Ready, MessagePayload, MessageAck, MessageStatus, TypingOut, PresenceUpdate,
         SyncResult, MembersAdded, MemberRemoved, MemberRoleChanged, Pong, AuthOk, ErrorOut,
         CallOfferOut, CallRinging, CallAnswerOut, CallAnsweredElsewhere, IceCandidateOut,
-        CallOver, CallRejectOut, MessageEdited, MessageDeleted, ReactionUpdate)
+        CallOver, CallRejectOut, MessageEdited, MessageDeleted, ReactionUpdate,
+        ConversationUpdated, BlockUpdate)
 }
 
 _encoder = msgspec.json.Encoder()

@@ -27,6 +27,8 @@ def render_user(u: User, *, status: str | None = None, private: bool = False) ->
         email=u.email if private else None, status=status,
         last_seen=iso(u.last_seen) if status is not None else None,
         created_at=iso(u.created_at),
+        presence_visible=u.presence_visible if private else None,
+        read_receipts_visible=u.read_receipts_visible if private else None,
     )
 
 

@@ -65,6 +65,18 @@ class EditMessageIn(Struct):
     content: str
 
 
+class ProfileIn(Struct):
+    """PATCH /api/users/me: the fields given change."""
+
+    display_name: str | None = None
+    presence_visible: bool | None = None
+    read_receipts_visible: bool | None = None
+
+
+class RenameConversationIn(Struct):
+    name: str
+
+
 class ReceiptBodyIn(Struct):
     up_to_seq: Seq
     status: Literal["delivered", "read"] = "read"
@@ -81,6 +93,9 @@ class UserOut(Struct):
     status: str | None = None
     last_seen: str | None = None
     created_at: str | None = None
+    # my own settings (GET/PATCH /api/users/me only)
+    presence_visible: bool | None = None
+    read_receipts_visible: bool | None = None
 
 
 class AdminUserOut(Struct):
@@ -138,9 +153,12 @@ class ConversationListOut(Struct):
     conversations: list[ConversationOut]
 
 
-class MessagesOut(Struct):
+class MessagesOut(Struct, omit_defaults=True):
     messages: list[MessageOut]
     has_more: bool
+    # senders in this page whom the caller blocked (the client collapses their messages);
+    # left out when there are none, so a page keeps the seed's exact shape
+    blocked_senders: list[str] = []
 
 
 class MessageStatusOut(Struct):
@@ -149,6 +167,15 @@ class MessageStatusOut(Struct):
     message_id: str
     seq: int
     statuses: dict[str, str]
+
+
+class BlockOut(Struct):
+    user: UserOut
+    created_at: str
+
+
+class BlocksOut(Struct):
+    blocks: list[BlockOut]
 
 
 class UsersOut(Struct):

@@ -30,6 +30,7 @@ import hmac
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -65,6 +66,7 @@ from chatsrv.protocol.frames import (
     Out,
 )
 from chatsrv.protocol.render import render_error
+from chatsrv.services.privacy import PrivacyCache
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +131,15 @@ class CallService:
                  bus: CallBus, signals: trio.MemoryReceiveChannel[CallSignal], *,
                  instance: str, ring_timeout: float, stun_urls: tuple[str, ...],
                  turn_urls: tuple[str, ...], turn_secret: str, turn_ttl: float,
-                 record_deadline: float) -> None:
+                 record_deadline: float, privacy: PrivacyCache | None = None) -> None:
         self._store = store
+        # blocks (None: no rules, as in bare service tests); users whose blocks changed,
+        # for the calls owned here between them to end (see _watch_blocks)
+        self._privacy = privacy
+        self._reblocked: set[str] = set()
+        self._reblocked_wakeup = trio.lowlevel.ParkingLot()
+        if privacy is not None:
+            privacy.on_changed(self._blocks_changed_nowait)
         self._history = history
         self._router = router
         self._directory = directory
@@ -171,6 +180,11 @@ class CallService:
                 if caller.user_id in (earlier.caller_id, earlier.callee_id):
                     raise Conflict("call_id was used for an earlier call", code="call_exists")
                 raise NotFound("call not found", code="not_found")
+        if self._privacy is not None and await self._privacy.between(caller.user_id, callee_id):
+            # decided here, on the caller's node, before anything is claimed, recorded or
+            # sent: the callee (on any node) hears nothing, and has no history of it
+            return Offered(call_id, CallRejectOut(call_id=call_id, reason="blocked",
+                                                  status=CallStatus.REJECTED.value), False)
         now = trio.current_time()
         session = CallSession(
             id=call_id, caller_id=caller.user_id, callee_id=callee_id,
@@ -390,6 +404,7 @@ class CallService:
         task_status.started()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_lost)
+            nursery.start_soon(self._watch_blocks)
             async for signal in self._signals:
                 try:
                     await self._on_signal(signal)
@@ -451,6 +466,30 @@ class CallService:
             lost, self._lost = self._lost, []
             for instance in lost:
                 await self._node_lost(instance)
+
+    def _blocks_changed_nowait(self, user_ids: Sequence[str]) -> None:
+        if any(live.session.involves(u) for live in self._calls.values() for u in user_ids):
+            self._reblocked.update(user_ids)
+            self._reblocked_wakeup.unpark_all()
+
+    async def _watch_blocks(self) -> None:
+        """Forever: a call owned here whose two users got a block between them (made on
+        any node) ends for both sides with reason `blocked`."""
+        while True:
+            while not self._reblocked:
+                await self._reblocked_wakeup.park()
+            users, self._reblocked = self._reblocked, set()
+            for live in list(self._calls.values()):
+                s = live.session
+                if s.over or (s.caller_id not in users and s.callee_id not in users) or \
+                        self._privacy is None:
+                    continue
+                try:
+                    if await self._privacy.between(s.caller_id, s.callee_id):
+                        s.end(s.caller_id, "blocked", now=trio.current_time())
+                        await self._finish(live, by=None)
+                except ChatError as exc:  # storage down: the call goes on, as before it
+                    log.warning("call %s not ended for a block: %s", s.id, exc.message)
 
     async def _node_lost(self, instance: str) -> None:
         """A node died: its claims are released and its calls' history finished first (so

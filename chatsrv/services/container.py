@@ -19,6 +19,7 @@ from chatsrv.services.limits import RateLimits
 from chatsrv.services.membership import MembershipCache
 from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
+from chatsrv.services.privacy import PrivacyCache, PrivacyService
 from chatsrv.services.sessions import SessionRegistry
 
 
@@ -42,3 +43,6 @@ class Services:
     # for concurrent connects together
     arrivals: Coalescer[str, Arrival]
     metrics: Metrics
+    # blocks and privacy settings (services/privacy.py)
+    privacy: PrivacyService
+    privacy_cache: PrivacyCache

@@ -19,19 +19,32 @@ from chatsrv.domain.model import (
 )
 from chatsrv.domain.ports import Router, Store
 from chatsrv.domain.receipts import unread
-from chatsrv.protocol.frames import Frame, MemberRemoved, MemberRoleChanged, MembersAdded
+from chatsrv.protocol.frames import (
+    ConversationUpdated,
+    Frame,
+    MemberRemoved,
+    MemberRoleChanged,
+    MembersAdded,
+)
 from chatsrv.services.changes import ChangeService
 from chatsrv.services.membership import MembershipCache
+from chatsrv.services.privacy import PrivacyCache, shown_conversation
 
 Statuses = Callable[[Sequence[User]], Awaitable[dict[str, str | None]]]
+# the users as a viewer may see them, and their statuses (PresenceService.seen)
+Seen = Callable[..., Awaitable[tuple[dict[str, User], dict[str, str | None]]]]
 
 
 class ConversationService:
     def __init__(self, store: Store, router: Router, members: MembershipCache, *,
                  statuses: Statuses, max_group_members: int,
-                 changes: ChangeService | None = None) -> None:
+                 changes: ChangeService | None = None,
+                 privacy: PrivacyCache | None = None, seen: Seen | None = None) -> None:
         self._changes = changes  # last messages with their reactions (issue 14)
         self._store = store
+        # blocks and privacy settings (None: no rules, as in bare service tests)
+        self._privacy = privacy
+        self._seen = seen
         self._router = router
         self._members = members
         self._statuses = statuses  # presence of members (they share the conversation)
@@ -43,8 +56,12 @@ class ConversationService:
             user_id, await self._store.list_conversations(user_id))
         users = await self._profiles({m.user_id for s in summaries
                                       for m in s.conversation.members})
-        statuses = await self._statuses(list(users.values()))
-        return [ConversationView(s.conversation, users, statuses, s) for s in summaries]
+        users, statuses = await self._shown(user_id, users)
+        views = []
+        for s in summaries:
+            conv = await self._marks(s.conversation, user_id, users)
+            views.append(ConversationView(conv, users, statuses, replace(s, conversation=conv)))
+        return views
 
     async def view(self, user_id: str, conversation_id: str) -> ConversationView:
         return await self._view(await self.get(user_id, conversation_id), user_id)
@@ -52,9 +69,23 @@ class ConversationService:
     async def _view(self, conv: Conversation, user_id: str) -> ConversationView:
         """The conversation as `user_id` (a member) sees it: the same shape as in
         `overview`, last message and unread count included (one shape per field)."""
-        users = await self._profiles({m.user_id for m in conv.members})
-        return ConversationView(conv, users, await self._statuses(list(users.values())),
+        users, statuses = await self._shown(
+            user_id, await self._profiles({m.user_id for m in conv.members}))
+        return ConversationView(await self._marks(conv, user_id, users), users, statuses,
                                 await self._summary(conv, user_id))
+
+    async def _shown(self, user_id: str, users: dict[str, User]
+                     ) -> tuple[dict[str, User], dict[str, str | None]]:
+        """Members' profiles and statuses as `user_id` may see them (privacy)."""
+        if self._seen is None:
+            return users, await self._statuses(list(users.values()))
+        return await self._seen(list(users.values()), viewer=user_id, members=True)
+
+    async def _marks(self, conv: Conversation, user_id: str,
+                     users: dict[str, User]) -> Conversation:
+        if self._privacy is None:
+            return conv
+        return shown_conversation(conv, await self._privacy.of(user_id), user_id, users)
 
     async def _summary(self, conv: Conversation, user_id: str) -> ConversationSummary:
         me = conv.member(user_id)
@@ -95,9 +126,7 @@ class ConversationService:
             direct_key = ":".join(sorted((user_id, others[0])))
             members = [(user_id, Role.MEMBER), (others[0], Role.MEMBER)]
         else:
-            name = (name or "").strip()
-            if not 1 <= len(name) <= 100:
-                raise Invalid("a group needs a name of 1-100 characters", field="name")
+            name = _group_name(name)
             if len(others) + 1 > self._max_group_members:
                 raise Invalid(f"a group has at most {self._max_group_members} members",
                               field="member_ids")
@@ -111,6 +140,9 @@ class ConversationService:
             missing = sorted(set(others) - {u.id for u in found})
             raise Invalid("unknown user id(s)", code="unknown_user", field="member_ids",
                           user_ids=missing)
+        if kind is ConversationType.ONE_TO_ONE and self._privacy is not None and \
+                await self._privacy.between(user_id, others[0]):
+            raise Forbidden("there is a block between you and this user", code="blocked")
         conv, created = await self._store.create_conversation(
             conversation_id=new_id(), type=kind, name=name, created_by=user_id,
             members=members, direct_key=direct_key, created_at=utcnow(),
@@ -176,11 +208,34 @@ class ConversationService:
             self._router.publish(everyone, Frame(MemberRoleChanged(
                 conversation_id=conv.id, user_id=heir, role=Role.ADMIN.value)))
 
-    async def _admin_group(self, user_id: str, conversation_id: str) -> Conversation:
+    async def rename(self, user_id: str, conversation_id: str, name: str) -> ConversationView:
+        """A group's new name (admins): `conversation_updated` to every member. Raises
+        NotFound (not mine), Invalid (a one_to_one, a bad name), Forbidden (not an admin)."""
+        conv = await self._admin_group(user_id, conversation_id,
+                                       one_to_one="a one_to_one conversation has no name",
+                                       not_admin="only group admins can rename the group")
+        name = _group_name(name)
+        await self._store.rename_conversation(conv.id, name)
+        updated = await self.get(user_id, conv.id)
+        self._router.publish([m.user_id for m in updated.members], Frame(ConversationUpdated(
+            conversation_id=conv.id, name=name, by=user_id)))
+        return await self._view(updated, user_id)
+
+    async def _admin_group(
+            self, user_id: str, conversation_id: str, *,
+            one_to_one: str = "members of a one_to_one conversation cannot change",
+            not_admin: str = "only group admins can add members") -> Conversation:
         conv = await self.get(user_id, conversation_id)
         if conv.type is not ConversationType.GROUP:
-            raise Invalid("members of a one_to_one conversation cannot change")
+            raise Invalid(one_to_one)
         me = conv.member(user_id)
         if me is None or me.role is not Role.ADMIN:
-            raise Forbidden("only group admins can add members")
+            raise Forbidden(not_admin)
         return conv
+
+
+def _group_name(name: str | None) -> str:
+    name = (name or "").strip()
+    if not 1 <= len(name) <= 100:
+        raise Invalid("a group needs a name of 1-100 characters", field="name")
+    return name

@@ -6,8 +6,17 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from chatsrv.domain.errors import Invalid, NotFound
-from chatsrv.domain.model import Message, Watermarks, new_id, parse_id, unix_ms, utcnow
+from chatsrv.domain.errors import Forbidden, Invalid, NotFound
+from chatsrv.domain.model import (
+    ConversationType,
+    Message,
+    Privacy,
+    Watermarks,
+    new_id,
+    parse_id,
+    unix_ms,
+    utcnow,
+)
 from chatsrv.domain.ports import Router, Store, Subscriber
 from chatsrv.domain.receipts import status_for
 from chatsrv.protocol.frames import Frame, MessageStatus, TypingOut
@@ -15,6 +24,7 @@ from chatsrv.protocol.render import render_message
 from chatsrv.services.changes import ChangeService, ChangesPage, check_content
 from chatsrv.services.commit import GroupCommitter, Pending
 from chatsrv.services.membership import MembershipCache
+from chatsrv.services.privacy import PrivacyCache, shown_marks
 
 MESSAGE_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 MAX_CLIENT_MSG_ID = 64
@@ -32,9 +42,12 @@ class MessagingService:
     def __init__(self, store: Store, router: Router, members: MembershipCache,
                  commits: GroupCommitter, *,
                  max_content_chars: int, history_max_limit: int, history_default_limit: int,
-                 sync_page_size: int, changes: ChangeService) -> None:
+                 sync_page_size: int, changes: ChangeService,
+                 privacy: PrivacyCache | None = None) -> None:
         self._changes = changes
         self._store = store
+        # blocks and read_receipts_visible (None: no rules, as in bare service tests)
+        self._privacy = privacy
         self._router = router
         self._members = members
         self._commits = commits
@@ -72,6 +85,7 @@ class MessagingService:
         if client_msg_id is not None and not 1 <= len(client_msg_id) <= MAX_CLIENT_MSG_ID:
             raise Invalid(f"client_msg_id must be 1-{MAX_CLIENT_MSG_ID} characters",
                           field="client_msg_id")
+        await self._check_not_blocked(user_id, conversation_id)
         # replies and mentions (issue 14): a query each, only when the message has them
         if reply_to is not None:
             reply_to = await self._changes.reply_target(conversation_id, reply_to)
@@ -81,6 +95,36 @@ class MessagingService:
             content=content, message_type=message_type, client_msg_id=client_msg_id,
             created_at=utcnow(), reply_to=reply_to, mentions=mentions,
         ), origin=origin)
+
+    async def _check_not_blocked(self, user_id: str, conversation_id: str) -> None:
+        """Raises Forbidden `blocked` for a one_to_one with a block either way. Costs one
+        cached lookup when the sender has no blocks (nearly always)."""
+        if self._privacy is None:
+            return
+        barriers = (await self._privacy.of(user_id)).barriers
+        if not barriers or not barriers & await self._members.members(conversation_id):
+            return
+        conv = await self._store.get_conversation(conversation_id)
+        if conv is not None and conv.type is ConversationType.ONE_TO_ONE:
+            raise Forbidden("you cannot message this user (blocked)", code="blocked")
+
+    async def _barriers(self, user_id: str) -> frozenset[str]:
+        return (await self._privacy.of(user_id)).barriers if self._privacy else frozenset()
+
+    async def _viewer(self, user_id: str) -> Privacy:
+        return await self._privacy.of(user_id) if self._privacy else Privacy()
+
+    async def _shown(self, user_id: str, marks: dict[str, dict[str, Watermarks]]
+                     ) -> dict[str, dict[str, Watermarks]]:
+        """Watermarks (conversation -> member -> marks) as `user_id` may see them
+        (privacy.shown_marks): one lookup of the members' settings for all."""
+        if self._privacy is None:
+            return marks
+        viewer = await self._privacy.of(user_id)
+        others = sorted({u for m in marks.values() for u in m if u != user_id})
+        users = {u.id: u for u in await self._store.get_users(others)} if others else {}
+        return {cid: {u: shown_marks(viewer, user_id, u, w, users) for u, w in m.items()}
+                for cid, m in marks.items()}
 
     @staticmethod
     def result(pending: Pending) -> tuple[Message, bool]:
@@ -132,7 +176,8 @@ class MessagingService:
         if message is None or user_id not in await self._members.members(
                 message.conversation_id):
             raise NotFound("message not found")
-        marks = await self._store.watermarks(message.conversation_id)
+        cid = message.conversation_id
+        marks = (await self._shown(user_id, {cid: await self._store.watermarks(cid)}))[cid]
         return message, {u: status_for(message.seq, w) for u, w in marks.items()
                          if u != message.sender_id}
 
@@ -163,24 +208,32 @@ class MessagingService:
         before, after = await self._store.advance_watermarks(
             conversation_id, user_id, delivered_to=seq, read_to=seq if read else 0
         )
-        events = []
-        if after.delivered_seq > before.delivered_seq and (
-            not read or after.delivered_seq > after.read_seq
-        ):
-            events.append(("delivered", after.delivered_seq))
-        if after.read_seq > before.read_seq:
-            events.append(("read", after.read_seq))
-        for kind, mark in events:
-            mid = message_id if (message_id is not None and mark == seq) else None
-            if mid is None:
-                at = await self._store.list_messages(conversation_id, limit=1,
-                                                     before_seq=mark + 1)
-                mid = at[0].id if at else None
-            ms = unix_ms(utcnow())
-            self._router.publish(members, Frame(MessageStatus(
-                conversation_id=conversation_id, message_id=mid, user_id=user_id,
-                status=kind, up_to_seq=mark, timestamp=ms // 1000,  # type: ignore[arg-type]
-                timestamp_ms=ms)))
+        # what the others are told: nothing to users with a block between us; with my
+        # read receipts hidden, how far my devices got but not how far I read
+        mine = await self._viewer(user_id)
+        others = [m for m in members if m != user_id and m not in mine.barriers]
+        delivered_moved = after.delivered_seq > before.delivered_seq
+        read_moved = after.read_seq > before.read_seq
+        own = [("delivered", after.delivered_seq)] if delivered_moved and (
+            not read or after.delivered_seq > after.read_seq) else []
+        if read_moved:
+            own.append(("read", after.read_seq))
+        told = own if mine.read_receipts_visible else (
+            [("delivered", after.delivered_seq)] if delivered_moved else [])
+        audiences = [([user_id, *others], own)] if told == own else \
+            [([user_id], own), (others, told)]
+        for audience, events in audiences:
+            for kind, mark in events:
+                mid = message_id if (message_id is not None and mark == seq) else None
+                if mid is None:
+                    at = await self._store.list_messages(conversation_id, limit=1,
+                                                         before_seq=mark + 1)
+                    mid = at[0].id if at else None
+                ms = unix_ms(utcnow())
+                self._router.publish(audience, Frame(MessageStatus(
+                    conversation_id=conversation_id, message_id=mid, user_id=user_id,
+                    status=kind, up_to_seq=mark, timestamp=ms // 1000,  # type: ignore[arg-type]
+                    timestamp_ms=ms)))
         return after
 
     async def sync(self, user_id: str, since: Mapping[str, int] | None, *,
@@ -224,7 +277,7 @@ class MessagingService:
             if page and page[-1].seq < last_seq:
                 has_more = True
         everywhere = await self._store.watermarks_of_my_conversations(user_id)
-        watermarks = {cid: everywhere.get(cid, {}) for cid in start}
+        watermarks = await self._shown(user_id, {cid: everywhere.get(cid, {}) for cid in start})
         messages = await self._changes.decorate(user_id, messages)
         return SyncResult(messages=messages, has_more=has_more, watermarks=watermarks,
                           changes=changes)
@@ -237,8 +290,9 @@ class MessagingService:
         members = await self._members.members(conversation_id)
         if user_id not in members:
             raise NotFound("conversation not found")
+        barriers = await self._barriers(user_id)
         self._router.publish(
-            (m for m in members if m != user_id),
+            (m for m in members if m != user_id and m not in barriers),
             Frame(TypingOut(conversation_id=conversation_id, user_id=user_id,
                             is_typing=is_typing)),
         )

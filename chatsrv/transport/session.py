@@ -43,6 +43,7 @@ from chatsrv.services.changes import ChangeService
 from chatsrv.services.commit import Pending
 from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
+from chatsrv.services.privacy import PrivacyService
 from chatsrv.transport.websocket import Closing, FrameSocket, Outbox
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ class SessionDeps:
     # the endpoint: this connection now runs on a new principal (after `auth`)
     bind: Callable[[Session, Principal], None]
     changes: ChangeService  # edits, deletes, reactions (issue 14)
+    # whom the user blocked, for `ready.blocked` (None: not told)
+    privacy: PrivacyService | None = None
 
 
 class Session:
@@ -171,7 +174,8 @@ class Session:
                 self._nursery = nursery
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._acker)
-                self._ready()
+                privacy = deps.privacy
+                self._ready(await privacy.blocked(self.user_id) if privacy else [])
                 await deps.presence.connected(self, self.arrival.contacts if self.arrival else None)
                 self.arrival = None
                 if since is not None:
@@ -192,7 +196,7 @@ class Session:
             await self._publish_typing(cid, False)
         # calls end by themselves: their legs were tasks in this connection's nursery
 
-    def _ready(self) -> None:
+    def _ready(self, blocked: list[str]) -> None:
         s = self._deps.settings
         arrival = self.arrival
         positions = arrival.positions if arrival else {}
@@ -206,7 +210,8 @@ class Session:
                 delivered_seq=marks.delivered_seq, read_seq=marks.read_seq,
                 mentions_unread=mentions.get(cid, 0))
                 for cid, (last, marks) in positions.items()},
-            changes_cursor=encode_cursor(arrival.changes_cursor if arrival else 0))))
+            changes_cursor=encode_cursor(arrival.changes_cursor if arrival else 0),
+            blocked=blocked)))
 
     async def _writer(self) -> None:
         try:

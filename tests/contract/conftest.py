@@ -12,15 +12,16 @@ from collections.abc import AsyncIterator
 import pytest
 import trio_asyncio
 
+from chatsrv.adapters.storage.blocks import SqlBlocks
 from chatsrv.adapters.storage.calls import SqlCallLog
 from chatsrv.adapters.storage.changes import SqlChanges
-from chatsrv.adapters.storage.memory import MemoryCallLog, MemoryStore
+from chatsrv.adapters.storage.memory import MemoryBlocks, MemoryCallLog, MemoryStore
 from chatsrv.adapters.storage.memory_changes import MemoryChanges
 from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.sql import SqlStore
 from chatsrv.app import open_database
 from chatsrv.config import Settings
-from chatsrv.domain.ports import CallLog, MessageChanges, Store
+from chatsrv.domain.ports import Blocks, CallLog, MessageChanges, Store
 from tests.conftest import BACKENDS
 
 CONTRACT_BACKENDS = ["memory", *BACKENDS]
@@ -63,3 +64,12 @@ def changes(store: Store) -> MessageChanges:
         return MemoryChanges(store)
     assert isinstance(store, SqlStore)
     return SqlChanges(store.db)
+
+
+@pytest.fixture
+def blocks(store: Store) -> Blocks:
+    """Blocks and privacy settings beside `store`, on the same tables."""
+    if isinstance(store, MemoryStore):
+        return MemoryBlocks(store)
+    assert isinstance(store, SqlStore)
+    return SqlBlocks(store.db)

@@ -92,6 +92,7 @@ class RedisDirectory:
         self._suspects: set[str] = set()
         self._members_changed: Callable[[str | None], None] | None = None
         self._sessions_revoked: Callable[[list[str]], None] | None = None
+        self._privacy_changed: Callable[[list[str] | None], None] | None = None
         # subscribed to the cluster's notes right now (see `confirmed`)
         self._subscribed = False
         self.outages = 0  # times Redis was lost (for /metrics)
@@ -170,6 +171,16 @@ class RedisDirectory:
     def on_sessions_revoked(self, callback: Callable[[list[str]], None]) -> None:
         self._sessions_revoked = callback
 
+    async def privacy_changed(self, user_ids: list[str]) -> None:
+        try:
+            await self._call(self._ops.publish, self._ops.note("privacy", users=user_ids))
+        except Unavailable as exc:
+            # the other nodes' caches expire by themselves (PrivacyCache ttl)
+            self._lost_redis(exc)
+
+    def on_privacy_changed(self, callback: Callable[[list[str] | None], None]) -> None:
+        self._privacy_changed = callback
+
     def on_users_back(self, callback: Callable[[list[str]], Awaitable[None]]) -> None:
         """`callback(user_ids)` after a re-registration found users of this node on no
         instance (they may have been announced offline meanwhile)."""
@@ -238,6 +249,8 @@ class RedisDirectory:
                         self._subscribed = True
                         if started and self._members_changed is not None:
                             self._members_changed(None)  # notes may have been missed
+                        if started and self._privacy_changed is not None:
+                            self._privacy_changed(None)
                         if started and self._dirty:
                             # Redis is back: register the users who came meanwhile now,
                             # not at the next heartbeat (the others hear "on" notes)
@@ -358,6 +371,9 @@ class RedisDirectory:
         if note.op == "members":
             if self._members_changed is not None and note.conversation:
                 self._members_changed(note.conversation)
+        elif note.op == "privacy":
+            if self._privacy_changed is not None and note.users:
+                self._privacy_changed(note.users)
         elif note.op == "revoked":
             if self._sessions_revoked is not None and note.sessions:
                 self._sessions_revoked(note.sessions)

@@ -42,7 +42,8 @@ class Keys:
 class Note(msgspec.Struct, omit_defaults=True):
     """One pub/sub message: a node came up or left, users came online/offline on it, it
     changed a conversation's members (op "members": drop cached members), or it revoked
-    sessions (op "revoked": close their sockets, refuse their tokens)."""
+    sessions (op "revoked": close their sockets, refuse their tokens), or it changed blocks
+    or privacy settings of `users` (op "privacy": drop what is cached about them)."""
 
     op: str
     node: str

@@ -53,6 +53,7 @@ from chatsrv.domain.errors import Conflict, Invalid, NotFound
 from chatsrv.domain.model import (
     NO_ID,
     Arrival,
+    Block,
     CallClaim,
     CallRecord,
     Conversation,
@@ -60,6 +61,7 @@ from chatsrv.domain.model import (
     ConversationType,
     Member,
     Message,
+    Privacy,
     RefreshGrant,
     RefreshOutcome,
     Role,
@@ -184,12 +186,16 @@ class _UserRow:
     last_seen: datetime | None = None
     is_admin: bool = False
     deactivated_at: datetime | None = None
+    presence_visible: bool = True
+    read_receipts_visible: bool = True
 
     def entity(self) -> User:
         return User(id=self.id, username=self.username, email=self.email,
                     display_name=self.display_name, created_at=self.created_at,
                     last_seen=self.last_seen, is_admin=self.is_admin,
-                    deactivated_at=self.deactivated_at)
+                    deactivated_at=self.deactivated_at,
+                    presence_visible=self.presence_visible,
+                    read_receipts_visible=self.read_receipts_visible)
 
 
 @dataclass(slots=True)
@@ -500,6 +506,13 @@ class MemoryStore(_Faults):
     def get_conversation(self, conversation_id: str) -> Conversation | None:
         conv = self._conversations.get(_uuid(conversation_id, "conversation_id"))
         return None if conv is None else conv.entity()
+
+    @_atomic
+    def rename_conversation(self, conversation_id: str, name: str) -> None:
+        conv = self._conversations.get(_uuid(conversation_id, "conversation_id"))
+        _text(name)
+        if conv is not None:
+            conv.name = name
 
     @_atomic
     def list_conversations(self, user_id: str) -> list[ConversationSummary]:
@@ -876,6 +889,69 @@ class MemoryCallLog(_Faults):
                 if uid in (c.caller_id, c.callee_id) and c.started_at < before]
         mine.sort(key=lambda c: c.started_at, reverse=True)
         return mine[:limit]
+
+
+class MemoryBlocks(_Faults):
+    """Implements domain.ports.Blocks in memory, beside a MemoryStore whose users it
+    names (blocks) and changes (privacy settings, display name)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__()
+        self._store = store
+        self._blocks: dict[tuple[str, str], datetime] = {}  # (blocker, blocked) -> at
+
+    @_atomic
+    def block(self, blocker_id: str, blocked_id: str, *, at: datetime) -> bool:
+        """Invalid `unknown_user` for an unknown id (as the SQL store checks first)."""
+        pair = (_uuid(blocker_id, "user_id"), _uuid(blocked_id, "user_id"))
+        if any(uid not in self._store._users for uid in pair):
+            raise Invalid("unknown user id", code="unknown_user", field="user_id")
+        if pair[0] == pair[1]:
+            raise _refused("a user cannot block themselves (CHECK)")
+        if pair in self._blocks:
+            return False
+        self._blocks[pair] = _ts(at)
+        return True
+
+    @_atomic
+    def unblock(self, blocker_id: str, blocked_id: str) -> bool:
+        pair = (_uuid(blocker_id, "user_id"), _uuid(blocked_id, "user_id"))
+        return self._blocks.pop(pair, None) is not None
+
+    @_atomic
+    def list_blocks(self, blocker_id: str) -> list[Block]:
+        me = _uuid(blocker_id, "user_id")
+        mine = sorted(((at, other) for (who, other), at in self._blocks.items() if who == me),
+                      key=lambda pair: (-pair[0].timestamp(), pair[1]))
+        return [Block(self._store._users[other].entity(), at) for at, other in mine
+                if other in self._store._users]
+
+    @_atomic
+    def privacy(self, user_id: str) -> Privacy:
+        me = _uuid(user_id, "user_id")
+        blocked = frozenset(b for (a, b) in self._blocks if a == me)
+        blocked_by = frozenset(a for (a, b) in self._blocks if b == me)
+        row = self._store._users.get(me)
+        if row is None:
+            return Privacy(blocked, blocked_by)
+        return Privacy(blocked, blocked_by, row.presence_visible, row.read_receipts_visible)
+
+    @_atomic
+    def update_profile(self, user_id: str, *, display_name: str | None = None,
+                       presence_visible: bool | None = None,
+                       read_receipts_visible: bool | None = None) -> User | None:
+        row = self._store._users.get(_uuid(user_id, "user_id"))
+        if display_name is not None:
+            _text(display_name)
+        if row is None:
+            return None
+        if display_name is not None:
+            row.display_name = display_name
+        if presence_visible is not None:
+            row.presence_visible = presence_visible
+        if read_receipts_visible is not None:
+            row.read_receipts_visible = read_receipts_visible
+        return row.entity()
 
 
 def _stored_form(d: Message) -> Message:

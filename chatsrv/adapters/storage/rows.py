@@ -28,6 +28,8 @@ def user_of(r: Row) -> User:
         display_name=r["display_name"], created_at=ts(r["created_at"]),
         last_seen=opt_ts(r["last_seen"]), is_admin=bool(r["is_admin"]),
         deactivated_at=opt_ts(r["deactivated_at"]),
+        presence_visible=bool(r["presence_visible"]),
+        read_receipts_visible=bool(r["read_receipts_visible"]),
     )
 
 
@@ -64,7 +66,7 @@ def conversation_of(r: Row, members: Sequence[Member] = ()) -> Conversation:
 
 
 USER_COLS = ("id, username, email, display_name, created_at, last_seen, is_admin, "
-             "deactivated_at")
+             "deactivated_at, presence_visible, read_receipts_visible")
 MESSAGE_COLS = ("id, conversation_id, seq, sender_id, content, message_type, client_msg_id, "
                 "created_at, reply_to, mentions, edited_at, deleted_at, deleted_by")
 CONV_COLS = "id, type, name, created_by, created_at, last_seq"

@@ -54,6 +54,7 @@ INSERT_CONVERSATION = """INSERT INTO conversations (id, type, name, created_by, 
 VALUES ($1, $2, $3, $4, $5, $6)"""
 FIND_DIRECT = f"SELECT {CONV_COLS} FROM conversations WHERE direct_key = $1"
 GET_CONVERSATION = f"SELECT {CONV_COLS} FROM conversations WHERE id = $1"
+RENAME_CONVERSATION = "UPDATE conversations SET name = $2 WHERE id = $1"
 INSERT_MEMBER = """INSERT INTO conversation_members (conversation_id, user_id, role, joined_at)
 VALUES ($1, $2, $3, $4) ON CONFLICT (conversation_id, user_id) DO NOTHING"""
 GET_MEMBERS = """SELECT user_id, role, delivered_seq, read_seq, joined_at
@@ -196,6 +197,12 @@ class SqlStore(MessageStore, SessionStore):
             return (yield from _with_members(row))
 
         return await self.db.run(op(), write=False)
+
+    async def rename_conversation(self, conversation_id: str, name: str) -> None:
+        def op() -> Op[None]:
+            yield exec_(RENAME_CONVERSATION, conversation_id, name)
+
+        await self.db.run(op())
 
     async def list_conversations(self, user_id: str) -> list[ConversationSummary]:
         def op() -> Op[tuple[list[Row], list[Row], list[Row]]]:

@@ -20,6 +20,7 @@ from chatsrv.services.conversations import ConversationService
 from chatsrv.services.limits import RateLimits
 from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
+from chatsrv.services.privacy import PrivacyService
 from chatsrv.transport.http import (
     admin,
     auth,
@@ -31,6 +32,7 @@ from chatsrv.transport.http import (
     ops,
     users,
 )
+from chatsrv.transport.http import privacy as privacy_routes
 from chatsrv.transport.http.api import Api
 from chatsrv.transport.http.edge import Edge
 
@@ -40,7 +42,8 @@ def create_app(settings: Settings, *, auth_service: AuthService, admin_service: 
                messaging: MessagingService, call_service: CallService, limits: RateLimits,
                ready: Callable[[], Awaitable[None]],
                metrics: Callable[[], tuple[bytes, str]],
-               change_service: ChangeService) -> QuartTrio:
+               change_service: ChangeService,
+               privacy: PrivacyService | None = None) -> QuartTrio:
     """The Quart app for everything but the WebSocket (see transport/ws.py)."""
     app = QuartTrio("chatsrv", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -51,9 +54,11 @@ def create_app(settings: Settings, *, auth_service: AuthService, admin_service: 
     users.register(api, edge, auth=auth_service, presence=presence)
     admin.register(api, edge, auth=auth_service, admin=admin_service)
     conversations.register(api, edge, conversations=conversation_service)
-    messages.register(api, edge, messaging=messaging, settings=settings)
+    messages.register(api, edge, messaging=messaging, settings=settings, privacy=privacy)
     changes.register(api, edge, changes=change_service)
     calls.register(api, edge, calls=call_service)
+    if privacy is not None:
+        privacy_routes.register(api, edge, privacy=privacy, presence=presence)
     ops.register(api, settings=settings, ready=ready, metrics=metrics)
     docs.register(api)
     app.extensions["chatsrv_api"] = api

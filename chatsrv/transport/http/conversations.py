@@ -36,6 +36,15 @@ def register(api: Api, edge: Edge, *, conversations: ConversationService) -> Non
         return json_response(render_view(
             await conversations.view(await edge.user_id(), conversation_id)))
 
+    @api.route("PATCH", "/api/conversations/<conversation_id>", summary="Rename a group "
+               "(admins): conversation_updated to every member",
+               body=rest.RenameConversationIn, response=rest.ConversationOut)
+    async def conversations_rename(conversation_id: str) -> Response:
+        uid = await edge.user_id()
+        b = await body(rest.RenameConversationIn)
+        return json_response(render_view(
+            await conversations.rename(uid, conversation_id, b.name)))
+
     @api.route("POST", "/api/conversations/<conversation_id>/members", summary="Add group "
                "members (admins)", body=rest.MembersIn, response=rest.ConversationOut)
     async def members_add(conversation_id: str) -> Response:

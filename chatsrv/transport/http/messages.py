@@ -8,23 +8,28 @@ from chatsrv.config import Settings
 from chatsrv.protocol import rest
 from chatsrv.protocol.render import render_message
 from chatsrv.services.messaging import MessagingService
+from chatsrv.services.privacy import PrivacyService
 from chatsrv.transport.http.api import Api, body, int_arg, json_response, no_content
 from chatsrv.transport.http.edge import Edge
 
 
-def register(api: Api, edge: Edge, *, messaging: MessagingService, settings: Settings) -> None:
+def register(api: Api, edge: Edge, *, messaging: MessagingService, settings: Settings,
+             privacy: PrivacyService | None = None) -> None:
     @api.route("GET", "/api/conversations/<conversation_id>/messages", summary="History in "
                "seq order: limit/offset from the newest, or before_seq/after_seq cursors",
                response=rest.MessagesOut, query=("limit", "offset", "before_seq", "after_seq"))
     async def messages_list(conversation_id: str) -> Response:
+        uid = await edge.user_id()
         page, has_more = await messaging.history(
-            await edge.user_id(), conversation_id,
+            uid, conversation_id,
             limit=int_arg("limit", cap=settings.history_max_limit),
             offset=int_arg("offset", 0) or 0,
             before_seq=int_arg("before_seq"), after_seq=int_arg("after_seq"),
         )
-        return json_response(rest.MessagesOut(messages=[render_message(m) for m in page],
-                                              has_more=has_more))
+        blocked = set(await privacy.blocked(uid)) if privacy is not None else set()
+        return json_response(rest.MessagesOut(
+            messages=[render_message(m) for m in page], has_more=has_more,
+            blocked_senders=sorted({m.sender_id for m in page} & blocked)))
 
     @api.route("POST", "/api/conversations/<conversation_id>/messages", summary="Send a "
                "message (same path as the WebSocket chat_message)", body=rest.SendMessageIn,

@@ -22,12 +22,13 @@ def register(api: Api, edge: Edge, *, auth: AuthService, presence: PresenceServi
         return json_response(render_user(user, status=status, private=True))
 
     @api.route("GET", "/api/users/<user_id>", summary="A user's profile; status and last_seen "
-               "only for users who share a conversation with me", response=rest.UserOut)
+               "only for users who share a conversation with me (and show their presence, "
+               "with no block between us)", response=rest.UserOut)
     async def users_get(user_id: str) -> Response:
         viewer = await edge.user_id()
         user = await auth.get_user(parse_id(user_id, "user_id"))
-        status = (await presence.statuses([user], viewer=viewer))[user.id]
-        return json_response(render_user(user, status=status))
+        shown, st = await presence.seen([user], viewer=viewer)
+        return json_response(render_user(shown[user.id], status=st[user.id]))
 
     @api.route("GET", "/api/users", summary="Search active users by username or display name",
                response=rest.UsersOut, query=("q", "limit"))
@@ -38,6 +39,6 @@ def register(api: Api, edge: Edge, *, auth: AuthService, presence: PresenceServi
         if not q:
             raise Invalid("q is required", field="q")
         users = await auth.search(q, limit=limit_arg(20, 100))
-        st = await presence.statuses(users, viewer=viewer)
-        return json_response(rest.UsersOut(users=[render_user(u, status=st[u.id])
+        shown, st = await presence.seen(users, viewer=viewer)
+        return json_response(rest.UsersOut(users=[render_user(shown[u.id], status=st[u.id])
                                                   for u in users]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import resource
+import secrets
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,16 +19,21 @@ import trio_asyncio
 from hypercorn.config import Config as HypercornConfig
 
 from chatsrv.adapters.aio import contain_asyncio_errors
+from chatsrv.adapters.blobs import open_blob_store
 from chatsrv.adapters.memory import LOCAL_INSTANCE, LocalDirectory, LocalRouter, NoBus
+from chatsrv.adapters.push.http import PushHttp, open_push_http
+from chatsrv.adapters.push.webpush import VapidKey
 from chatsrv.adapters.storage.base import Database
 from chatsrv.adapters.storage.blocks import SqlBlocks
 from chatsrv.adapters.storage.calls import SqlCallLog
 from chatsrv.adapters.storage.changes import SqlChanges
 from chatsrv.adapters.storage.migrate import migrate
+from chatsrv.adapters.storage.push import SqlPushStore
 from chatsrv.adapters.storage.sql import SqlStore
+from chatsrv.adapters.storage.uploads import SqlUploadStore
 from chatsrv.config import ConfigError, Settings
 from chatsrv.domain.model import CallSignal
-from chatsrv.domain.ports import CallBus, Directory, Router
+from chatsrv.domain.ports import BlobStore, CallBus, Directory, Router
 from chatsrv.metrics import Metrics
 from chatsrv.services.auth import AdminService, AuthService
 from chatsrv.services.batching import Coalescer
@@ -41,7 +47,9 @@ from chatsrv.services.membership import MembershipCache
 from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
 from chatsrv.services.privacy import PrivacyCache, PrivacyService
+from chatsrv.services.push import PushService
 from chatsrv.services.sessions import SessionRegistry
+from chatsrv.services.uploads import UploadLimits, UploadService, UrlSigner
 from chatsrv.tasks import StartupError, as_startup_error, leaves, open_background, supervised
 
 log = logging.getLogger("chatsrv")
@@ -117,6 +125,38 @@ async def open_routing(settings: Settings, metrics: Metrics) -> AsyncIterator[Ro
                                        timeout=settings.redis_timeout))
 
 
+@asynccontextmanager
+async def open_push(settings: Settings) -> AsyncIterator[PushHttp]:
+    """The VAPID key (VAPID_PRIVATE_KEY, else kept in the data directory, made on first
+    run, mode 0600) and the node's HTTP client for push services."""
+    if settings.vapid_private_key:
+        vapid = VapidKey.from_text(settings.vapid_private_key, settings.vapid_subject)
+    else:
+        if settings.redis_url:
+            log.warning("VAPID_PRIVATE_KEY unset in cluster mode: this node uses its own key "
+                        "from %s; push subscriptions made through another node fail here. "
+                        "Set VAPID_PRIVATE_KEY on every node", settings.data_dir)
+        vapid = await trio.to_thread.run_sync(
+            VapidKey.load_or_create, settings.data_dir / "vapid_private_key.pem",
+            settings.vapid_subject)
+    async with open_push_http(vapid, backstop=2 * settings.push_http_timeout) as client:
+        yield client
+
+
+def build_push(settings: Settings, store: SqlStore, db: Database, members: MembershipCache,
+               routing: Routing, client: PushHttp) -> PushService:
+    return PushService(
+        SqlPushStore(db), store, members, routing.router, routing.directory, client,
+        public_key=client.vapid.public_key, delay=settings.push_delay,
+        redact=settings.push_redact_content, webhook_url=settings.push_webhook_url,
+        allow_insecure=settings.push_allow_insecure, ttl=settings.push_ttl,
+        http_timeout=settings.push_http_timeout, max_attempts=settings.push_max_attempts,
+        retry_delay=settings.push_retry_delay, retry_max_delay=settings.push_retry_max_delay,
+        poll_interval=settings.push_poll_interval, concurrency=settings.push_concurrency,
+        queue_size=settings.push_queue_size,
+        max_subscriptions=settings.push_max_subscriptions)
+
+
 def build_auth(store: SqlStore, settings: Settings, *,
                limiter: Limiter | None = None
                ) -> tuple[AuthService, SessionRegistry, RateLimits]:
@@ -150,7 +190,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     """
     metrics = Metrics()
     contain_asyncio_errors(metrics.task_failures)
-    async with open_database(settings) as db, open_routing(settings, metrics) as routing:
+    async with open_database(settings) as db, open_routing(settings, metrics) as routing, \
+            open_blob_store(settings) as blobs, open_push(settings) as push_client:
         applied = await migrate(db)
         if applied:
             log.info("migrations applied: %s", ", ".join(applied))
@@ -177,15 +218,21 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                                    privacy=privacy_cache)
         if routing.on_users_back is not None:
             routing.on_users_back(presence.users_back)
+        uploads = build_uploads(SqlUploadStore(db), blobs, settings)
+        if settings.redis_url and not settings.s3_endpoint:
+            log.warning("cluster mode with uploads on local disk: every node must see the "
+                        "same %s (a shared volume), or set S3_ENDPOINT",
+                        settings.data_dir / "blobs")
         changes = ChangeService(store, SqlChanges(db), router, members,
                                 max_content_chars=settings.max_content_chars,
                                 edit_window=settings.edit_window,
-                                page_size=settings.sync_page_size)
+                                page_size=settings.sync_page_size,
+                                release=uploads.release_attachments)
         conversations = ConversationService(
             store, router, members, statuses=presence.statuses,
             max_group_members=settings.max_group_members, changes=changes,
             privacy=privacy_cache, seen=presence.seen)
-        messaging = MessagingService(store, router, members, commits,
+        messaging = MessagingService(store, router, members, commits, uploads=uploads,
                                      max_content_chars=settings.max_content_chars,
                                      history_max_limit=settings.history_max_limit,
                                      history_default_limit=settings.history_default_limit,
@@ -202,10 +249,18 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             auth=auth, sessions=sessions, admin=AdminService(store, auth), limits=limits,
             conversations=conversations, messaging=messaging, presence=presence,
             changes=changes, commits=commits, arrivals=Coalescer(store.arrivals, max_batch=settings.commit_batch),
-            calls=calls, metrics=metrics,
+            calls=calls, metrics=metrics, uploads=uploads,
             privacy=PrivacyService(store.get_user, blocks, privacy_cache, presence, router),
             privacy_cache=privacy_cache,
+            push=build_push(settings, store, db, members, routing, push_client),
         )
+        push = svc.push
+        assert push is not None
+
+        async def announce(message: Any, origin: Any) -> None:
+            push.notify_nowait(message)  # never blocks; the enqueue task decides who
+            await svc.messaging.announce(message, origin)
+
         _gauges(metrics, svc)
         supervise = partial(supervised, failures=metrics.task_failures,
                             first_delay=settings.task_restart_delay)
@@ -214,13 +269,33 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             await nursery.start(supervise, "sessions", sessions.run)
             await nursery.start(supervise, "calls", calls.run)
             await nursery.start(supervise, "arrivals", svc.arrivals.run)
+            await nursery.start(supervise, "upload-sweep", uploads.run)
+            await nursery.start(supervise, "push-enqueue", push.run_enqueue)
+            await nursery.start(supervise, "push-sender", push.run_sender)
             if routing.watch_nodes is not None:
                 await nursery.start(supervise, "node-watch", routing.watch_nodes,
                                     presence.node_lost)
             for lane in range(commits.lanes):
                 await nursery.start(supervise, f"commit-lane-{lane}", commits.run_lane, lane,
-                                    svc.messaging.announce)
+                                    announce)
             yield svc
+
+
+def build_uploads(store: SqlUploadStore, blobs: BlobStore, settings: Settings) -> UploadService:
+    """Uploads: records in the database, bytes in `blobs`, temp files in the data dir."""
+    limits = UploadLimits(
+        max_bytes=settings.max_upload_bytes, quota_bytes=settings.upload_quota_bytes,
+        max_attachments=settings.max_attachments, thumbnail_px=settings.thumbnail_px,
+        max_pixels=settings.max_image_pixels, image_timeout=settings.image_timeout,
+        read_timeout=settings.upload_read_timeout, url_ttl=settings.download_url_ttl,
+        orphan_ttl=settings.upload_orphan_ttl, sweep_interval=settings.upload_sweep_interval,
+        op_timeout=settings.db_timeout)
+    return UploadService(store, blobs, tmp_dir=settings.data_dir / "uploads-tmp",
+                         limits=limits,
+                         signer=UrlSigner(settings.jwt_secret.encode() or secrets.token_bytes(32),
+                                          settings.download_url_ttl),
+                         redirect=settings.s3_redirect,
+                         strip_metadata=settings.upload_strip_metadata)
 
 
 def _gauges(metrics: Metrics, svc: Services) -> None:
@@ -232,6 +307,16 @@ def _gauges(metrics: Metrics, svc: Services) -> None:
                     lambda: commits.batched)
     metrics.counter("commit_failed_batches", "batches that failed for an unforeseen reason",
                     lambda: commits.failed_batches)
+    if svc.push is not None:
+        counts = svc.push.counts
+        for kind, meaning in (("queued", "push outbox rows written"),
+                              ("sent", "pushes the push service or webhook took"),
+                              ("gone", "pushes answered 404/410 (subscription deleted)"),
+                              ("retry", "push attempts to retry (429, 5xx, no answer)"),
+                              ("given_up", "pushes dropped after PUSH_MAX_ATTEMPTS or refused"),
+                              ("skipped_online", "pushes not sent: the user came online"),
+                              ("dropped", "pushes lost: the outbox queue was full")):
+            metrics.counter(f"push_{kind}", meaning, lambda k=kind: counts[k])  # type: ignore[misc]
 
 
 def hypercorn_config(settings: Settings, *, bind: str | None = None) -> HypercornConfig:
@@ -255,6 +340,7 @@ def build_asgi(svc: Services) -> tuple[Any, Any]:
     """One ASGI app: WebSockets go to the WebSocket endpoint, everything else to Quart.
     Returns (app, ws endpoint). The transports get the services they call, nothing else."""
     from chatsrv.transport.http import create_app
+    from chatsrv.transport.http.uploads import streamed_uploads
     from chatsrv.transport.session import FrameRates, SessionDeps
     from chatsrv.transport.ws import WebSocketEndpoint
 
@@ -263,8 +349,8 @@ def build_asgi(svc: Services) -> tuple[Any, Any]:
         settings, auth_service=svc.auth, admin_service=svc.admin, presence=svc.presence,
         conversation_service=svc.conversations, messaging=svc.messaging,
         call_service=svc.calls, limits=svc.limits, ready=svc.store.ping,
-        privacy=svc.privacy,
-        metrics=svc.metrics.render, change_service=svc.changes)
+        privacy=svc.privacy, uploads=svc.uploads,
+        metrics=svc.metrics.render, change_service=svc.changes, push_service=svc.push)
     endpoint: WebSocketEndpoint
 
     def bind(session: Any, principal: Any) -> None:
@@ -283,8 +369,9 @@ def build_asgi(svc: Services) -> tuple[Any, Any]:
         if scope["type"] == "websocket":
             await ws(scope, receive, send)
         else:
-            await quart_app(scope, receive, send)  # type: ignore[arg-type]
+            await http_app(scope, receive, send)
 
+    http_app = streamed_uploads(quart_app)  # type: ignore[arg-type]
     return asgi, ws
 
 

@@ -174,6 +174,47 @@ class Settings:
                                "credentials", group="calls", secret=True)
     turn_ttl: float = setting("TURN_TTL", 3600.0, "seconds TURN credentials live",
                               group="calls", minimum=60)
+    # ---- offline push (services/push.py)
+    vapid_private_key: str = setting(
+        "VAPID_PRIVATE_KEY", "", "Web Push VAPID key: PEM, or the raw P-256 scalar in "
+        "base64url; unset: generated once into the data directory (`vapid_private_key.pem`; "
+        "a cluster's nodes must share one: set it)", group="push", secret=True,
+        shown="generated")
+    vapid_subject: str = setting("VAPID_SUBJECT", "mailto:admin@localhost", "VAPID `sub`: a "
+                                 "`mailto:` or `https:` contact for push services",
+                                 group="push")
+    push_delay: float = setting("PUSH_DELAY", 10.0, "seconds a message waits before a user "
+                                "with no live socket is pushed (online by then: no push)",
+                                group="push", minimum=0)
+    push_redact_content: bool = setting("PUSH_REDACT_CONTENT", False, "pushes say \"New "
+                                        "message\" instead of the text", group="push")
+    push_webhook_url: str | None = setting(
+        "PUSH_WEBHOOK_URL", None, "each push event also POSTed here as JSON (a Sygnal-style "
+        "gateway, ntfy/UnifiedPush)", group="push", secret=True)
+    push_allow_insecure: bool = setting("PUSH_ALLOW_INSECURE", False, "accept `http://` push "
+                                        "endpoints on 127.0.0.1/localhost (tests only)",
+                                        group="push")
+    push_ttl: int = setting("PUSH_TTL", 86400, "seconds a push service keeps an undelivered "
+                            "push (`TTL` header)", group="push", minimum=0)
+    push_http_timeout: float = setting("PUSH_HTTP_TIMEOUT", 10.0, "deadline of one request to "
+                                       "a push service or the webhook", group="push",
+                                       minimum=0.01)
+    push_max_attempts: int = setting("PUSH_MAX_ATTEMPTS", 8, "tries of one push before it is "
+                                     "given up", group="push", minimum=1)
+    push_retry_delay: float = setting("PUSH_RETRY_DELAY", 2.0, "first retry back-off "
+                                      "(doubles, jittered)", group="push", minimum=0)
+    push_retry_max_delay: float = setting("PUSH_RETRY_MAX_DELAY", 300.0, "longest retry "
+                                          "back-off", group="push", minimum=0)
+    push_poll_interval: float = setting("PUSH_POLL_INTERVAL", 2.0, "how often the outbox is "
+                                        "read for pushes due (written by other nodes, "
+                                        "retries)", group="push", minimum=0.01)
+    push_concurrency: int = setting("PUSH_CONCURRENCY", 16, "push requests in flight per "
+                                    "node", group="push", minimum=1)
+    push_queue_size: int = setting("PUSH_QUEUE_SIZE", 4096, "committed messages waiting to be "
+                                   "written to the push outbox (full: the push is dropped "
+                                   "and counted)", group="push", minimum=1)
+    push_max_subscriptions: int = setting("PUSH_MAX_SUBSCRIPTIONS", 20, "push subscriptions "
+                                          "per user", group="push", minimum=1)
     # ---- cluster
     node_heartbeat_interval: float = setting("NODE_HEARTBEAT_INTERVAL", 5.0, "seconds between "
                                              "a node's liveness refreshes", group="cluster",
@@ -207,6 +248,54 @@ class Settings:
     commit_queue_size: int = setting("COMMIT_QUEUE_SIZE", 4096, "messages waiting per commit "
                                      "lane; senders wait when it is full", group="storage",
                                      minimum=1)
+    # ---- uploads (services/uploads.py, adapters/blobs/)
+    max_upload_bytes: int = setting("MAX_UPLOAD_BYTES", 25 * 1024 * 1024, "bytes per upload "
+                                    "(more: 413 `too_large`, also when Content-Length lies)",
+                                    group="uploads", minimum=1)
+    upload_quota_bytes: int = setting("UPLOAD_QUOTA_BYTES", 1024 * 1024 * 1024, "bytes of "
+                                      "uploads one user may keep (more: 413 "
+                                      "`quota_exceeded`; 0: no quota)", group="uploads",
+                                      minimum=0)
+    upload_orphan_ttl: float = setting("UPLOAD_ORPHAN_TTL", 24 * 3600.0, "seconds an upload "
+                                       "never attached to a message is kept", group="uploads",
+                                       minimum=1)
+    upload_sweep_interval: float = setting("UPLOAD_SWEEP_INTERVAL", 300.0, "seconds between "
+                                           "sweeps for orphaned uploads", group="uploads",
+                                           minimum=0.05)
+    upload_strip_metadata: bool = setting("UPLOAD_STRIP_METADATA", True, "remove EXIF/XMP "
+                                          "(GPS position, camera) from uploaded JPEGs, "
+                                          "pixels untouched; false keeps them byte for byte",
+                                          group="uploads")
+    max_attachments: int = setting("MAX_ATTACHMENTS", 10, "uploads per message",
+                                   group="uploads", minimum=1)
+    thumbnail_px: int = setting("THUMBNAIL_PX", 320, "longest side of an image thumbnail",
+                                group="uploads", minimum=16)
+    max_image_pixels: int = setting("MAX_IMAGE_PIXELS", 50_000_000, "images over this many "
+                                    "pixels get no thumbnail (decompression-bomb limit)",
+                                    group="uploads", minimum=1)
+    image_timeout: float = setting("IMAGE_TIMEOUT", 10.0, "seconds to decode an image and "
+                                   "make its thumbnail; slower: kept without one",
+                                   group="uploads", minimum=0.1)
+    upload_read_timeout: float = setting("UPLOAD_READ_TIMEOUT", 30.0, "an upload body that "
+                                         "sends nothing for this long is dropped",
+                                         group="uploads", minimum=0.1)
+    download_url_ttl: float = setting("DOWNLOAD_URL_TTL", 3600.0, "seconds a signed download "
+                                      "URL (`?sig=`, for <img src>) and an S3 presigned "
+                                      "redirect live", group="uploads", minimum=10)
+    s3_endpoint: str | None = setting("S3_ENDPOINT", None, "S3-compatible endpoint "
+                                      "(`https://s3.eu-west-1.amazonaws.com`, MinIO, …); "
+                                      "unset: blobs on local disk under the data directory",
+                                      group="uploads")
+    s3_bucket: str = setting("S3_BUCKET", "", "bucket of the blobs (with S3_ENDPOINT)",
+                             group="uploads")
+    s3_access_key: str = setting("S3_ACCESS_KEY", "", "S3 access key id", group="uploads",
+                                 secret=True)
+    s3_secret_key: str = setting("S3_SECRET_KEY", "", "S3 secret access key", group="uploads",
+                                 secret=True)
+    s3_region: str = setting("S3_REGION", "us-east-1", "S3 region (SigV4 scope)",
+                             group="uploads")
+    s3_redirect: bool = setting("S3_REDIRECT", True, "downloads answer 302 to a presigned S3 "
+                                "URL (false: bytes proxied through the node)", group="uploads")
     # ---- lifetimes
     connect_retry_deadline: float = setting(
         "CONNECT_RETRY_DEADLINE", 60.0, "start-up: how long an unreachable PostgreSQL or Redis "
@@ -306,7 +395,13 @@ class Settings:
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got "
                               f"{self.log_level!r}")
+        if self.s3_endpoint and not (self.s3_endpoint.startswith(("http://", "https://"))
+                                     and self.s3_bucket and self.s3_access_key
+                                     and self.s3_secret_key):
+            raise ConfigError("S3_ENDPOINT must be an http(s):// URL and needs S3_BUCKET, "
+                              "S3_ACCESS_KEY and S3_SECRET_KEY")
         self.check_ice()
+        self.check_push()
         self.check_secret()
         self.check_cluster()
 
@@ -325,6 +420,22 @@ class Settings:
         if bool(self.turn_urls) != bool(self.turn_secret):
             raise ConfigError("TURN_URLS and TURN_SECRET go together: set both (TURN "
                               "credentials are minted from the secret) or neither")
+
+    def check_push(self) -> None:
+        """The VAPID key parses, its subject and the webhook are URLs of the right kind."""
+        if not self.vapid_subject.startswith(("mailto:", "https://")):
+            raise ConfigError(f"VAPID_SUBJECT must be a mailto: or https:// URL, got "
+                              f"{self.vapid_subject!r}")
+        if self.push_webhook_url and not self.push_webhook_url.startswith(("http://",
+                                                                           "https://")):
+            raise ConfigError("PUSH_WEBHOOK_URL must be an http:// or https:// URL")
+        if self.vapid_private_key:
+            from chatsrv.adapters.push.webpush import VapidKey
+
+            try:
+                VapidKey.from_text(self.vapid_private_key, self.vapid_subject)
+            except ValueError as exc:
+                raise ConfigError(f"VAPID_PRIVATE_KEY: {exc}") from None
 
     def check_cluster(self) -> None:
         """Cluster mode (REDIS_URL) needs the nodes' shared PostgreSQL, and a node TTL that

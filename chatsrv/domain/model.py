@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from chatsrv.domain.errors import Invalid
+from chatsrv.domain.uploads import Attachment
 
 NO_ID = "00000000-0000-0000-0000-000000000000"  # sorts before every id (keyset paging)
 _CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -156,6 +157,7 @@ class Message:
     deleted_by: str | None = None
     # as one viewer sees them (filled per viewer by the services; the store leaves it empty)
     reactions: tuple[Reaction, ...] = ()
+    attachments: tuple[Attachment, ...] = ()  # uploads the message carries, in order
 
 
 @dataclass(frozen=True, slots=True)

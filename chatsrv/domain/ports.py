@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from chatsrv.domain.changes import Change
@@ -26,6 +27,7 @@ from chatsrv.domain.model import (
     User,
     Watermarks,
 )
+from chatsrv.domain.uploads import Upload
 
 if TYPE_CHECKING:  # frames are the protocol's; the domain only passes them on
     from chatsrv.protocol.frames import Frame
@@ -327,4 +329,60 @@ class Directory(Protocol):
     def on_privacy_changed(self, callback: Callable[[list[str] | None], None]) -> None:
         """Cluster: call `callback(user_ids)` when another node changed blocks or privacy
         settings, and `callback(None)` when notes may have been missed (drop everything)."""
+        ...
+
+
+class BlobStore(Protocol):
+    """Bytes by their SHA-256 (hex), content-addressed: the same bytes are stored once.
+    Every call raises Unavailable when the storage cannot be reached; the caller bounds it."""
+
+    async def put_file(self, path: Path, *, sha256: str, size: int) -> None:
+        """Store the file at `path` (a finished local temp file whose digest the caller
+        computed) under `sha256`, atomically: a reader sees all of it or nothing. The file
+        is consumed (moved or deleted). Storing bytes that exist already is a no-op."""
+        ...
+
+    async def exists(self, sha256: str) -> bool: ...
+
+    def read(self, sha256: str, *, first: int = 0,
+             last: int | None = None) -> AsyncIterator[bytes]:
+        """The bytes first..last (inclusive; None: to the end), in chunks. Raises NotFound."""
+        ...
+
+    async def delete(self, sha256: str) -> None:
+        """Remove the blob; a missing one is not an error."""
+        ...
+
+    def presigned_url(self, sha256: str, *, ttl: float, filename: str, content_type: str,
+                      disposition: str) -> str | None:
+        """A short-lived URL the client may fetch the bytes from directly (S3), with the
+        response headers set; None where the node serves them itself (local disk)."""
+        ...
+
+
+class UploadStore(Protocol):
+    """Upload records and which messages carry them. Each method is one transaction."""
+
+    async def create_upload(self, upload: Upload) -> None: ...
+    async def get_upload(self, upload_id: str) -> Upload | None: ...
+    async def get_uploads(self, upload_ids: Sequence[str]) -> list[Upload]: ...
+    async def usage(self, owner_id: str) -> int:
+        """Bytes of the owner's uploads (the quota)."""
+        ...
+    async def can_read(self, upload_id: str, user_id: str) -> bool:
+        """The uploader, or a member of a conversation where a message carries it."""
+        ...
+    async def attachments_of(self, message_ids: Sequence[str]) -> dict[str, list[Upload]]:
+        """message id -> its uploads in position order (messages without any are absent)."""
+        ...
+    async def release(self, message_id: str) -> list[Upload]:
+        """Drop a message's attachments; returns those of its uploads no message carries
+        any more (their records are deleted; the caller deletes unshared blobs)."""
+        ...
+    async def orphans(self, before: datetime, *, limit: int) -> list[Upload]:
+        """Uploads created before `before` that no message ever carried."""
+        ...
+    async def delete_uploads(self, upload_ids: Sequence[str]) -> None: ...
+    async def blob_in_use(self, sha256: str) -> bool:
+        """Whether any upload's original or thumbnail is this blob."""
         ...

@@ -40,6 +40,7 @@ class ChatMessageIn(Struct):
     message_type: str = "text"
     client_msg_id: str | None = None
     reply_to: str | None = None  # a message of the same conversation (issue 14)
+    attachments: list[str] = []  # upload ids (POST /api/uploads), the sender's own
 
 
 class TypingIn(Struct):
@@ -280,6 +281,20 @@ class ReactionCount(Struct):
     me: bool
 
 
+class AttachmentOut(Struct):
+    """An upload a message carries; `url`/`thumbnail_url` are signed (they work in an
+    <img src> without a bearer header) for DOWNLOAD_URL_TTL."""
+
+    id: str
+    name: str
+    content_type: str
+    size: int
+    url: str
+    thumbnail_url: str | None
+    width: int | None
+    height: int | None
+
+
 class MessagePayload(Out):
     """A message as every client sees it: new_message, history, sync_result, REST."""
 
@@ -298,6 +313,7 @@ class MessagePayload(Out):
     reply_to: str | None = None
     mentions: list[str] = field(default_factory=list)
     reactions: dict[str, ReactionCount] = field(default_factory=dict)
+    attachments: list[AttachmentOut] = field(default_factory=list)
 
 
 class MessageAck(Out):

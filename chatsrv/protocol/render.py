@@ -15,6 +15,7 @@ from chatsrv.domain.model import (
     Watermarks,
     iso,
 )
+from chatsrv.domain.uploads import Upload
 from chatsrv.protocol import frames
 from chatsrv.protocol import rest as wire
 
@@ -47,7 +48,22 @@ def render_message(m: Message) -> frames.MessagePayload:
         edited_at=iso(m.edited_at), deleted=m.deleted_at is not None, reply_to=m.reply_to,
         mentions=list(m.mentions),
         reactions={r.emoji: frames.ReactionCount(count=r.count, me=r.me) for r in m.reactions},
+        attachments=[frames.AttachmentOut(
+            id=a.id, name=a.name, content_type=a.content_type, size=a.size,
+            # unsigned (bearer header) where no signed URL was filled in: a conversation's
+            # last_message
+            url=a.url or f"/api/uploads/{a.id}",
+            thumbnail_url=a.thumbnail_url or (f"/api/uploads/{a.id}/thumbnail"
+                                              if a.has_thumbnail else None),
+            width=a.width, height=a.height)
+            for a in m.attachments],
     )
+
+
+def render_upload(u: Upload, url: str, thumbnail_url: str | None) -> wire.UploadOut:
+    return wire.UploadOut(id=u.id, name=u.name, content_type=u.content_type, size=u.size,
+                          sha256=u.sha256, url=url, thumbnail_url=thumbnail_url,
+                          width=u.width, height=u.height, created_at=iso(u.created_at) or "")
 
 
 def render_ack(m: Message, *, duplicate: bool) -> frames.MessageAck:

@@ -59,6 +59,7 @@ class SendMessageIn(Struct):
     message_type: str = "text"
     client_msg_id: str | None = None
     reply_to: str | None = None  # a message of the same conversation (issue 14)
+    attachments: list[str] = []  # upload ids, the sender's own
 
 
 class EditMessageIn(Struct):
@@ -123,6 +124,21 @@ class AuthOut(Struct):
 
 
 MessageOut = MessagePayload  # a message is rendered one way, everywhere
+
+
+class UploadOut(Struct):
+    """POST /api/uploads: the stored upload. `url` and `thumbnail_url` are signed."""
+
+    id: str
+    name: str
+    content_type: str
+    size: int
+    sha256: str
+    url: str
+    thumbnail_url: str | None
+    width: int | None
+    height: int | None
+    created_at: str
 
 
 class MemberOut(Struct):

@@ -10,6 +10,8 @@ the logged frames, in order, from `sync {changes_since}`.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,16 +28,19 @@ from chatsrv.domain.changes import (
     mentioned_names,
     reaction_payload,
 )
-from chatsrv.domain.errors import Conflict, Forbidden, Invalid, NotFound
+from chatsrv.domain.errors import ChatError, Conflict, Forbidden, Invalid, NotFound
 from chatsrv.domain.model import ConversationType, Message, Role, parse_id, utcnow
 from chatsrv.domain.ports import MessageChanges, Router, Store, Subscriber
 from chatsrv.protocol import frames as f
 from chatsrv.services.membership import MembershipCache
 
+log = logging.getLogger(__name__)
 
-def check_content(content: str, *, max_chars: int) -> None:
-    """The content rules of chat_message (and of edits). Raises Invalid."""
-    if not content or not content.strip():
+
+def check_content(content: str, *, max_chars: int, allow_empty: bool = False) -> None:
+    """The content rules of chat_message (and of edits). Raises Invalid. `allow_empty`:
+    the message carries attachments, so its text may be empty."""
+    if (not content or not content.strip()) and not allow_empty:
         raise Invalid("content must not be empty", field="content")
     if len(content) > max_chars:
         raise Invalid(f"content is longer than {max_chars} characters",
@@ -56,7 +61,10 @@ class ChangesPage:
 class ChangeService:
     def __init__(self, store: Store, changes: MessageChanges, router: Router,
                  members: MembershipCache, *, max_content_chars: int, edit_window: float,
-                 page_size: int) -> None:
+                 page_size: int,
+                 release: Callable[[str], Awaitable[int]] | None = None) -> None:
+        # a deleted message's attachments go (UploadService.release_attachments)
+        self._release = release
         self._store = store
         self._changes = changes
         self._router = router
@@ -111,11 +119,17 @@ class ChangeService:
         return m
 
     async def _release_attachments(self, message: Message) -> None:
-        """MERGE POINT (uploads branch): release the deleted message's attachments here —
-        the one place every delete (WebSocket and REST, sender or group admin) passes, once,
-        right after the delete is committed and before members are told. Nothing to
-        release until uploads exist."""
-        await trio.lowlevel.checkpoint()
+        """The one place every delete (WebSocket and REST, sender or group admin) passes,
+        once, right after the delete is committed and before members are told: its
+        attachments go. The delete stands if this fails (logged; the uploads stay until a
+        later delete of another message sharing them or an operator's clean-up)."""
+        if self._release is None:
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            await self._release(message.id)
+        except (ChatError, trio.TooSlowError) as exc:
+            log.warning("attachments of deleted message %s not released: %s", message.id, exc)
 
     async def react(self, user_id: str, message_id: str, emoji: str, add: bool, *,
                     origin: Subscriber | None = None, ref: f.Ref = None) -> f.ReactionUpdate:

@@ -20,7 +20,9 @@ from chatsrv.services.membership import MembershipCache
 from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
 from chatsrv.services.privacy import PrivacyCache, PrivacyService
+from chatsrv.services.push import PushService
 from chatsrv.services.sessions import SessionRegistry
+from chatsrv.services.uploads import UploadService
 
 
 @dataclass(slots=True)
@@ -46,3 +48,6 @@ class Services:
     # blocks and privacy settings (services/privacy.py)
     privacy: PrivacyService
     privacy_cache: PrivacyCache
+    uploads: UploadService
+    # offline push and conversation mutes (services/push.py)
+    push: PushService | None = None

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from chatsrv.domain.errors import Forbidden, Invalid, NotFound
 from chatsrv.domain.model import (
@@ -26,6 +27,9 @@ from chatsrv.services.commit import GroupCommitter, Pending
 from chatsrv.services.membership import MembershipCache
 from chatsrv.services.privacy import PrivacyCache, shown_marks
 
+if TYPE_CHECKING:
+    from chatsrv.services.uploads import UploadService
+
 MESSAGE_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 MAX_CLIENT_MSG_ID = 64
 
@@ -43,11 +47,13 @@ class MessagingService:
                  commits: GroupCommitter, *,
                  max_content_chars: int, history_max_limit: int, history_default_limit: int,
                  sync_page_size: int, changes: ChangeService,
-                 privacy: PrivacyCache | None = None) -> None:
+                 privacy: PrivacyCache | None = None,
+                 uploads: UploadService | None = None) -> None:
         self._changes = changes
         self._store = store
         # blocks and read_receipts_visible (None: no rules, as in bare service tests)
         self._privacy = privacy
+        self._uploads = uploads  # attachments; None: messages carry none
         self._router = router
         self._members = members
         self._commits = commits
@@ -59,7 +65,8 @@ class MessagingService:
     async def send(self, user_id: str, *, conversation_id: str, content: str,
                    message_type: str = "text", client_msg_id: str | None = None,
                    origin: Subscriber | None = None,
-                   reply_to: str | None = None) -> tuple[Message, bool]:
+                   reply_to: str | None = None,
+                   attachments: Sequence[str] = ()) -> tuple[Message, bool]:
         """Commit; the committer then fans out `new_message` (see `announce`) to every
         member's live connections except `origin`, which gets `message_ack` instead.
 
@@ -68,18 +75,23 @@ class MessagingService:
         """
         pending = await self.submit(user_id, conversation_id=conversation_id, content=content,
                                     message_type=message_type, client_msg_id=client_msg_id,
-                                    origin=origin, reply_to=reply_to)
+                                    origin=origin, reply_to=reply_to, attachments=attachments)
         await pending.done.wait()
-        return self.result(pending)
+        message, created = self.result(pending)
+        if not created and self._uploads is not None:
+            # a resend: the stored message as it is, attachments included
+            message = await self._store.get_message(message.id) or message
+        return self._present([message])[0], created
 
     async def submit(self, user_id: str, *, conversation_id: str, content: str,
                      message_type: str = "text", client_msg_id: str | None = None,
                      origin: Subscriber | None = None,
-                     reply_to: str | None = None) -> Pending:
+                     reply_to: str | None = None,
+                     attachments: Sequence[str] = ()) -> Pending:
         """`send` without waiting for the commit: validates (raises Invalid at once) and
         queues; `result(pending)` once `pending.done` is set."""
         conversation_id = parse_id(conversation_id, "conversation_id")
-        check_content(content, max_chars=self._max_content)
+        check_content(content, max_chars=self._max_content, allow_empty=bool(attachments))
         if not MESSAGE_TYPE.match(message_type):
             raise Invalid("message_type must be a short lowercase word", field="message_type")
         if client_msg_id is not None and not 1 <= len(client_msg_id) <= MAX_CLIENT_MSG_ID:
@@ -90,10 +102,14 @@ class MessagingService:
         if reply_to is not None:
             reply_to = await self._changes.reply_target(conversation_id, reply_to)
         mentions = await self._changes.mentions(conversation_id, content)
+        if attachments and self._uploads is None:
+            raise Invalid("this server takes no attachments", field="attachments")
+        carried = (await self._uploads.resolve(user_id, attachments)
+                   if attachments and self._uploads is not None else ())
         return await self._commits.submit(Message(
             id=new_id(), conversation_id=conversation_id, seq=0, sender_id=user_id,
             content=content, message_type=message_type, client_msg_id=client_msg_id,
-            created_at=utcnow(), reply_to=reply_to, mentions=mentions,
+            created_at=utcnow(), reply_to=reply_to, mentions=mentions, attachments=carried,
         ), origin=origin)
 
     async def _check_not_blocked(self, user_id: str, conversation_id: str) -> None:
@@ -139,7 +155,7 @@ class MessagingService:
     async def announce(self, message: Message, origin: Subscriber | None) -> None:
         """Fan a committed message out; called by the group committer in commit order."""
         members = await self._members.members(message.conversation_id)
-        self._router.publish(members, Frame(render_message(message)),
+        self._router.publish(members, Frame(render_message(self._present([message])[0])),
                              exclude=origin.connection_id if origin is not None else None)
 
     async def history(self, user_id: str, conversation_id: str, *, limit: int | None,
@@ -167,7 +183,7 @@ class MessagingService:
         del rows[limit:]
         if after_seq is None:
             rows.reverse()  # fetched newest first
-        return await self._changes.decorate(user_id, rows), has_more
+        return self._present(await self._changes.decorate(user_id, rows)), has_more
 
     async def status(self, user_id: str, message_id: str) -> tuple[Message, dict[str, str]]:
         """A message and what each other member has of it: sent, delivered or read (from
@@ -278,7 +294,7 @@ class MessagingService:
                 has_more = True
         everywhere = await self._store.watermarks_of_my_conversations(user_id)
         watermarks = await self._shown(user_id, {cid: everywhere.get(cid, {}) for cid in start})
-        messages = await self._changes.decorate(user_id, messages)
+        messages = self._present(await self._changes.decorate(user_id, messages))
         return SyncResult(messages=messages, has_more=has_more, watermarks=watermarks,
                           changes=changes)
 
@@ -296,6 +312,12 @@ class MessagingService:
             Frame(TypingOut(conversation_id=conversation_id, user_id=user_id,
                             is_typing=is_typing)),
         )
+
+    def _present(self, messages: list[Message]) -> list[Message]:
+        """Messages as handed out: attachments with fresh signed URLs."""
+        if self._uploads is None:
+            return messages
+        return self._uploads.present(messages)
 
     async def _require_member(self, user_id: str, conversation_id: str) -> str:
         conversation_id = parse_id(conversation_id, "conversation_id")

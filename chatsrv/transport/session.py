@@ -283,7 +283,7 @@ class Session:
         pending = await self._deps.messaging.submit(
             self.user_id, conversation_id=p.conversation_id, content=p.content,
             message_type=p.message_type, client_msg_id=p.client_msg_id, origin=self,
-            reply_to=p.reply_to)
+            reply_to=p.reply_to, attachments=p.attachments)
         self._in_flight += 1
         self._settled = trio.Event() if self._settled.is_set() else self._settled
         # waits when MAX_IN_FLIGHT are out

@@ -15,6 +15,7 @@ from datetime import datetime
 
 from chatsrv.adapters.storage.base import Database, Op, UniqueViolation, exec_, one, rows, val
 from chatsrv.adapters.storage.rows import MESSAGE_COLS, mentions_json, message_of
+from chatsrv.adapters.storage.uploads import link_attachments, load_attachments
 from chatsrv.domain.errors import NotFound
 from chatsrv.domain.model import Message, Watermarks
 from chatsrv.domain.receipts import advance
@@ -157,7 +158,10 @@ class MessageStore:
     async def get_message(self, message_id: str) -> Message | None:
         def op() -> Op[Message | None]:
             row = yield one(GET_MESSAGE, message_id)
-            return None if row is None else message_of(row)
+            if row is None:
+                return None
+            [found] = yield from load_attachments(self.db.dialect, [message_of(row)])
+            return found
 
         return await self.db.run(op(), write=False)
 
@@ -174,7 +178,8 @@ class MessageStore:
 
         def op() -> Op[list[Message]]:
             found = yield query
-            return [message_of(r) for r in found]
+            return (yield from load_attachments(self.db.dialect,
+                                                [message_of(r) for r in found]))
 
         return await self.db.run(op(), write=False)
 
@@ -232,6 +237,7 @@ def _append(d: Message) -> Op[tuple[Message, bool] | NotFound]:
     yield exec_(INSERT_MESSAGE, d.id, d.conversation_id, seq, d.sender_id, d.content,
                 d.message_type, d.client_msg_id, d.created_at, d.reply_to,
                 mentions_json(d.mentions))
+    yield from link_attachments(d)
     yield exec_(SENDER_READ, d.conversation_id, d.sender_id, seq)
     return replace(d, seq=int(seq)), True
 
@@ -247,6 +253,9 @@ def _append_batch_pg(drafts: Sequence[Message]) -> Op[list[tuple[Message, bool] 
         [d.created_at for d in drafts], [d.reply_to for d in drafts],
         [mentions_json(d.mentions) for d in drafts])
     seqs = {str(r["id"]): int(r["seq"]) for r in inserted}
+    for d in drafts:
+        if d.id in seqs:
+            yield from link_attachments(d)
     stored: dict[tuple[str, str], Message] = {}
     left_out = [d for d in drafts if d.id not in seqs and d.client_msg_id is not None]
     if left_out:

@@ -27,6 +27,7 @@ from chatsrv.adapters.storage.rows import (
     user_of,
 )
 from chatsrv.adapters.storage.sessions import SessionStore, like_pattern
+from chatsrv.adapters.storage.uploads import load_attachments
 from chatsrv.domain.errors import Conflict
 from chatsrv.domain.model import (
     Arrival,
@@ -34,6 +35,7 @@ from chatsrv.domain.model import (
     ConversationSummary,
     ConversationType,
     Member,
+    Message,
     Role,
     User,
     Watermarks,
@@ -205,17 +207,19 @@ class SqlStore(MessageStore, SessionStore):
         await self.db.run(op())
 
     async def list_conversations(self, user_id: str) -> list[ConversationSummary]:
-        def op() -> Op[tuple[list[Row], list[Row], list[Row]]]:
+        def op() -> Op[tuple[list[Row], list[Row], list[Message]]]:
             convs = yield rows(MY_CONVERSATIONS, user_id)
             member_rows = yield rows(MEMBERS_OF_MY_CONVERSATIONS, user_id)
             last_rows = yield rows(LAST_MESSAGES, user_id)
-            return convs, member_rows, last_rows
+            lasts = yield from load_attachments(self.db.dialect,
+                                                [message_of(r) for r in last_rows])
+            return convs, member_rows, lasts
 
-        convs, member_rows, last_rows = await self.db.run(op(), write=False)
+        convs, member_rows, lasts = await self.db.run(op(), write=False)
         members: dict[str, list[Member]] = {}
         for r in member_rows:
             members.setdefault(str(r["conversation_id"]), []).append(member_of(r))
-        last = {str(r["conversation_id"]): message_of(r) for r in last_rows}
+        last = {m.conversation_id: m for m in lasts}
         out = []
         for r in convs:
             cid = str(r["id"])

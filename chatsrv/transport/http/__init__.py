@@ -21,6 +21,8 @@ from chatsrv.services.limits import RateLimits
 from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
 from chatsrv.services.privacy import PrivacyService
+from chatsrv.services.push import PushService
+from chatsrv.services.uploads import UploadService
 from chatsrv.transport.http import (
     admin,
     auth,
@@ -33,6 +35,8 @@ from chatsrv.transport.http import (
     users,
 )
 from chatsrv.transport.http import privacy as privacy_routes
+from chatsrv.transport.http import push as push_routes
+from chatsrv.transport.http import uploads as uploads_routes
 from chatsrv.transport.http.api import Api
 from chatsrv.transport.http.edge import Edge
 
@@ -43,7 +47,9 @@ def create_app(settings: Settings, *, auth_service: AuthService, admin_service: 
                ready: Callable[[], Awaitable[None]],
                metrics: Callable[[], tuple[bytes, str]],
                change_service: ChangeService,
-               privacy: PrivacyService | None = None) -> QuartTrio:
+               privacy: PrivacyService | None = None,
+               uploads: UploadService | None = None,
+               push_service: PushService | None = None) -> QuartTrio:
     """The Quart app for everything but the WebSocket (see transport/ws.py)."""
     app = QuartTrio("chatsrv", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -59,6 +65,10 @@ def create_app(settings: Settings, *, auth_service: AuthService, admin_service: 
     calls.register(api, edge, calls=call_service)
     if privacy is not None:
         privacy_routes.register(api, edge, privacy=privacy, presence=presence)
+    if uploads is not None:
+        uploads_routes.register(api, edge, uploads=uploads)
+    if push_service is not None:
+        push_routes.register(api, edge, push=push_service)
     ops.register(api, settings=settings, ready=ready, metrics=metrics)
     docs.register(api)
     app.extensions["chatsrv_api"] = api

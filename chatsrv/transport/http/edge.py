@@ -55,10 +55,12 @@ def cors_headers(resp: Response, origin: str | None, own: str, allowed: Sequence
         return
     resp.headers["Access-Control-Allow-Origin"] = origin
     resp.headers["Vary"] = "Origin"
-    resp.headers["Access-Control-Expose-Headers"] = "Retry-After, X-Request-Id"
+    resp.headers["Access-Control-Expose-Headers"] = ("Retry-After, X-Request-Id, "
+                                                     "Content-Disposition, Content-Range, ETag")
     if preflight:
         resp.headers["Access-Control-Allow-Methods"] = CORS_METHODS
-        resp.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+        resp.headers["Access-Control-Allow-Headers"] = ("Authorization, Content-Type, Range, "
+                                                        "If-None-Match")
         resp.headers["Access-Control-Max-Age"] = "600"
 
 

@@ -40,7 +40,8 @@ def register(api: Api, edge: Edge, *, messaging: MessagingService, settings: Set
         b = await body(rest.SendMessageIn)
         msg, created = await messaging.send(
             uid, conversation_id=conversation_id, content=b.content,
-            message_type=b.message_type, client_msg_id=b.client_msg_id, reply_to=b.reply_to)
+            message_type=b.message_type, client_msg_id=b.client_msg_id, reply_to=b.reply_to,
+            attachments=b.attachments)
         return json_response(render_message(msg), 201 if created else 200)
 
     @api.route("GET", "/api/messages/<message_id>/status", summary="Per-member status of a "

@@ -47,6 +47,14 @@ def register(api: Api, *, settings: Settings, ready: Callable[[], Awaitable[None
     async def index() -> Response:
         return await send_from_directory(WEB_DIR, "index.html")
 
+    @app.route("/sw.js")
+    async def service_worker() -> Response:
+        """The push service worker at the root, so its scope may be the whole origin."""
+        resp = await send_from_directory(WEB_DIR, "sw.js")
+        resp.headers["Service-Worker-Allowed"] = "/"
+        resp.headers["Cache-Control"] = "no-cache"
+        return resp
+
     @app.route("/web/<path:name>")
     async def web(name: str) -> Response:
         return await send_from_directory(WEB_DIR, name)

@@ -118,6 +118,7 @@ export function header(conv) {
   const isBlockedPeer = Boolean(peer && peer !== C.me() && blocked.has(peer));
   C.$('blocked-note').hidden = !isBlockedPeer;
   C.$('composer').hidden = isBlockedPeer;
+  if (isBlockedPeer) C.$('call-buttons').hidden = true; // the server refuses the call anyway
   if (isBlockedPeer) C.$('blocked-text').textContent = `You blocked ${C.userName(peer)}. Unblock to send messages.`;
 }
 

@@ -1386,7 +1386,10 @@ async function onCallFrame(type, p) {
       else call.inbox.push(c);
       break;
     }
-    case 'call_reject': endCall(p.reason === 'busy' ? `${userName(call.peer)} is busy` : 'Call declined'); break;
+    case 'call_reject':
+      endCall(p.reason === 'busy' ? `${userName(call.peer)} is busy`
+        : p.reason === 'blocked' ? 'You cannot call this person' : 'Call declined');
+      break;
     case 'call_end':
       endCall(call.state === 'incoming' ? `Missed call from ${userName(call.peer)}` : endText(p.reason));
       break;

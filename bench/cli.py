@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio_asyncio
 
 from bench import client, report
 from bench.runner import QUICK, Progress, Scale, override, run_scenarios
@@ -45,7 +46,8 @@ def parser(scenarios: list[str] = SCENARIOS, prog: str = "python -m bench"
                    help=f"run only this scenario (repeatable): {', '.join(scenarios)}")
     p.add_argument("--client", choices=client.CLIENTS, default="lean",
                    help="the generator's WebSocket client: lean (bench/lean.py, default: "
-                        "little CPU per received frame) or trio-websocket")
+                        "little CPU per received frame), trio-websocket, or websockets "
+                        "(the PyPI package on asyncio: a third-party client)")
     p.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both",
                    help="storage of the server the bench starts (default both, PostgreSQL "
                         "first)")
@@ -128,9 +130,13 @@ def _run_one(server: ServerInfo, scale: Scale, names: list[str], args: argparse.
              out: Path) -> list[dict[str, Any]]:
     progress = Progress(server.backend)
     progress.log(f"server {server.base_url} pid {server.pid or 'unknown'}")
-    return trio.run(lambda: run_scenarios(server, scale, names, REGISTRY, quick=args.quick,
-                                          progress=progress, out=out,
-                                          profile=frozenset(args.profile)))
+    async def run() -> list[dict[str, Any]]:
+        return await run_scenarios(server, scale, names, REGISTRY, quick=args.quick,
+                                   progress=progress, out=out, profile=frozenset(args.profile))
+
+    if args.client == "websockets":  # an asyncio client: the run hosts an asyncio loop
+        return trio_asyncio.run(run)  # type: ignore[no-any-return]
+    return trio.run(run)
 
 
 def main(argv: list[str] | None = None) -> int:

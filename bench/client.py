@@ -2,9 +2,10 @@
 sockets that speak chatsrv's frames with the schemas of chatsrv.protocol.
 
 Every socket runs over a TCP stream this module opens itself, so a scenario can cut it
-abruptly (RST) as a dropped mobile link would. Two clients speak the same frames: the lean
-one (bench/lean.py, the default: far less generator CPU per received frame) and a
-trio-websocket connection (`--client trio-websocket`).
+abruptly (RST) as a dropped mobile link would. Three clients speak the same frames: the
+lean one (bench/lean.py, the default: far less generator CPU per received frame), a
+trio-websocket connection (`--client trio-websocket`) and the third-party `websockets`
+package on asyncio (`--client websockets`, bench/aioclient.py; its sockets are its own).
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from trio_websocket import (
 )
 from wsproto.utilities import LocalProtocolError
 
+from bench import aioclient
 from bench.lean import LeanWs
 from chatsrv.protocol import frames
 
 PASSWORD = "bench-password"
 CONNECT_DEADLINE = 30.0  # one socket: TCP connect + handshake + `ready`
 QUEUE = 256  # frames trio-websocket buffers per socket before it stops reading the TCP stream
-CLIENTS = ("lean", "trio-websocket")
+CLIENTS = ("lean", "trio-websocket", "websockets")
 client_kind = "lean"  # set from --client
 
 _encode = msgspec.json.Encoder().encode
@@ -168,7 +170,8 @@ class RejectedError(Exception):
 
 
 # what connecting a socket can raise (besides cancellation)
-CONNECT_FAILURES = (OSError, HandshakeError, ConnectionClosed, RejectedError, trio.TooSlowError)
+CONNECT_FAILURES = (OSError, HandshakeError, ConnectionClosed, RejectedError, trio.TooSlowError,
+                    aioclient.RefusedError)
 
 
 class Ws(Protocol):
@@ -176,7 +179,11 @@ class Ws(Protocol):
 
     user: User
     ready: dict[str, Any]
-    stream: trio.SocketStream
+
+    @property
+    def stream(self) -> trio.abc.AsyncResource:
+        """Closing it drops the connection."""
+        ...
 
     @property
     def closed(self) -> bool: ...
@@ -240,7 +247,15 @@ async def connect(nursery: trio.Nursery, host: str, port: int, user: User, *,
     """
     if (kind or client_kind) == "lean":
         return await _connect_lean(host, port, user)
+    if (kind or client_kind) == "websockets":
+        return await _connect_aio(host, port, user)
     return await nursery.start(_hold, host, port, user, queue)  # type: ignore[no-any-return]
+
+
+def idle_client() -> str:
+    """The client for sockets that idle: one with a reader of its own that answers the
+    server's heartbeat pings (the lean client reads only when asked)."""
+    return "websockets" if client_kind == "websockets" else "trio-websocket"
 
 
 async def _connect_lean(host: str, port: int, user: User) -> LeanWs:
@@ -260,6 +275,16 @@ async def _connect_lean(host: str, port: int, user: User) -> LeanWs:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
         raise
+
+
+async def _connect_aio(host: str, port: int, user: User) -> aioclient.AioWs:
+    ws, first = await aioclient.connect(host, port, user, deadline=CONNECT_DEADLINE)
+    env = decode_envelope(first)
+    if env.type != "ready":
+        await ws.cut()
+        raise RejectedError(f"first frame was {env.type!r}, not 'ready'")
+    ws.ready = msgspec.json.decode(env.payload)
+    return ws
 
 
 async def _hold(host: str, port: int, user: User, queue: int, *,
@@ -342,4 +367,5 @@ async def close_many(socks: Sequence[Ws], *, concurrency: int = 500,
             await w.stream.aclose()
 
 
-__all__ = ["ConnectionClosed", "Rest", "User", "Ws", "close_many", "connect", "connect_many"]
+__all__ = ["ConnectionClosed", "Rest", "User", "Ws", "close_many", "connect", "connect_many",
+           "idle_client"]

@@ -113,7 +113,8 @@ def main() -> int:
         return 0
     name = f"chatsrv_probe_{uuid.uuid4().hex[:8]}"
     admin = args.dsn
-    target = admin.rsplit("/", 1)[0] + "/" + name
+    base, q, query = admin.partition("?")  # ?host=/var/run/postgresql: a Unix socket
+    target = base.rsplit("/", 1)[0] + "/" + name + q + query
 
     async def admin_sql(sql: str) -> None:
         conn = await asyncpg.connect(admin)

@@ -165,8 +165,9 @@ class LeanWs:
 
     async def _parse_and_answer(self, t: int) -> None:
         for opcode, payload in self._parse(t):
-            if opcode == 0x9:  # ping
-                await self._write(self._conn.send(Pong(payload=payload)))
+            if opcode == 0x9:  # ping (not answered once our close is on its way)
+                if self._conn.state is ConnectionState.OPEN:
+                    await self._write(self._conn.send(Pong(payload=payload)))
             elif opcode == 0x8:  # close: answer it, then the socket is done
                 code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
                 reason = payload[2:].decode("utf-8", "replace")

@@ -50,6 +50,10 @@ class Scale:
     idle_counts: tuple[int, ...] = (2000, 10000)
     idle_users_max: int = 5000  # accounts behind the sockets; beyond it users have 2+ devices
     idle_hold: float = 30.0
+    # idle_multi_device (held idle_hold too)
+    multi_counts: tuple[int, ...] = (2000, 10000)
+    multi_per_user: int = 40  # sockets (devices, tabs) per user
+    multi_conversations: int = 50  # groups of 10 each user is in
     # connect_storm
     storm_count: int = 5000
     # reconnect_storm_loss
@@ -67,6 +71,7 @@ QUICK = Scale(
     fanout_sizes=(3,), fanout_messages=20, fanout_duration=2.0,
     broadcast_members=3, broadcast_senders=2, broadcast_duration=2.0,
     idle_counts=(20,), idle_hold=1.0,
+    multi_counts=(20,), multi_per_user=4, multi_conversations=5,
     storm_count=20,
     reconnect_members=3, reconnect_senders=1, reconnect_rate=50.0, reconnect_duration=3.0,
     reconnect_outages=(0.3,),

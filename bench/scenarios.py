@@ -27,6 +27,7 @@ from bench.client import (
     decode_error,
     decode_message,
     decode_sync,
+    idle_client,
     ping_frame,
     stamp_of,
     stamped,
@@ -511,6 +512,46 @@ async def idle_connections(ctx: Ctx) -> dict[str, Any]:
     s = ctx.scale
     counts = sorted(s.idle_counts)
     accounts = await ctx.lonely_users(min(max(counts), s.idle_users_max))
+    rows = await _idle_levels(ctx, counts, lambda i: accounts[i % len(accounts)])
+    return {"params": {"counts": counts, "hold_s": s.idle_hold,
+                       "users_max": s.idle_users_max}, "rows": rows}
+
+
+async def idle_multi_device(ctx: Ctx) -> dict[str, Any]:
+    """The multi-device population: `multi_per_user` sockets per user (phones, laptops,
+    tabs), every user in `multi_conversations` groups of 10, so each connect announces
+    presence to contacts and its `ready` lists 50 conversations. 2,000 sockets, then
+    10,000, held idle as in idle_connections: memory per socket and connect time."""
+    s = ctx.scale
+    counts = sorted(s.multi_counts)
+    users = await ctx.register(max(1, -(-max(counts) // s.multi_per_user)), "devices' users")
+    size = min(10, len(users))
+    groups = max(1, len(users) * s.multi_conversations // size)
+    made = 0
+
+    async def group(k: int) -> None:
+        nonlocal made
+        start = (k * size // s.multi_conversations + k) % len(users)
+        members = [users[(start + j) % len(users)] for j in range(size)]
+        await ctx.rest.conversation(members[0], members[1:], group=True, name=f"g{k}")
+        made += 1
+
+    with ctx.status_during(lambda: f"creating groups {made}/{groups}"):
+        async with trio.open_nursery() as nursery:
+            for k in range(groups):
+                nursery.start_soon(group, k)
+    rows = await _idle_levels(  # socket i is user i // per_user's: 40 per user at every level
+        ctx, counts, lambda i: users[i // s.multi_per_user], per_socket_target=16,
+        connect_targets={2000: 2.0, 10000: 8.0})
+    return {"params": {"counts": counts, "hold_s": s.idle_hold, "per_user": s.multi_per_user,
+                       "conversations": s.multi_conversations, "users": len(users)},
+            "rows": rows}
+
+
+async def _idle_levels(ctx: Ctx, counts: list[int], owner: Callable[[int], User], *,
+                       per_socket_target: float | None = None,
+                       connect_targets: dict[int, float] | None = None) -> list[dict[str, Any]]:
+    """Open sockets level by level (each level adds to the last), hold each idle."""
     await ctx.settle()
     rss0 = ctx.rss()
     rows = []
@@ -518,30 +559,39 @@ async def idle_connections(ctx: Ctx) -> dict[str, Any]:
     failures: dict[str, int] = {}
     async with trio.open_nursery() as nursery:
         for n in counts:
-            users = [accounts[i % len(accounts)] for i in range(len(socks), n)]
+            users = [owner(i) for i in range(len(socks), n)]
 
             def show(n: int = n) -> str:
                 return f"connecting up to {n} sockets"
 
             with ctx.status_during(show):
                 t0 = time.perf_counter_ns()
-                # trio-websocket whatever --client says: its reader task answers the
-                # server's heartbeat pings while the socket idles, as a real client does
+                # a client with a reader of its own whatever --client says (not the lean
+                # one): it answers the server's heartbeat pings while the socket idles
                 socks += await ctx.connect_many(nursery, users, queue=4,
                                             concurrency=100, failures=failures,
-                                            kind="trio-websocket")
+                                            kind=idle_client())
                 connect_s = (time.perf_counter_ns() - t0) / 1e9
-            rows.append(await _idle_hold(ctx, n, socks, accounts, failures, rss0, connect_s,
-                                         len(users)))
+            row = await _idle_hold(ctx, n, socks, len({w.user.id for w in socks}), failures,
+                                   rss0, connect_s, len(users))
+            if per_socket_target is not None:
+                per = row["memory"]["kib_per_connection"]
+                limit = (connect_targets or {}).get(n)
+                fast = limit is None or connect_s <= limit
+                row["target"] = _target(
+                    f"≤ {per_socket_target:g} KiB/socket"
+                    + (f", ready in ≤ {limit:g} s" if limit else "") + ", all alive",
+                    per, per is not None and per <= per_socket_target and fast
+                    and row["counts"]["answered_ping"] == n)
+            rows.append(row)
         with ctx.status_during(lambda: f"closing {len(socks)} sockets"):
             await close_many(socks)
         nursery.cancel_scope.cancel()
     ctx.closed_many()
-    return {"params": {"counts": counts, "hold_s": s.idle_hold,
-                       "users_max": s.idle_users_max}, "rows": rows}
+    return rows
 
 
-async def _idle_hold(ctx: Ctx, n: int, socks: list[Ws], accounts: list[User],
+async def _idle_hold(ctx: Ctx, n: int, socks: list[Ws], users: int,
                      failures: dict[str, int], rss0: int | None, connect_s: float,
                      added: int) -> dict[str, Any]:
     s = ctx.scale
@@ -563,7 +613,6 @@ async def _idle_hold(ctx: Ctx, n: int, socks: list[Ws], accounts: list[User],
     if n >= 10_000:
         target = _target("≤ 25 KiB/conn, all alive", per_conn,
                          per_conn is not None and per_conn <= 25 and alive == n)
-    users = min(n, len(accounts))
     return {
         "case": f"{n} idle sockets ({users} users) held {s.idle_hold:.0f}s",
         "sockets": n,
@@ -1014,6 +1063,9 @@ REGISTRY: dict[str, tuple[Any, Callable[[Scale], float]]] = {
         s.broadcast_members) + s.broadcast_duration + 90),
     "idle_connections": (idle_connections, lambda s: _cap_registration(max(s.idle_counts))
                          + sum(n / 100 + s.idle_hold + 90 for n in s.idle_counts)),
+    "idle_multi_device": (idle_multi_device, lambda s: _cap_registration(
+        max(s.multi_counts) // s.multi_per_user + 1) + max(s.multi_counts) // 10
+        + sum(n / 100 + s.idle_hold + 90 for n in s.multi_counts)),
     "connect_storm": (connect_storm, lambda s: _cap_registration(s.storm_count) + 120),
     "reconnect_storm_loss": (reconnect_storm_loss, lambda s: _cap_registration(
         s.reconnect_members * (1 + s.reconnect_senders)) + s.reconnect_duration + 120),

@@ -43,8 +43,8 @@ def _rss() -> int:
     return 0
 
 
-def _site(trace: tracemalloc.Trace, by: str) -> str:
-    frames = list(trace.traceback)  # oldest first
+def _site(traceback: tracemalloc.Traceback, by: str) -> str:
+    frames = list(traceback)  # oldest first
     if by == "line":
         frame = frames[-1]
         return f"{_short(frame.filename)}:{frame.lineno}"
@@ -65,15 +65,15 @@ def _short(filename: str) -> str:
 
 def attribute(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, *,
               by: str) -> dict[str, tuple[int, int]]:
-    """Bytes and blocks alive in `after` but not in `before`, by allocation site."""
-    old = {(t.traceback, t.size) for t in before.traces}  # type: ignore[attr-defined]
+    """Bytes and blocks alive in `after` but not in `before`, by allocation site (grouped
+    by traceback first: iterating the traces one by one takes minutes)."""
     out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for trace in after.traces:  # type: ignore[attr-defined]
-        if (trace.traceback, trace.size) in old:
+    for diff in after.compare_to(before, "traceback"):
+        if diff.size_diff == 0 and diff.count_diff == 0:
             continue
-        row = out[_site(trace, by)]
-        row[0] += trace.size
-        row[1] += 1
+        row = out[_site(diff.traceback, by)]
+        row[0] += diff.size_diff
+        row[1] += diff.count_diff
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
@@ -106,9 +106,9 @@ async def serve_and_measure(args: argparse.Namespace) -> dict[str, Any]:
         before = tracemalloc.take_snapshot() if args.trace else None
         rss0 = _rss()
         await proc.stdin.send_all(b"go\n")
-        with trio.fail_after(600):
+        with trio.fail_after(1800):  # tracemalloc slows connecting several times
             ready = await lines.__anext__()
-            while router.connection_count() < args.sockets:
+            while router.connection_count() < args.sockets:  # noqa: ASYNC110 (no event for it)
                 await trio.sleep(0.1)  # sessions attach just after their `ready` is queued
             await trio.sleep(1.0)  # writers and flushers finish with `ready`
         gc.collect()
@@ -150,7 +150,9 @@ async def client(args: argparse.Namespace) -> None:
     from bench import client as bc
 
     rest = bc.Rest(args.client)
+    _say(f"registering {max(1, args.sockets // args.per_user)} users")
     users = await rest.register_many(max(1, args.sockets // args.per_user))
+    _say("creating groups")
     # every user in `conversations` groups of 10 (cyclic neighbours), as a real user base
     size = min(10, len(users))
     async with trio.open_nursery() as nursery:
@@ -159,6 +161,7 @@ async def client(args: argparse.Namespace) -> None:
             members = [users[(start + j) % len(users)] for j in range(size)]
             nursery.start_soon(lambda m=members: rest.conversation(m[0], m[1:], group=True))
     await rest.aclose()
+    _say("set up")
     stdin = trio.lowlevel.FdStream(os.dup(0))
     out = trio.lowlevel.FdStream(os.dup(1))
     await out.send_all(b"set up\n")
@@ -174,6 +177,10 @@ async def client(args: argparse.Namespace) -> None:
         await stdin.receive_some(100)  # quit
         await bc.close_many(socks)
         nursery.cancel_scope.cancel()
+
+
+def _say(what: str) -> None:
+    print(f"socket_memory client: {what}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from chatsrv.adapters.storage.calls import SqlCallLog
 from chatsrv.adapters.storage.changes import SqlChanges
 from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.push import SqlPushStore
+from chatsrv.adapters.storage.search import SqlSearchIndex
 from chatsrv.adapters.storage.sql import SqlStore
 from chatsrv.adapters.storage.uploads import SqlUploadStore
 from chatsrv.config import ConfigError, Settings
@@ -48,6 +49,7 @@ from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
 from chatsrv.services.privacy import PrivacyCache, PrivacyService
 from chatsrv.services.push import PushService
+from chatsrv.services.search import SearchService
 from chatsrv.services.sessions import SessionRegistry
 from chatsrv.services.uploads import UploadLimits, UploadService, UrlSigner
 from chatsrv.tasks import StartupError, as_startup_error, leaves, open_background, supervised
@@ -253,6 +255,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             privacy=PrivacyService(store.get_user, blocks, privacy_cache, presence, router),
             privacy_cache=privacy_cache,
             push=build_push(settings, store, db, members, routing, push_client),
+            search=SearchService(SqlSearchIndex(db), members,
+                                 default_limit=settings.search_default_limit,
+                                 max_limit=settings.search_max_limit,
+                                 present=messaging.present),
         )
         push = svc.push
         assert push is not None
@@ -349,7 +355,7 @@ def build_asgi(svc: Services) -> tuple[Any, Any]:
         settings, auth_service=svc.auth, admin_service=svc.admin, presence=svc.presence,
         conversation_service=svc.conversations, messaging=svc.messaging,
         call_service=svc.calls, limits=svc.limits, ready=svc.store.ping,
-        privacy=svc.privacy, uploads=svc.uploads,
+        privacy=svc.privacy, uploads=svc.uploads, search_service=svc.search,
         metrics=svc.metrics.render, change_service=svc.changes, push_service=svc.push)
     endpoint: WebSocketEndpoint
 

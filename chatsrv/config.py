@@ -144,6 +144,10 @@ class Settings:
     edit_window: float = setting("EDIT_WINDOW", 0.0, "seconds after sending that a message "
                                  "can still be edited (0: always; deleting is never limited)",
                                  group="limits", minimum=0)
+    search_max_limit: int = setting("SEARCH_MAX_LIMIT", 50, "results per search page at most",
+                                    group="limits", minimum=1)
+    search_default_limit: int = setting("SEARCH_DEFAULT_LIMIT", 20, "results per search page "
+                                        "by default", group="limits", minimum=1)
     # ---- realtime
     outbox_size: int = setting("WS_OUTBOX_SIZE", 512, "frames queued per connection before "
                                "it is cut with 1013 (it resyncs)", group="realtime", minimum=8)
@@ -381,6 +385,8 @@ class Settings:
                               f"redis+cluster:// URL, got {scheme}://…")
         if self.history_default_limit > self.history_max_limit:
             raise ConfigError("HISTORY_DEFAULT_LIMIT must not exceed HISTORY_MAX_LIMIT")
+        if self.search_default_limit > self.search_max_limit:
+            raise ConfigError("SEARCH_DEFAULT_LIMIT must not exceed SEARCH_MAX_LIMIT")
         if self.log_format not in ("auto", "text", "json"):
             raise ConfigError(f"LOG_FORMAT must be auto, text or json, got {self.log_format!r}")
         for proxy in self.trusted_proxies:

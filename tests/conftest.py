@@ -10,6 +10,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -36,12 +37,13 @@ def _unreachable(what: str, exc: BaseException) -> None:
     pytest.skip(f"!!! SKIPPED: {message}; start it to run these tests")
 
 
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """A fresh database for this test run, dropped afterwards. Yields its DSN."""
+@contextmanager
+def fresh_pg_database(prefix: str = "chatsrv_test") -> Iterator[str]:
+    """A new, empty PostgreSQL database for the block, dropped afterwards. Yields its DSN;
+    skips (fails under CI) when PostgreSQL is unreachable."""
     import asyncpg
 
-    name = f"chatsrv_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
 
     async def admin(sql: str) -> None:
         conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
@@ -59,6 +61,13 @@ def pg_database() -> Iterator[str]:
         yield f"{base}/{name}"
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh database for this test run, dropped afterwards. Yields its DSN."""
+    with fresh_pg_database() as dsn:
+        yield dsn
 
 
 @pytest.fixture(params=BACKENDS)

@@ -27,6 +27,7 @@ from chatsrv.domain.model import (
     User,
     Watermarks,
 )
+from chatsrv.domain.search import SearchCursor, SearchQuery
 from chatsrv.domain.uploads import Upload
 
 if TYPE_CHECKING:  # frames are the protocol's; the domain only passes them on
@@ -229,6 +230,19 @@ class Blocks(Protocol):
                              presence_visible: bool | None = None,
                              read_receipts_visible: bool | None = None) -> User | None:
         """Change the fields given (None: unchanged); the user after, None if unknown."""
+class SearchIndex(Protocol):
+    """Full-text search of messages (domain/search.py: the query language). The index is
+    kept by the database itself (a generated column, triggers), so an edit or a delete of
+    a message is searchable as it is now, with no call here."""
+
+    async def search_messages(
+        self, user_id: str, query: SearchQuery, *, conversation_id: str | None,
+        before: SearchCursor | None, limit: int,
+    ) -> list[Message]:
+        """Messages matching every term of `query` in the conversations `user_id` is a
+        member of now (checked in the same read), narrowed to `conversation_id` if given;
+        newest first ((created_at, id) descending), strictly after `before` in that order;
+        at most `limit`. A deleted message (content "") never matches. Raises Unavailable."""
         ...
 
 

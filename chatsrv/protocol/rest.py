@@ -198,6 +198,19 @@ class UsersOut(Struct):
     users: list[UserOut]
 
 
+class SearchResultOut(Struct):
+    message: MessageOut
+    snippet: str  # HTML: the content escaped, hits in <mark>…</mark>, "…" where cut
+
+
+class SearchOut(Struct):
+    """Newest first. `next_before`: pass as `before` for the next page (null: no more)."""
+
+    results: list[SearchResultOut]
+    has_more: bool
+    next_before: str | None = None
+
+
 class CallOut(Struct):
     id: str
     call_id: str

@@ -21,6 +21,7 @@ from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
 from chatsrv.services.privacy import PrivacyCache, PrivacyService
 from chatsrv.services.push import PushService
+from chatsrv.services.search import SearchService
 from chatsrv.services.sessions import SessionRegistry
 from chatsrv.services.uploads import UploadService
 
@@ -45,6 +46,7 @@ class Services:
     # for concurrent connects together
     arrivals: Coalescer[str, Arrival]
     metrics: Metrics
+    search: SearchService
     # blocks and privacy settings (services/privacy.py)
     privacy: PrivacyService
     privacy_cache: PrivacyCache

@@ -183,7 +183,7 @@ class MessagingService:
         del rows[limit:]
         if after_seq is None:
             rows.reverse()  # fetched newest first
-        return self._present(await self._changes.decorate(user_id, rows)), has_more
+        return await self.present(user_id, rows), has_more
 
     async def status(self, user_id: str, message_id: str) -> tuple[Message, dict[str, str]]:
         """A message and what each other member has of it: sent, delivered or read (from
@@ -294,7 +294,7 @@ class MessagingService:
                 has_more = True
         everywhere = await self._store.watermarks_of_my_conversations(user_id)
         watermarks = await self._shown(user_id, {cid: everywhere.get(cid, {}) for cid in start})
-        messages = self._present(await self._changes.decorate(user_id, messages))
+        messages = await self.present(user_id, messages)
         return SyncResult(messages=messages, has_more=has_more, watermarks=watermarks,
                           changes=changes)
 
@@ -312,6 +312,11 @@ class MessagingService:
             Frame(TypingOut(conversation_id=conversation_id, user_id=user_id,
                             is_typing=is_typing)),
         )
+
+    async def present(self, user_id: str, messages: list[Message]) -> list[Message]:
+        """Stored messages as `user_id` is shown them anywhere (history, sync, search): with
+        their reactions as that viewer sees them and attachments with fresh signed URLs."""
+        return self._present(await self._changes.decorate(user_id, messages))
 
     def _present(self, messages: list[Message]) -> list[Message]:
         """Messages as handed out: attachments with fresh signed URLs."""

@@ -116,7 +116,9 @@ async def _connection(http: Callable[[trio.abc.Stream], Awaitable[None]],
                     await stream.send_all(HEAD_TOO_LARGE)
                 await trio.aclose_forcefully(stream)
                 return
-            await endpoint.serve_stream(stream, head)
+            request = bytearray(head)  # emptied once parsed: not kept for the socket's life
+            del head
+            await endpoint.serve_stream(stream, request)
         else:
             await http(_Replayed(stream, head))
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 # chat_messages of one connection committing at once; at most a quarter of the outbox, so
 # their acks, which may leave in one burst, never crowd it out
 MAX_IN_FLIGHT = 32
+# the "nothing in flight" state every session starts in (a set Event is never cleared)
+_SETTLED = trio.Event()
+_SETTLED.set()
 
 
 class FrameRates:
@@ -94,7 +97,7 @@ class SessionDeps:
 class Session:
     """One live socket (see the module docstring). Owned by the endpoint (ws.py)."""
 
-    __slots__ = ("_acks", "_deps", "_dispatch", "_in_flight", "_nursery",
+    __slots__ = ("_acks", "_deps", "_in_flight", "_nursery",
                  "_scope", "_settled", "_typing", "_typing_running", "address", "arrival",
                  "auth_session", "close_code", "close_reason", "connection_id", "expires_at",
                  "outbox", "sock", "user_id")
@@ -114,10 +117,19 @@ class Session:
         self.close_reason = ""
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
-        self._typing = TypingBook(ttl=deps.settings.typing_ttl)
+        # per-socket state made on first use (memory per idle socket: bench/socket_memory.py)
+        self._typing: TypingBook | None = None
         self._typing_running = False
-        self._acks_init()
-        self._dispatch: dict[type[Any], Callable[[Any], Awaitable[None]]] = {
+        self._acks: Any = None  # (send, receive) channel of the acker, once a message came
+        self._in_flight = 0
+        self._settled = _SETTLED
+
+    # frame class -> handler: built from the first session, then shared by all of them (the
+    # unbound functions), so a socket holds no dict of bound methods
+    _DISPATCH: dict[type[Any], Callable[[Session, Any], Awaitable[None]]] = {}
+
+    def _handlers(self) -> dict[type[Any], Callable[[Any], Awaitable[None]]]:
+        return {
             f.ChatMessage: self._chat_message,
             f.Typing: self._typing_frame,
             f.DeliveryReceipt: self._delivery_receipt,
@@ -135,11 +147,15 @@ class Session:
             f.Reaction: self._reaction,
         }
 
-    def _acks_init(self) -> None:
-        self._acks = trio.open_memory_channel[tuple[Pending, f.Ref, float]](MAX_IN_FLIGHT)
-        self._in_flight = 0
-        self._settled = trio.Event()
-        self._settled.set()
+    def _dispatch(self, frame: Any) -> Awaitable[None]:
+        table = Session._DISPATCH
+        if not table:
+            handlers = self._handlers()
+            if not all(getattr(h, "__self__", None) is self for h in handlers.values()):
+                return handlers[type(frame)](frame)  # not all methods: no table to share
+            table.update({kind: bound.__func__  # type: ignore[attr-defined]
+                          for kind, bound in handlers.items()})
+        return table[type(frame)](self, frame)
 
     @property
     def device(self) -> Device:
@@ -173,7 +189,6 @@ class Session:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._writer)
-                nursery.start_soon(self._acker)
                 privacy = deps.privacy
                 self._ready(await privacy.blocked(self.user_id) if privacy else [])
                 await deps.presence.connected(self, self.arrival.contacts if self.arrival else None)
@@ -191,8 +206,9 @@ class Session:
         deps.presence.disconnected(self)
         if not deps.presence.connections_here(self.user_id):
             deps.rates.forget(self.user_id)
-        for cid in self._typing.active_for(self.user_id):
-            self._typing.stop(cid, self.user_id)
+        typing = self._typing or TypingBook(ttl=0)
+        for cid in typing.active_for(self.user_id):
+            typing.stop(cid, self.user_id)
             await self._publish_typing(cid, False)
         # calls end by themselves: their legs were tasks in this connection's nursery
 
@@ -217,6 +233,7 @@ class Session:
         try:
             while batch := await self.outbox.take():
                 await self.sock.send(batch)
+                del batch  # not kept while parked: `ready` alone is kilobytes
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.close(GOING_AWAY.code, "peer gone")
 
@@ -247,8 +264,9 @@ class Session:
             self._deps.rates.take(self.user_id)
             if not isinstance(frame, f.ChatMessage):
                 await self._settle()
-            await self._dispatch[type(frame)](frame)
-            if self._typing.next_deadline() is not None and not self._typing_running:
+            await self._dispatch(frame)
+            if (self._typing is not None and not self._typing_running
+                    and self._typing.next_deadline() is not None):
                 self._typing_running = True
                 self._start(self._expire_typing)
         except f.FrameError as exc:
@@ -286,6 +304,9 @@ class Session:
             reply_to=p.reply_to, attachments=p.attachments)
         self._in_flight += 1
         self._settled = trio.Event() if self._settled.is_set() else self._settled
+        if self._acks is None:  # the acker starts with the connection's first message
+            self._acks = trio.open_memory_channel[tuple[Pending, f.Ref, float]](MAX_IN_FLIGHT)
+            self._start(self._acker)
         # waits when MAX_IN_FLIGHT are out
         await self._acks[0].send((pending, frame.ref, read_at))
 
@@ -305,6 +326,7 @@ class Session:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._settled.set()
+                self._settled = _SETTLED
 
     async def _settle(self) -> None:
         """Wait until every chat_message read so far is acked: any other frame is handled
@@ -368,6 +390,8 @@ class Session:
 
     async def _typing_frame(self, frame: f.Typing) -> None:
         p = frame.payload
+        if self._typing is None:
+            self._typing = TypingBook(ttl=self._deps.settings.typing_ttl)
         if p.is_typing:
             # check membership before recording state; refreshes are not re-broadcast
             conversation_id = parse_id(p.conversation_id, "conversation_id")
@@ -386,6 +410,7 @@ class Session:
 
     async def _expire_typing(self) -> None:
         """Lives while the user types somewhere; sends is_typing=false when a state runs out."""
+        assert self._typing is not None
         try:
             while (deadline := self._typing.next_deadline()) is not None:
                 await trio.sleep_until(deadline)

@@ -18,14 +18,13 @@ import json
 import logging
 import os
 import struct
-from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -173,7 +172,7 @@ class Outbox:
         self.capacity = capacity
         self.write_now: Callable[[bytes], int] | None = None
         self.flusher: Flusher | None = None
-        self._items: deque[Frame | bytes] = deque()
+        self._items: list[Frame | bytes] = []  # an empty deque is 600 bytes, a list 56
         self._lot = trio.lowlevel.ParkingLot()
         self._closed = False
         self._marked = False
@@ -223,17 +222,16 @@ class Outbox:
             if self._closed:
                 return []
             await self._lot.park()
-        items = list(self._items)
-        self._items.clear()
+        items, self._items = self._items, []
         return items
 
 
-def _declared_length(ws: WSConnection) -> int:
+def _declared_length(ws: WSConnection | Connection) -> int:
     """The payload length the header of the frame being received declares (0 if unknown):
     a frame announcing more than the message limit is refused at its header, not after the
     peer has trickled it in. wsproto has no public accessor for it."""
-    decoder = getattr(getattr(getattr(ws, "connection", None), "_proto", None),
-                      "_frame_decoder", None)
+    conn = ws if isinstance(ws, Connection) else getattr(ws, "connection", None)
+    decoder = getattr(getattr(conn, "_proto", None), "_frame_decoder", None)
     header = getattr(decoder, "header", None)
     return int(getattr(header, "payload_len", 0) or 0)
 
@@ -259,20 +257,27 @@ class WsSocket:
         # never cut in half. After our close frame, close_wait for the peer's.
         self.send_stall = send_stall
         self.close_wait = close_wait
-        self._ws = WSConnection(ConnectionType.SERVER)
-        self._pending: deque[Any] = deque()
+        # the handshake's WSConnection, then (accepted) only its wsproto Connection: the
+        # handshake state (h11 connection, request, headers) is dropped with the upgrade
+        self._ws: WSConnection | Connection = WSConnection(ConnectionType.SERVER)
+        self._pending: list[Any] = []  # events read, not yet handled (a deque is 600 B)
         self._closed_by_peer: CloseConnection | None = None
         self.broken = False
         self.last_read = trio.current_time()
         # set by the endpoint: pongs go out through the outbox (the reader never writes)
         self.outbox: Outbox | None = None
 
-    async def handshake(self, head: bytes, *, peer: str | None = None) -> Handshake | None:
+    async def handshake(self, head: bytes | bytearray, *,
+                        peer: str | None = None) -> Handshake | None:
         """Parse the upgrade request (head + whatever completes it); None if it is not a
-        valid WebSocket request (a 400 has been sent)."""
+        valid WebSocket request (a 400 has been sent). A bytearray `head` is emptied once
+        parsed (the caller's buffer is not kept for the connection's life)."""
         ws = self._ws
+        assert isinstance(ws, WSConnection)
         try:
-            ws.receive_data(head)
+            ws.receive_data(bytes(head))
+            if isinstance(head, bytearray):
+                head.clear()
             while True:
                 for event in ws.events():
                     if isinstance(event, Request):
@@ -292,7 +297,11 @@ class WsSocket:
             return None
 
     async def accept(self, subprotocol: str | None) -> None:
-        await self._send_raw(self._ws.send(AcceptConnection(subprotocol=subprotocol)))
+        ws = self._ws
+        data = ws.send(AcceptConnection(subprotocol=subprotocol))
+        if isinstance(ws, WSConnection) and ws.connection is not None:
+            self._ws = ws.connection
+        await self._send_raw(data)
 
     async def refuse(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
@@ -311,7 +320,7 @@ class WsSocket:
         pending = self._pending
         while True:
             while pending:
-                event = pending.popleft()
+                event = pending.pop(0)
                 if isinstance(event, Message):
                     size += len(event.data)
                     if size > self.max_message or (
@@ -393,7 +402,26 @@ class WsSocket:
             return -1  # the writer's own send meets the error and ends the connection
 
     async def _receive_some(self) -> bytes:
-        return cast(bytes, await self.stream.receive_some(MAX_RECV))  # bytes on a socket
+        """What the socket has (b"" at EOF), as SocketStream.receive_some does it (one
+        checkpoint) but read straight from the fd: fewer coroutine frames held by every
+        idle socket's parked reader."""
+        if self.stream.socket.fileno() < 0:
+            raise trio.ClosedResourceError("socket closed")
+        waited = False
+        while True:
+            try:
+                data = os.read(self._fd, MAX_RECV)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self._fd)  # a checkpoint
+                waited = True
+                if self.stream.socket.fileno() < 0:
+                    raise trio.ClosedResourceError("socket closed") from None
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(str(exc)) from None
+            if not waited:
+                await trio.lowlevel.checkpoint()
+            return data
 
     async def _send_raw(self, data: bytes) -> None:
         """Write `data` whole. What the kernel takes at once is written directly (the usual

@@ -68,12 +68,18 @@ def _token_from(handshake: Handshake) -> tuple[str | None, str | None]:
     return token, chosen
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Admitted:
     principal: Principal
-    arrival: Arrival
+    arrival: Arrival | None  # handed to the Session, then dropped here (it is kilobytes)
     address: str
     began: float  # the handshake's first byte (for the connect histogram)
+
+
+def _context(session: Session) -> dict[str, Any]:
+    """A connection's fields in the access log (built when logged, not kept per socket)."""
+    return {"user_id": session.user_id, "connection": session.connection_id,
+            "client": session.address}
 
 
 def _peer(stream: trio.SocketStream) -> str | None:
@@ -155,7 +161,7 @@ class WebSocketEndpoint:
 
     # ------------------------------------------------------------------ lifetime
 
-    async def serve_stream(self, stream: trio.SocketStream, head: bytes) -> None:
+    async def serve_stream(self, stream: trio.SocketStream, head: bytes | bytearray) -> None:
         """A connection whose first request (`head`, already read) is a WebSocket upgrade."""
         settings = self._settings
         sock = WsSocket(stream, max_message=settings.max_frame_bytes * 16,
@@ -242,8 +248,10 @@ class WebSocketEndpoint:
             sock.outbox = outbox
             outbox.write_now = sock.write_now
             outbox.flusher = self.flusher
+        assert admitted.arrival is not None
         session = Session(self._deps, sock, outbox, principal=admitted.principal,
                           arrival=admitted.arrival, address=admitted.address)
+        admitted.arrival = None
         metrics.connections_opened += 1
         self._live.add(session)
         self._per_user[session.user_id] += 1
@@ -251,12 +259,13 @@ class WebSocketEndpoint:
         self.bind(session, admitted.principal)
         opened = trio.current_time()
         metrics.connect.observe(opened - admitted.began)
-        context = {"user_id": session.user_id, "connection": session.connection_id,
-                   "client": session.address}
-        access_log.info("ws open", extra={**context, "session_id": session.auth_session})
+        access_log.info("ws open", extra={**_context(session),
+                                          "session_id": session.auth_session})
         peer_left = False
         try:
-            since = parse_qs(handshake.query).get("since")
+            since = parse_qs(handshake.query).get("since") if "since" in handshake.query \
+                else None
+            handshake.headers, handshake.query = {}, ""  # not needed past the upgrade
             peer_left = await session.run(since=since[0] if since is not None else None)
         finally:
             self._live.discard(session)
@@ -265,7 +274,7 @@ class WebSocketEndpoint:
             metrics.connections_closed += 1
             access_log.info("ws close %s %.1fs", session.close_code or "peer",
                             trio.current_time() - opened,
-                            extra={**context, "session_id": session.auth_session,
+                            extra={**_context(session), "session_id": session.auth_session,
                                    "code": session.close_code})
             with trio.move_on_after(settings.cleanup_deadline, shield=True):
                 await session.cleanup()

@@ -11,11 +11,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ["latency_1to1", "throughput_1to1", "group_fanout", "broadcast_throughput",
-             "idle_connections", "connect_storm", "reconnect_storm_loss"]
+             "idle_connections", "idle_multi_device", "connect_storm", "reconnect_storm_loss"]
 # a count in each scenario's first row that says traffic really flowed
 TRAFFIC = {"latency_1to1": "received", "throughput_1to1": "received",
            "group_fanout": "deliveries", "broadcast_throughput": "deliveries",
-           "idle_connections": "answered_ping", "connect_storm": "ready",
+           "idle_connections": "answered_ping", "idle_multi_device": "answered_ping",
+           "connect_storm": "ready",
            "reconnect_storm_loss": "received"}
 
 
@@ -38,3 +39,22 @@ def test_quick_bench_runs_every_scenario_without_loss(tmp_path: Path) -> None:
     counts = loss["rows"][0]["counts"]
     assert counts["received"] == counts["expected_deliveries"] > 0
     assert (tmp_path / "results.md").read_text().count("| reconnect_storm_loss |") == 1
+
+
+def test_quick_bench_runs_with_the_third_party_client(tmp_path: Path) -> None:
+    """`--client websockets` (the PyPI package on asyncio) drives the same frames: a short
+    latency run and the multi-device idle profile, every message acked and received."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--backend", "sqlite", "--no-plot",
+         "--client", "websockets", "--scenario", "latency_1to1",
+         "--scenario", "idle_multi_device", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    scenarios = json.loads((tmp_path / "results.json").read_text())["backends"]["sqlite"][
+        "scenarios"]
+    assert sorted(scenarios) == ["idle_multi_device", "latency_1to1"]
+    latency = scenarios["latency_1to1"]["rows"][0]["counts"]
+    assert latency["sent"] == latency["acked"] == latency["received"] > 0, latency
+    idle = scenarios["idle_multi_device"]["rows"][0]["counts"]
+    assert idle["answered_ping"] == idle["sockets"] > 0 and idle["users"] < idle["sockets"]

@@ -1,6 +1,6 @@
 """REST under /api, health, metrics, OpenAPI and the web client, on Quart-Trio.
 
-One module per aggregate (auth, users, admin, conversations, messages, calls, ops), and docs
+One module per aggregate (auth, users, admin, conversations, messages, search, calls, ops), and docs
 (the served documentation); each handler parses, calls one service method and renders.
 `edge.py` is what every request passes through; `api.py` declares routes and builds the
 OpenAPI document from their types.
@@ -22,6 +22,7 @@ from chatsrv.services.messaging import MessagingService
 from chatsrv.services.presence import PresenceService
 from chatsrv.services.privacy import PrivacyService
 from chatsrv.services.push import PushService
+from chatsrv.services.search import SearchService
 from chatsrv.services.uploads import UploadService
 from chatsrv.transport.http import (
     admin,
@@ -36,6 +37,7 @@ from chatsrv.transport.http import (
 )
 from chatsrv.transport.http import privacy as privacy_routes
 from chatsrv.transport.http import push as push_routes
+from chatsrv.transport.http import search as search_routes
 from chatsrv.transport.http import uploads as uploads_routes
 from chatsrv.transport.http.api import Api
 from chatsrv.transport.http.edge import Edge
@@ -46,7 +48,7 @@ def create_app(settings: Settings, *, auth_service: AuthService, admin_service: 
                messaging: MessagingService, call_service: CallService, limits: RateLimits,
                ready: Callable[[], Awaitable[None]],
                metrics: Callable[[], tuple[bytes, str]],
-               change_service: ChangeService,
+               change_service: ChangeService, search_service: SearchService,
                privacy: PrivacyService | None = None,
                uploads: UploadService | None = None,
                push_service: PushService | None = None) -> QuartTrio:
@@ -69,6 +71,7 @@ def create_app(settings: Settings, *, auth_service: AuthService, admin_service: 
         uploads_routes.register(api, edge, uploads=uploads)
     if push_service is not None:
         push_routes.register(api, edge, push=push_service)
+    search_routes.register(api, edge, search=search_service, settings=settings)
     ops.register(api, settings=settings, ready=ready, metrics=metrics)
     docs.register(api)
     app.extensions["chatsrv_api"] = api

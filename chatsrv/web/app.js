@@ -5,6 +5,7 @@
 
 import { hydrateIcons, icon } from './icons.js';
 import { checkRegistration } from './rules.js';
+import { installFeatures } from './features.js';
 
 const $ = (id) => document.getElementById(id);
 const AUTH_KEY = 'chatsrv.auth';
@@ -243,6 +244,7 @@ function mergeConv(c) {
     }
   }
   if (typeof c.unread === 'number' && me()) advance(conv, me(), 0, conv.last_seq - c.unread);
+  X.mergeConv(conv, c);
   return conv;
 }
 
@@ -376,7 +378,9 @@ function onFrame({ type, payload: p = {}, ref }) {
     case 'conversation_updated': return onConversationUpdated(p); // not sent yet (rename hook)
     case 'error': return onError(p, ref ?? p.ref);
     case 'pong': return undefined;
-    default: if (type?.startsWith('call_') || type === 'ice_candidate') onCallFrame(type, p, ref);
+    default:
+      if (X.frames[type]) return X.frames[type](p, ref); // message changes (features.js)
+      if (type?.startsWith('call_') || type === 'ice_candidate') onCallFrame(type, p, ref);
   }
   return undefined;
 }
@@ -413,7 +417,8 @@ function onReady(p) {
   }
   if (unknown) reloadConversations();
   S.sync = { ref: uuid(), since };
-  send('sync', { conversations: since }, S.sync.ref);
+  send('sync', { conversations: since, ...X.syncExtra() }, S.sync.ref);
+  X.onReady(p);
   for (const conv of S.convs.values()) for (const pm of conv.pending.values()) if (!pm.failed) transmit(pm);
   if (S.current) queueReceipt(S.current);
   loadCalls(); // calls that ended while we were away
@@ -422,17 +427,19 @@ function onReady(p) {
 
 function onSyncResult(p, ref) {
   for (const m of p.messages || []) addMessage(m);
+  X.onSyncResult(p);
   for (const [cid, marks] of Object.entries(p.watermarks || {})) {
     const conv = S.convs.get(cid);
     if (conv) for (const [uid, w] of Object.entries(marks)) advance(conv, uid, w.delivered_seq, w.read_seq);
   }
   invalidate('sidebar', 'messages');
   if (!S.sync || (ref && ref !== S.sync.ref)) return;
-  if (!p.has_more || !p.messages?.length) { S.sync = null; return; }
+  const changes = X.syncMore(p); // {changes_since} while the changes come in pages too
+  if ((!p.has_more || !p.messages?.length) && !changes) { S.sync = null; return; }
   const since = { ...S.sync.since };
-  for (const m of p.messages) if (m.conversation_id in since) since[m.conversation_id] = Math.max(since[m.conversation_id], m.seq);
+  for (const m of p.messages || []) if (m.conversation_id in since) since[m.conversation_id] = Math.max(since[m.conversation_id], m.seq);
   S.sync = { ref: uuid(), since };
-  send('sync', { conversations: since }, S.sync.ref);
+  send('sync', { conversations: since, ...changes }, S.sync.ref);
 }
 
 function onAck(p) {
@@ -440,7 +447,7 @@ function onAck(p) {
   const pm = conv?.pending.get(p.client_msg_id);
   if (!pm) return;
   conv.pending.delete(p.client_msg_id);
-  addMessage({ id: p.id, conversation_id: conv.id, seq: p.seq, sender_id: me(), content: pm.content,
+  addMessage({ ...pm.shown, id: p.id, conversation_id: conv.id, seq: p.seq, sender_id: me(), content: pm.content,
                message_type: 'text', client_msg_id: p.client_msg_id, created_at: p.created_at || pm.created_at });
   invalidate('messages');
 }
@@ -456,8 +463,10 @@ function onStatus(p) {
 function onPresence(p) {
   const u = { id: p.user_id, status: p.status };
   if (p.last_seen) u.last_seen = p.last_seen;
-  else if (p.status === 'offline') u.last_seen = p.timestamp;
+  else if (p.status === 'offline' && !('last_seen' in p)) u.last_seen = p.timestamp;
   rememberUser(u);
+  // offline with last_seen null: hidden (presence_visible off, or a block): no "last seen"
+  if (p.status === 'offline' && 'last_seen' in p && !p.last_seen) delete S.users.get(p.user_id).last_seen;
   invalidate('sidebar', 'header');
 }
 
@@ -506,6 +515,7 @@ async function refreshConversation(cid) {
 }
 
 function onError(p, ref) {
+  if (X.onError(p, ref)) return undefined;
   for (const conv of S.convs.values()) {
     const pm = ref && conv.pending.get(ref);
     if (!pm) continue;
@@ -580,7 +590,7 @@ function flushReceipts() {
 
 function transmit(pm) {
   pm.failed = null;
-  send('chat_message', { conversation_id: pm.conversation_id, content: pm.content,
+  send('chat_message', { ...pm.extra, conversation_id: pm.conversation_id, content: pm.content,
                          message_type: 'text', client_msg_id: pm.client_msg_id }, pm.client_msg_id);
 }
 
@@ -588,10 +598,15 @@ function sendMessage() {
   const input = $('composer-input');
   const content = input.value.trim();
   const conv = S.convs.get(S.current);
-  if (!content || !conv) return;
+  if (!conv || X.beforeSend(conv, content)) return;
+  const more = X.compose(conv); // reply_to, attachments (features.js)
+  if (more.block) { toast(more.block, 'info'); return; }
+  if (!content && !more.attachments) return;
   const id = uuid();
-  const pm = { client_msg_id: id, conversation_id: conv.id, content, sender_id: me(),
-               created_at: new Date().toISOString(), pending: true, failed: null };
+  const pm = { ...more.shown, client_msg_id: id, conversation_id: conv.id, content, sender_id: me(),
+               created_at: new Date().toISOString(), pending: true, failed: null,
+               extra: more.extra, shown: more.shown };
+  X.afterSend(conv);
   conv.pending.set(id, pm);
   transmit(pm); // offline: stays pending and is sent (idempotently) after reconnect
   input.value = '';
@@ -743,7 +758,7 @@ function flushRender() {
   const conv = S.convs.get(S.current);
   $('empty-pane').hidden = Boolean(conv);
   $('conv-view').hidden = !conv;
-  if (!conv) document.body.classList.remove('show-pane');
+  if (!conv) { document.body.classList.remove('show-pane'); X.noConversation(); }
   if (d.has('sidebar')) renderSidebar();
   const details = Boolean(conv && conv.type === 'group' && S.details);
   $('details').hidden = !details;
@@ -818,7 +833,7 @@ function convItem(conv) {
     mark = icon(pending.failed ? 'alert' : 'clock', { title: pending.failed ? 'Not sent' : 'Sending…', cls: 'preview-mark' });
   } else if (last) {
     const who = last.sender_id === me() ? 'You: ' : conv.type === 'group' ? `${userName(last.sender_id)}: ` : '';
-    preview = who + last.content;
+    preview = who + (X.preview(last) ?? last.content);
   }
   const status = conv.type === 'one_to_one' && S.wsReady ? S.users.get(otherId(conv))?.status || 'offline' : null;
   return el('li', {}, el('button', {
@@ -832,6 +847,7 @@ function convItem(conv) {
       el('span', { class: 'row-time', text: fmtShort(last?.created_at) })),
     el('span', { class: 'row-top' },
       el('span', { class: `row-sub${typing ? ' typing-text' : ''}${mark ? ' with-mark' : ''}` }, mark, preview),
+      unread ? X.rowBadge(conv) : null,
       unread ? el('span', { class: 'badge', text: unread > 99 ? '99+' : String(unread) }) : null))));
 }
 
@@ -851,6 +867,7 @@ function renderHeader(conv) {
   $('call-buttons').hidden = conv.type !== 'one_to_one';
   $('info-btn').hidden = conv.type !== 'group';
   $('conv-title-btn').disabled = conv.type !== 'group';
+  X.header(conv);
 }
 
 // ---- group details: members with their role, add (admins), remove (admins), leave
@@ -868,8 +885,8 @@ function renderDetails(conv) {
   const admin = isAdmin(conv);
   $('details-title').textContent = convName(conv);
   $('add-members').hidden = !admin;
-  // Rename hook: unhide for admins once PATCH /api/conversations/{id} exists (see index.html).
-  $('rename-form').hidden = true;
+  $('rename-form').hidden = !admin;
+  if (document.activeElement !== $('rename-input')) $('rename-input').value = conv.name || '';
   const members = membersInOrder(conv);
   $('members-count').textContent = `${members.length} member${members.length === 1 ? '' : 's'}`;
   $('members-list').replaceChildren(...members.map((m) => memberRow(conv, m, admin)));
@@ -951,11 +968,19 @@ async function leaveGroup() {
   } catch (err) { report(err); } finally { $('leave-yes').disabled = false; }
 }
 
-// Rename hook: PATCH /api/conversations/{id} {name} (DESIGN §7) is not on the server yet.
-// When it is: unhide #rename-form for admins in renderDetails, call it here, and apply the
-// conversation_updated frame it fans out (onConversationUpdated already does).
+// PATCH /api/conversations/{id} {name} (group admins, DESIGN §7); every member's devices
+// then get conversation_updated (onConversationUpdated).
 async function renameGroup(e) {
   e.preventDefault();
+  const conv = S.convs.get(S.current);
+  const name = $('rename-input').value.trim();
+  if (!conv || conv.type !== 'group' || !name || name === conv.name) return;
+  try {
+    const r = await api('PATCH', `/api/conversations/${conv.id}`, { name });
+    conv.name = r?.name ?? name;
+    $('rename-input').blur();
+    invalidate('sidebar', 'header', 'details');
+  } catch (err) { report(err); }
 }
 
 const runMemberSearch = debounce(async () => {
@@ -1030,11 +1055,12 @@ function renderMessages() {
     const { m } = it;
     const mine = m.sender_id === me();
     const grouped = prev?.m && prev.m.sender_id === m.sender_id && sameDay(prev.d, d);
-    nodes.push(el('div', { class: `msg ${mine ? 'mine' : 'theirs'}${grouped ? ' grouped' : ''}`, title: d.toLocaleString(),
+    const v = X.view(conv, m); // reply quote, mentions, attachments, reactions, menu (features.js)
+    nodes.push(el('div', { class: `msg ${mine ? 'mine' : 'theirs'}${grouped ? ' grouped' : ''}${v.cls}`, title: d.toLocaleString(),
                            'data-id': m.id || null, 'data-seq': m.seq ?? null },
       conv.type === 'group' && !mine && !grouped ? el('div', { class: 'sender', text: userName(m.sender_id) }) : null,
-      el('div', { class: 'body', text: m.content }),
-      el('div', { class: 'meta' }, fmtTime(d), mine ? tick(conv, m) : null)));
+      ...(v.replace ? [v.replace] : [...v.before, v.noBody ? null : v.body ?? el('div', { class: 'body', text: m.content }), ...v.after]),
+      el('div', { class: 'meta' }, v.menu, ...v.meta, fmtTime(d), mine ? tick(conv, m) : null)));
     prev = { m, d };
   }
   box.replaceChildren(...nodes);
@@ -1360,7 +1386,10 @@ async function onCallFrame(type, p) {
       else call.inbox.push(c);
       break;
     }
-    case 'call_reject': endCall(p.reason === 'busy' ? `${userName(call.peer)} is busy` : 'Call declined'); break;
+    case 'call_reject':
+      endCall(p.reason === 'busy' ? `${userName(call.peer)} is busy`
+        : p.reason === 'blocked' ? 'You cannot call this person' : 'Call declined');
+      break;
     case 'call_end':
       endCall(call.state === 'incoming' ? `Missed call from ${userName(call.peer)}` : endText(p.reason));
       break;
@@ -1427,6 +1456,7 @@ function start() {
     $('me-name').textContent = u.display_name || u.username;
   }).catch(() => {});
   loadCalls();
+  X.start();
   invalidate('sidebar');
 }
 
@@ -1437,6 +1467,7 @@ function start() {
 // tab in the sidebar when S.auth.user.is_admin.
 
 function signOut(message) {
+  X.signOut();
   if (S.call) hangUp();
   disconnect();
   stopTyping();
@@ -1455,7 +1486,9 @@ function signOut(message) {
   $('auth-error').textContent = message || '';
 }
 
-function logout() {
+async function logout() {
+  // this browser stops getting the account's pushes, while the token still works (bounded)
+  await Promise.race([X.beforeLogout().catch(() => {}), new Promise((r) => { setTimeout(r, 2000); })]);
   const rt = S.auth?.refresh_token;
   if (rt) {
     fetch('/api/auth/logout', { method: 'POST', headers: { 'Content-Type': 'application/json' },
@@ -1506,6 +1539,12 @@ function wire() {
   window.addEventListener('storage', (e) => { if (e.key === AUTH_KEY && !e.newValue && S.auth) signOut(); });
   setInterval(() => invalidate('header'), 30000); // keep "last seen … ago" fresh
 }
+
+const X = installFeatures({
+  S, $, el, icon, api, send, invalidate, toast, report, me, uuid, userName, convName, otherId, isAdmin,
+  avatar, fmtShort, ensureUser, rememberUser, saveAuth, refreshAuth, loadConversations, loadHistory,
+  openConversation, autosize, renderNow: flushRender,
+});
 
 hydrateIcons();
 wire();

@@ -80,6 +80,12 @@ class ChatServer:
             # generous limits for the abuse limits of DESIGN §7 (ignored until they exist)
             "REGISTRATIONS_PER_MINUTE": "1000", "LOGIN_FAILURES_PER_MINUTE": "1000",
             "REST_RATE_PER_SECOND": "1000", "REST_RATE_BURST": "1000",
+            # offline push (test_notifications.py): the local push service speaks http,
+            # and a push goes out soon after its message
+            "PUSH_ALLOW_INSECURE": "true", "PUSH_DELAY": "0.3", "PUSH_POLL_INTERVAL": "0.1",
+            "PUSH_RETRY_DELAY": "0.05", "PUSH_RETRY_MAX_DELAY": "0.2",
+            # sync_result in pages of 2 messages and 2 changes: the client's pager is used
+            "SYNC_PAGE_SIZE": "2",
             "PYTHONUNBUFFERED": "1",
         })
         return env

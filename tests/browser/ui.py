@@ -9,7 +9,9 @@ never with fixed sleeps. Selectors use ids and data-* attributes the client sets
 from __future__ import annotations
 
 import itertools
+import json
 import re
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,10 @@ DESKTOP: Any = {"width": 1100, "height": 720}  # playwright's ViewportSize (a Ty
 PHONE: Any = {"width": 390, "height": 760}
 PASSWORD = "password123"
 # The page is served to the tests under the strict policy the security issue will add (no
-# 'unsafe-inline' anywhere): a violation is logged by Chromium and fails the test.
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+# 'unsafe-inline' anywhere): a violation is logged by Chromium and fails the test. img-src
+# blob: (as the server's own CSP, transport/http/edge.py): the preview of a file being
+# uploaded is a blob: URL of the local file.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
        "connect-src 'self'; media-src 'self'; base-uri 'none'; form-action 'self'; "
        "frame-ancestors 'none'")
 
@@ -49,7 +53,7 @@ class Person:
             permissions=["camera", "microphone"], base_url=crowd.server.url)
         # every action and wait is bounded (expect's own default is set in conftest.py)
         self.context.set_default_timeout(15_000)
-        self.context.route(f"{crowd.server.url}/", self._with_csp)
+        self.context.route(re.compile(rf"^{re.escape(crowd.server.url)}/(\?.*)?$"), self._with_csp)
         self.page: Page = self.new_page()
 
     @staticmethod
@@ -163,6 +167,79 @@ class Person:
 
     def call_entries(self) -> Locator:
         return self.page.locator("#messages .call-entry")
+
+    # ---- REST as this person (their token from the page's storage), for test set-up
+
+    def token(self) -> str:
+        return str(self.page.evaluate("JSON.parse(localStorage.getItem('chatsrv.auth')).token"))
+
+    def rest(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"{self.crowd.server.url}{path}", data=data, method=method,
+                                     headers={"Authorization": f"Bearer {self.token()}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            raw = r.read()
+        return json.loads(raw) if raw else None
+
+    def user_id(self) -> str:
+        return str(self.rest("GET", "/api/users/me")["id"])
+
+    def direct_with(self, other: Person) -> str:
+        """The id of the 1:1 with `other` (created if needed: the call is idempotent)."""
+        conv = self.rest("POST", "/api/conversations",
+                         {"type": "one_to_one", "member_ids": [other.user_id()]})
+        return str(conv["id"])
+
+    # ---- message actions (menu.js, msgview.js)
+
+    def message_menu(self, text: str, action: str | None = None) -> Locator:
+        """Open the menu of the message showing `text`; click `action` (data-action) in it."""
+        msg = self.message(text)
+        msg.hover()
+        msg.locator(".msg-menu-btn").click()
+        menu = self.page.locator(".msg-menu.popover")
+        expect(menu).to_be_visible()
+        if action:
+            menu.locator(f'[data-action="{action}"]').click()
+        return menu
+
+    def react(self, text: str, emoji: str) -> None:
+        self.message_menu(text).locator(f'.react-pick[data-emoji="{emoji}"]').click()
+
+    def reaction(self, text: str, emoji: str) -> Locator:
+        return self.message(text).locator(f'.reaction[data-emoji="{emoji}"]')
+
+    def socket_switch(self) -> SocketSwitch:
+        """Route this page's WebSocket through the test, to cut it (call before open)."""
+        return SocketSwitch(self.page)
+
+
+class SocketSwitch:
+    """The page's WebSocket to the real server, passed through Playwright's WebSocket
+    routing so a test can drop it as a network would: `cut()` closes the live one and
+    refuses new ones (the client backs off and retries), `restore()` lets them through."""
+
+    def __init__(self, page: Page) -> None:
+        self.live: list[Any] = []
+        self.up = True
+        page.route_web_socket(re.compile(r".*/api/ws\b.*"), self._route)
+
+    def _route(self, ws: Any) -> None:
+        if not self.up:
+            ws.close(code=4000, reason="cut by the test")
+            return
+        ws.connect_to_server()
+        self.live.append(ws)
+
+    def cut(self) -> None:
+        self.up = False
+        for ws in self.live:
+            ws.close(code=4000, reason="cut by the test")
+        self.live.clear()
+
+    def restore(self) -> None:
+        self.up = True
 
 
 class People:

@@ -101,3 +101,16 @@ def test_well_formed_ice_servers_are_taken() -> None:
     assert s.stun_urls == ("stun:stun.example", "stuns:[2001:db8::1]:5349")
     assert len(s.turn_urls) == 2
     assert Settings.from_env({"STUN_URLS": ""}).stun_urls == ()  # no ICE servers at all
+
+
+def test_web_pages_may_load_attachments_from_redirecting_object_storage() -> None:
+    from chatsrv.transport.http.edge import CSP, page_csp
+
+    assert page_csp(Settings.from_env({})) == CSP
+    s3 = {"S3_ENDPOINT": "https://s3.example:9000/base", "S3_BUCKET": "b",
+          "S3_ACCESS_KEY": "k", "S3_SECRET_KEY": "s"}
+    csp = page_csp(Settings.from_env(s3))
+    for directive in ("img-src", "media-src", "connect-src"):
+        assert f"{directive} 'self' https://s3.example:9000" in csp
+    assert "script-src 'self';" in csp  # nothing else widened
+    assert page_csp(Settings.from_env({**s3, "S3_REDIRECT": "false"})) == CSP

@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from quart import Response, g, request
 from quart_trio import QuartTrio
@@ -42,6 +43,20 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 
 
+def page_csp(settings: Settings) -> str:
+    """CSP for the web pages: with object storage that answers downloads by redirecting to
+    presigned URLs (S3_ENDPOINT + S3_REDIRECT), images, media and fetches of attachments
+    come from that origin too."""
+    if not (settings.s3_endpoint and settings.s3_redirect):
+        return CSP
+    parts = urlsplit(settings.s3_endpoint)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    csp = CSP
+    for directive in ("img-src", "media-src", "connect-src"):
+        csp = csp.replace(f"{directive} 'self'", f"{directive} 'self' {origin}", 1)
+    return csp
+
+
 def origin_allowed(origin: str, own: str, allowed: Sequence[str]) -> bool:
     """A browser's Origin is this server itself, or listed in CORS_ORIGINS (`*`: any)."""
     return origin == own or "*" in allowed or origin in allowed
@@ -70,6 +85,7 @@ class Edge:
     def __init__(self, app: QuartTrio, settings: Settings, *, auth: AuthService,
                  limits: RateLimits) -> None:
         self._settings = settings
+        self._csp = page_csp(settings)
         self._auth = auth
         self.limits = limits
         self._trusted = networks(settings.trusted_proxies)
@@ -133,7 +149,7 @@ class Edge:
                      self._settings.cors_origins, preflight=request.method == "OPTIONS")
         resp.headers.update(SECURITY_HEADERS)
         if request.path in WEB_PAGES or request.path.startswith("/web/"):
-            resp.headers["Content-Security-Policy"] = CSP
+            resp.headers["Content-Security-Policy"] = self._csp
         resp.headers["X-Request-Id"] = g.get("request_id", "")
         if resp.status_code >= 400 and has_body(request):
             # Answered (401, 404, 405, 413...) maybe before the body was read: what is left

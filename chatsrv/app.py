@@ -141,7 +141,8 @@ async def open_push(settings: Settings) -> AsyncIterator[PushHttp]:
         vapid = await trio.to_thread.run_sync(
             VapidKey.load_or_create, settings.data_dir / "vapid_private_key.pem",
             settings.vapid_subject)
-    async with open_push_http(vapid, backstop=2 * settings.push_http_timeout) as client:
+    async with open_push_http(vapid, backstop=2 * settings.push_http_timeout,
+                              close_deadline=settings.cleanup_deadline) as client:
         yield client
 
 

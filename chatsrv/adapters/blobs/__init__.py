@@ -19,7 +19,8 @@ async def open_blob_store(settings: Settings) -> AsyncIterator[BlobStore]:
         async with open_s3(endpoint=settings.s3_endpoint, bucket=settings.s3_bucket,
                            access_key=settings.s3_access_key,
                            secret_key=settings.s3_secret_key, region=settings.s3_region,
-                           stall=settings.upload_read_timeout) as s3:
+                           stall=settings.upload_read_timeout,
+                           close_deadline=settings.cleanup_deadline) as s3:
             yield s3
     else:
         from chatsrv.adapters.blobs.local import LocalBlobStore

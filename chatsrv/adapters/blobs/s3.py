@@ -101,8 +101,9 @@ class SigV4:
 
 class S3BlobStore:
     def __init__(self, client: httpx.AsyncClient, *, endpoint: str, bucket: str,
-                 signer: SigV4) -> None:
+                 signer: SigV4, close_deadline: float = 2.0) -> None:
         self._client = client
+        self._close_deadline = close_deadline  # a response's shielded close (CLEANUP_DEADLINE)
         parts = urlsplit(endpoint.rstrip("/"))
         self._base = f"{parts.scheme}://{parts.netloc}"
         self._host = parts.netloc
@@ -189,7 +190,7 @@ class S3BlobStore:
             except httpx.HTTPError as exc:
                 raise Unavailable(f"object storage: {type(exc).__name__}") from exc
         finally:
-            with trio.move_on_after(2, shield=True):
+            with trio.move_on_after(self._close_deadline, shield=True):
                 await resp.aclose()
 
     async def delete(self, sha256: str) -> None:
@@ -211,12 +212,15 @@ class S3BlobStore:
 
 @asynccontextmanager
 async def open_s3(*, endpoint: str, bucket: str, access_key: str, secret_key: str,
-                  region: str, stall: float) -> AsyncIterator[S3BlobStore]:
+                  region: str, stall: float, close_deadline: float = 2.0
+                  ) -> AsyncIterator[S3BlobStore]:
     """An S3 store with its connection pool for the block; the bucket is created if
-    missing. `stall`: how long one read or write of a request may stall."""
+    missing. `stall`: how long one read or write of a request may stall;
+    `close_deadline`: how long closing a response may take (shielded)."""
     signer = SigV4(access_key=access_key, secret_key=secret_key, region=region)
     async with httpx.AsyncClient(timeout=httpx.Timeout(stall)) as client:
-        store = S3BlobStore(client, endpoint=endpoint, bucket=bucket, signer=signer)
+        store = S3BlobStore(client, endpoint=endpoint, bucket=bucket, signer=signer,
+                            close_deadline=close_deadline)
         with trio.fail_after(stall):
             await store.ensure_bucket()
         yield store

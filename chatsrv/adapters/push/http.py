@@ -93,13 +93,15 @@ class PushHttp:
 
 
 @asynccontextmanager
-async def open_push_http(vapid: VapidKey, *, backstop: float) -> AsyncIterator[PushHttp]:
-    """The node's push client; closed (bounded, shielded) when the block ends."""
+async def open_push_http(vapid: VapidKey, *, backstop: float,
+                         close_deadline: float = 2.0) -> AsyncIterator[PushHttp]:
+    """The node's push client; closed (shielded, within `close_deadline`) when the block
+    ends."""
     client = httpx.AsyncClient(timeout=httpx.Timeout(backstop), follow_redirects=False,
                                limits=httpx.Limits(max_connections=64,
                                                    max_keepalive_connections=16))
     try:
         yield PushHttp(client, vapid)
     finally:
-        with trio.move_on_after(2, shield=True):
+        with trio.move_on_after(close_deadline, shield=True):
             await client.aclose()

@@ -147,7 +147,7 @@ async def open_push(settings: Settings) -> AsyncIterator[PushHttp]:
 
 
 def build_push(settings: Settings, store: SqlStore, db: Database, members: MembershipCache,
-               routing: Routing, client: PushHttp) -> PushService:
+               routing: Routing, client: PushHttp, privacy: PrivacyCache) -> PushService:
     return PushService(
         SqlPushStore(db), store, members, routing.router, routing.directory, client,
         public_key=client.vapid.public_key, delay=settings.push_delay,
@@ -157,7 +157,7 @@ def build_push(settings: Settings, store: SqlStore, db: Database, members: Membe
         retry_delay=settings.push_retry_delay, retry_max_delay=settings.push_retry_max_delay,
         poll_interval=settings.push_poll_interval, concurrency=settings.push_concurrency,
         queue_size=settings.push_queue_size,
-        max_subscriptions=settings.push_max_subscriptions)
+        max_subscriptions=settings.push_max_subscriptions, privacy=privacy)
 
 
 def build_auth(store: SqlStore, settings: Settings, *,
@@ -255,7 +255,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             calls=calls, metrics=metrics, uploads=uploads,
             privacy=PrivacyService(store.get_user, blocks, privacy_cache, presence, router),
             privacy_cache=privacy_cache,
-            push=build_push(settings, store, db, members, routing, push_client),
+            push=build_push(settings, store, db, members, routing, push_client, privacy_cache),
             search=SearchService(SqlSearchIndex(db), members,
                                  default_limit=settings.search_default_limit,
                                  max_limit=settings.search_max_limit,

@@ -49,6 +49,7 @@ from chatsrv.domain.push import (
     summary,
 )
 from chatsrv.services.membership import MembershipCache
+from chatsrv.services.privacy import PrivacyCache
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,11 @@ class PushService:
                  allow_insecure: bool, ttl: int, http_timeout: float, max_attempts: int,
                  retry_delay: float, retry_max_delay: float, poll_interval: float,
                  concurrency: int, queue_size: int, max_subscriptions: int,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow,
+                 privacy: PrivacyCache | None = None) -> None:
         self._store = store
+        # blocks: a user is never pushed a message of someone blocked either way
+        self._privacy = privacy
         self._now = clock  # wall time of due dates and mutes (tests: the Trio clock's)
         self._users = users
         self._members = members
@@ -262,8 +266,11 @@ class PushService:
         for message in messages:
             members = await self._members.members(message.conversation_id)
             mentioned = set(mentions_of(message))
+            barriers = ((await self._privacy.of(message.sender_id)).barriers
+                        if self._privacy is not None else frozenset())
             offline = tuple(Recipient(u, u in mentioned) for u in sorted(members)
-                            if u != message.sender_id and self._router.reach(u) == 0)
+                            if u != message.sender_id and u not in barriers
+                            and self._router.reach(u) == 0)
             if not offline:
                 continue
             if message.sender_id not in names:

@@ -196,6 +196,20 @@ async def test_a_mention_is_pushed_through_a_mute(env: Any) -> None:
     assert got.headers.get("urgency") == "high"
 
 
+async def test_a_blocked_senders_group_messages_are_not_pushed(env: Any) -> None:
+    server, c, push = env
+    alice, bob, carol = await c.register(), await c.register(), await c.register()
+    group = await c.conversation(alice, bob, carol, name="three")
+    await subscribe(c, bob, push.browser("bob"))
+    r = await c.http.put(f"/api/users/{alice.id}/block", headers=bob.headers)
+    assert r.status_code == 204, r.text
+    await considered(server, lambda: send(c, alice, group, "from the blocked one"))
+    from_carol = await send(c, carol, group, "from carol")
+    got = await push.next()
+    assert got.name == "bob" and got.payload["message_id"] == from_carol
+    assert got.payload["count"] == 1  # alice's message was never queued for bob
+
+
 async def test_mute_is_for_members_and_future_times(env: Any) -> None:
     _, c, _ = env
     alice, bob, eve = await c.register(), await c.register(), await c.register()

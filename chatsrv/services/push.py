@@ -336,7 +336,11 @@ class PushService:
     async def _send_one(self, item: PushItem, limiter: trio.CapacityLimiter,
                         settled: list[Settlement]) -> None:
         async with limiter:
-            outcome = await self._deliver(item)
+            try:
+                outcome = await self._deliver(item)
+            except Exception:  # a bug in one push must not end the batch or the sender
+                log.exception("push %s to %s failed", item.id, item.target)
+                outcome = Outcome("rejected", detail="internal error")
         settled.append(self._settlement(item, outcome))
 
     async def _deliver(self, item: PushItem) -> Outcome:

@@ -4,7 +4,7 @@ that verifies VAPID and decrypts the RFC 8291 body, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from chatsrv.config import Settings
-from tests.conftest import Server, start_server
+from tests.conftest import Server, fresh_pg_database, start_server
 from tests.helpers import Account, Client
 from tests.push_service import Browser, PushService
 
@@ -21,6 +21,15 @@ def push_settings(settings: Settings, **changes: Any) -> Settings:
     base = dict(push_delay=0.3, push_poll_interval=0.1, push_allow_insecure=True,
                 push_retry_delay=0.05, push_retry_max_delay=0.2, push_http_timeout=2.0)
     return dataclasses.replace(settings, **{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    """This module's own database (overrides the run's shared one): every node on a database
+    sends the outbox's pushes (that is how a cluster shares the work), so a node here would
+    also take what other tests queued, with their push services long gone."""
+    with fresh_pg_database("chatsrv_push") as dsn:
+        yield dsn
 
 
 @pytest.fixture

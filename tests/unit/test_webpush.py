@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import jwt
@@ -152,3 +153,20 @@ def test_a_configured_vapid_key_is_taken() -> None:
     s = Settings.from_env({"VAPID_PRIVATE_KEY": AS_PRIVATE, "VAPID_SUBJECT": "https://chat.example"})
     assert VapidKey.from_text(s.vapid_private_key, s.vapid_subject).public_key.startswith("BP4z")
     assert s.masked()["vapid_private_key"] == "***"
+
+
+@pytest.mark.parametrize("p256dh, auth", [("k", "a"), ("not base64!", "AAAAAAAAAAAAAAAAAAAAAA")])
+async def test_a_subscription_whose_keys_cannot_encrypt_is_gone_not_a_crash(
+        tmp_path: Path, p256dh: str, auth: str) -> None:
+    import httpx
+
+    from chatsrv.adapters.push.http import PushHttp
+    from chatsrv.domain.push import PushSubscription
+
+    key = VapidKey.load_or_create(tmp_path / "vapid.pem", "mailto:ops@example.com")
+    sub = PushSubscription(id="s", user_id="u", endpoint="https://push.example/x",
+                           p256dh=p256dh, auth=auth, created_at=datetime.now(UTC))
+    async with httpx.AsyncClient() as client:  # never used: nothing can be encrypted
+        outcome = await PushHttp(client, key).web_push(sub, {"a": 1}, topic="t", ttl=60,
+                                                       urgency="normal")
+    assert outcome.kind == "gone" and "unusable" in outcome.detail

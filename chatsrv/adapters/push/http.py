@@ -68,8 +68,12 @@ class PushHttp:
     async def web_push(self, sub: PushSubscription, payload: dict[str, object], *,
                        topic: str, ttl: int, urgency: str) -> Outcome:
         """POST the encrypted payload to the subscription's endpoint."""
-        body = encrypt(json.dumps(payload, separators=(",", ":")).encode(),
-                       ua_public=b64url_decode(sub.p256dh), auth_secret=b64url_decode(sub.auth))
+        try:
+            body = encrypt(json.dumps(payload, separators=(",", ":")).encode(),
+                           ua_public=b64url_decode(sub.p256dh),
+                           auth_secret=b64url_decode(sub.auth))
+        except ValueError as exc:  # keys stored before validation, or damaged: never usable
+            return Outcome("gone", detail=f"subscription keys unusable ({exc})")
         headers = {
             "Authorization": self.vapid.authorization(sub.endpoint),
             "Content-Encoding": "aes128gcm", "Content-Type": "application/octet-stream",

@@ -7,11 +7,13 @@ backends only); a test about the SQL adapters alone narrows it with
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import pytest
 import trio_asyncio
 
+from chatsrv.adapters.storage.base import Database
 from chatsrv.adapters.storage.blocks import SqlBlocks
 from chatsrv.adapters.storage.calls import SqlCallLog
 from chatsrv.adapters.storage.changes import SqlChanges
@@ -25,6 +27,7 @@ from chatsrv.domain.ports import Blocks, CallLog, MessageChanges, Store
 from tests.conftest import BACKENDS
 
 CONTRACT_BACKENDS = ["memory", *BACKENDS]
+T = TypeVar("T")
 
 
 @pytest.fixture(params=CONTRACT_BACKENDS)
@@ -48,28 +51,27 @@ async def store(sql_settings: Settings | None) -> AsyncIterator[Store]:
         yield SqlStore(db)
 
 
+def beside(store: Store, memory: Callable[[MemoryStore], T], sql: Callable[[Database], T]) -> T:
+    """A port's adapter on the same data as `store`: in memory, or on its database."""
+    if isinstance(store, MemoryStore):
+        return memory(store)
+    assert isinstance(store, SqlStore)
+    return sql(store.db)
+
+
 @pytest.fixture
 def call_log(store: Store) -> CallLog:
     """The call history beside `store`, on the same tables."""
-    if isinstance(store, MemoryStore):
-        return MemoryCallLog(store)
-    assert isinstance(store, SqlStore)
-    return SqlCallLog(store.db)
+    return beside(store, MemoryCallLog, SqlCallLog)
 
 
 @pytest.fixture
 def changes(store: Store) -> MessageChanges:
     """Message changes beside `store`, on the same tables (issue 14)."""
-    if isinstance(store, MemoryStore):
-        return MemoryChanges(store)
-    assert isinstance(store, SqlStore)
-    return SqlChanges(store.db)
+    return beside(store, MemoryChanges, SqlChanges)
 
 
 @pytest.fixture
 def blocks(store: Store) -> Blocks:
     """Blocks and privacy settings beside `store`, on the same tables."""
-    if isinstance(store, MemoryStore):
-        return MemoryBlocks(store)
-    assert isinstance(store, SqlStore)
-    return SqlBlocks(store.db)
+    return beside(store, MemoryBlocks, SqlBlocks)

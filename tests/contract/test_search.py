@@ -25,6 +25,7 @@ from chatsrv.domain.model import Message, User, new_id, utcnow
 from chatsrv.domain.ports import SearchIndex, Store
 from chatsrv.domain.search import SearchCursor, parse_query
 from tests.conftest import BACKENDS, fresh_pg_database
+from tests.contract.conftest import beside
 from tests.contract.test_store import make_conversation, make_user
 
 T0 = utcnow().replace(microsecond=0) - timedelta(days=1)
@@ -32,10 +33,7 @@ T0 = utcnow().replace(microsecond=0) - timedelta(days=1)
 
 @pytest.fixture
 def index(store: Store) -> SearchIndex:
-    if isinstance(store, MemoryStore):
-        return MemorySearchIndex(store)
-    assert isinstance(store, SqlStore)
-    return SqlSearchIndex(store.db)
+    return beside(store, MemorySearchIndex, SqlSearchIndex)
 
 
 async def post(store: Store, conv: str, sender: User, text: str, *,

@@ -9,22 +9,19 @@ from datetime import timedelta
 
 import pytest
 
-from chatsrv.adapters.storage.memory import MemoryStore, MemoryUploadStore
-from chatsrv.adapters.storage.sql import SqlStore
+from chatsrv.adapters.storage.memory import MemoryUploadStore
 from chatsrv.adapters.storage.uploads import SqlUploadStore
 from chatsrv.domain.model import Message, User, new_id, utcnow
 from chatsrv.domain.ports import Store, UploadStore
 from chatsrv.domain.uploads import Upload, attachment_of
+from tests.contract.conftest import beside
 from tests.contract.test_store import make_conversation, make_user
 
 
 @pytest.fixture
 def uploads(store: Store) -> UploadStore:
     """The uploads beside `store`, on the same tables."""
-    if isinstance(store, MemoryStore):
-        return MemoryUploadStore(store)
-    assert isinstance(store, SqlStore)
-    return SqlUploadStore(store.db)
+    return beside(store, MemoryUploadStore, SqlUploadStore)
 
 
 def _upload(owner: User, data: bytes = b"x", *, age: float = 0.0) -> Upload:

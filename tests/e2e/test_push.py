@@ -243,10 +243,10 @@ async def test_redacted_push_says_new_message(
                         push_service)
     c = server.client()
     alice, bob, conv = await subscribed_pair(c, push_service)
-    await send(c, alice, conv, "the vault code is 1234")
+    await send(c, alice, conv, "the vault code is kiwi-quokka")
     got = await push_service.next()
     assert got.payload is not None and got.payload["body"] == "New message"
-    assert "1234" not in repr(got.payload) and got.payload["redacted"] is True
+    assert "kiwi-quokka" not in repr(got.payload) and got.payload["redacted"] is True
     await c.aclose()
     server.shutdown.set()
 

@@ -36,3 +36,17 @@ def contain_asyncio_errors(failures: Counter[str]) -> None:
                     exc_info=exc if log.isEnabledFor(logging.DEBUG) else None)
 
     loop.set_exception_handler(handler)
+
+
+def raised_inside(exc: BaseException, *packages: str) -> bool:
+    """True if exc was raised by code of one of these packages (the innermost frame of its
+    traceback is in a module named `package` or `package.*`). For a driver's own bug on a
+    connection it is dropping (an AttributeError on a connection object already set to
+    None), which means "the dependency is down" there and "our bug" anywhere else."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "")
+    return any(module == p or module.startswith(p + ".") for p in packages)

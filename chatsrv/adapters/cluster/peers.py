@@ -29,6 +29,7 @@ from grpclib.client import Channel
 from trio_asyncio import aio_as_trio
 
 from chatsrv._pb.chatsrv.node.v1 import node_grpc, node_pb2
+from chatsrv.adapters.aio import raised_inside
 from chatsrv.adapters.memory import LocalRouter
 from chatsrv.config import Settings
 from chatsrv.domain.model import CallSignal
@@ -40,9 +41,15 @@ from chatsrv.tasks import open_background, supervised
 log = logging.getLogger(__name__)
 
 # What a failed node-to-node call can raise; the batch is dropped (clients heal by sync).
-# AttributeError: grpclib on a connection it lost meanwhile (grpclib#110, #185).
 _RPC_FAILED = (OSError, grpclib.exceptions.GRPCError, grpclib.exceptions.StreamTerminatedError,
-               grpclib.exceptions.ProtocolError, trio.TooSlowError, AttributeError)
+               grpclib.exceptions.ProtocolError, trio.TooSlowError)
+
+
+def _rpc_failed(exc: BaseException) -> bool:
+    """A failed call (see _RPC_FAILED), or grpclib's AttributeError on a connection it
+    lost meanwhile (grpclib#110, #185) — raised inside grpclib or h2, not by our code."""
+    return isinstance(exc, _RPC_FAILED) or (isinstance(exc, AttributeError)
+                                            and raised_inside(exc, "grpclib", "h2"))
 
 # What a link carries: envelopes, built once when queued (a frame for some users, a frame for
 # one connection, or a call signal)
@@ -231,7 +238,9 @@ class PeerLink:
             # HTTP/2 stream, so nothing is left running on the other node.
             with trio.fail_after(self._rpc_timeout):
                 await aio_as_trio(stub.Deliver)(request, metadata=self._metadata)
-        except _RPC_FAILED as exc:
+        except Exception as exc:
+            if not _rpc_failed(exc):
+                raise
             self._counters["peer_events_dropped"] += len(batch)
             self._counters["peer_rpc_failures"] += 1
             self._failures += 1

@@ -42,6 +42,7 @@ import redis.exceptions
 import trio
 from trio_asyncio import aio_as_trio
 
+from chatsrv.adapters.aio import raised_inside
 from chatsrv.adapters.cluster.peers import ClusterRouter
 from chatsrv.adapters.cluster.redis_ops import Keys, RedisOps, decoder
 from chatsrv.config import Settings
@@ -59,10 +60,15 @@ RECONNECT_CAP = 0.5  # seconds between tries to subscribe again while Redis is d
 # or fails over, a slot not covered yet.
 _DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
          trio.TooSlowError, redis.exceptions.RedisClusterException,
-         redis.exceptions.ClusterError, redis.exceptions.TryAgainError,
-         # redis-py's cluster client, writing on a connection it is replacing while the
-         # node restarts: "'NoneType' object has no attribute 'writelines'" (seen in CI)
-         AttributeError)
+         redis.exceptions.ClusterError, redis.exceptions.TryAgainError)
+
+
+def _redis_down(exc: BaseException) -> bool:
+    """Redis down (see _DOWN), or redis-py's cluster client writing on a connection it is
+    replacing while the node restarts ("'NoneType' object has no attribute 'writelines'",
+    seen in CI): an AttributeError raised inside redis-py, not one of ours."""
+    return isinstance(exc, _DOWN) or (isinstance(exc, AttributeError)
+                                      and raised_inside(exc, "redis"))
 
 
 class RedisDirectory:
@@ -271,7 +277,9 @@ class RedisDirectory:
                         except Exception:  # one bad note must not stop the feed
                             log.exception("applying a cluster event failed: %r",
                                           message["data"][:200])
-            except (*_DOWN, Unavailable) as exc:
+            except Exception as exc:
+                if not isinstance(exc, Unavailable) and not _redis_down(exc):
+                    raise
                 self._subscribed = False
                 if not started:
                     raise Unavailable(
@@ -348,7 +356,9 @@ class RedisDirectory:
         try:
             with trio.fail_after(self._timeout):
                 return await aio_as_trio(fn)(*args)  # type: ignore[no-any-return]
-        except _DOWN as exc:
+        except Exception as exc:
+            if not _redis_down(exc):
+                raise
             raise Unavailable(f"Redis unavailable: {exc or type(exc).__name__}") from exc
 
     def _lost_redis(self, exc: Unavailable) -> None:

@@ -27,7 +27,7 @@ import asyncpg
 import trio
 import trio_asyncio
 
-from chatsrv.adapters.storage.messages import APPEND_BATCH_PG
+from chatsrv.adapters.storage.messages import APPEND_BATCH_PG, append_batch_args
 from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.postgres import _keep_session, open_postgres
 from chatsrv.adapters.storage.sql import SqlStore
@@ -54,15 +54,20 @@ async def _setup(dsn: str) -> tuple[str, str]:
         return user.id, conv.id
 
 
+def _draft(user_id: str, cid: str) -> Message:
+    """One message as the server commits it (a batch of one)."""
+    return Message(id=new_id(), conversation_id=cid, seq=0, sender_id=user_id,
+                   content="probe", message_type="text", client_msg_id=new_id(),
+                   created_at=datetime.now(UTC))
+
+
 async def _through_chatsrv(dsn: str, user_id: str, cid: str, count: int, gap: float) -> None:
     async with trio_asyncio.open_loop(), open_postgres(dsn, pool_size=2, command_timeout=10) as db:
         store = SqlStore(db)
         commits, selects = [], []
         for _ in range(count):
             await trio.sleep(gap)
-            draft = Message(id=new_id(), conversation_id=cid, seq=0, sender_id=user_id,
-                            content="probe", message_type="text", client_msg_id=new_id(),
-                            created_at=datetime.now(UTC))
+            draft = _draft(user_id, cid)
             t = time.perf_counter()
             await store.append_messages([draft])
             commits.append(time.perf_counter() - t)
@@ -83,8 +88,7 @@ def _plain_asyncio(dsn: str, user_id: str, cid: str, count: int, gap: float) -> 
             await asyncio.sleep(gap)
             t = time.perf_counter()
             async with pool.acquire() as conn:
-                await conn.fetch(APPEND_BATCH_PG, [uuid.uuid4()], [cid], [user_id], ["probe"],
-                                 ["text"], [new_id()], [datetime.now(UTC)])
+                await conn.fetch(APPEND_BATCH_PG, *append_batch_args([_draft(user_id, cid)]))
             commits.append(time.perf_counter() - t)
             await asyncio.sleep(gap)
             t = time.perf_counter()

@@ -113,6 +113,15 @@ def markdown(report: dict[str, Any]) -> str:
                     f"{_num(lat.get('p95'), 2)} | {_num(lat.get('p99'), 2)} | "
                     f"{_num(lat.get('max'), 2)} | {_counts(row.get('counts') or {})} | "
                     f"{_rate(row)} | {cpu} | {rss} | {target.get('text', '')} | {met} |")
+        send_stages = run.get("scenarios", {}).get("latency_1to1", {}).get("send_stages")
+        if send_stages:
+            out.append("\nlatency_1to1, the server's breakdown of the same sends "
+                       "(chatsrv_send_stage_seconds; p50/p90 interpolated in its buckets):\n")
+            out.append("| stage | messages | mean ms | p50 ms | p90 ms |")
+            out.append("|---|---:|---:|---:|---:|")
+            for st in send_stages:
+                out.append(f"| {st['stage']} | {st['count']} | {_num(st['mean_ms'], 3)} | "
+                           f"{_num(st['p50_ms'], 3)} | {_num(st['p90_ms'], 3)} |")
         stages = run.get("scenarios", {}).get("throughput_1to1", {}).get("stages")
         if stages:
             out.append("\nthroughput_1to1 stages:\n")

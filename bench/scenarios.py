@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import httpx
 import trio
 from trio_websocket import ConnectionClosed
 
@@ -34,7 +35,7 @@ from bench.client import (
     sync_frame,
 )
 from bench.runner import Ctx, Scale, wait_until
-from bench.stats import Timeline, rate, summarize
+from bench.stats import Timeline, rate, stage_breakdown, stage_histograms, summarize
 from chatsrv.protocol import frames
 
 Frame = Callable[[frames.Envelope, int], None]
@@ -80,9 +81,19 @@ def _lat_ok(summary: dict[str, Any], key: str, limit_ms: float) -> bool | None:
 # ---------------------------------------------------------------------------- 1
 
 
+async def _send_stages(ctx: Ctx) -> dict[str, dict[str, Any]]:
+    """The server's per-stage send histograms now ({} from a server without them)."""
+    try:
+        r = await ctx.rest.http.get("/metrics")
+        return stage_histograms(r.text) if r.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
 async def latency_1to1(ctx: Ctx) -> dict[str, Any]:
     """10 pairs in one_to_one conversations; 20 msg/s in total, paced (open loop), each
-    pair's two users taking turns; send -> ack and send -> receive latency."""
+    pair's two users taking turns; send -> ack and send -> receive latency, and the
+    server's own breakdown of the same sends by stage (chatsrv_send_stage_seconds)."""
     s = ctx.scale
     pairs = s.latency_pairs
     users = await ctx.register(2 * pairs)
@@ -105,6 +116,7 @@ async def latency_1to1(ctx: Ctx) -> dict[str, Any]:
         for w in socks:
             nursery.start_soon(_pump, w, on_frame)
         sent = 0
+        stages_before = await _send_stages(ctx)
         with ctx.status_during(lambda: f"sent {sent}/{total} acked {len(acks)} "
                                f"received {len(recv)}"):
             window = ctx.begin()
@@ -118,6 +130,7 @@ async def latency_1to1(ctx: Ctx) -> dict[str, Any]:
                 sent += 1
             await wait_until(lambda: len(acks) >= total and len(recv) >= total, 10)
             usage = ctx.end(window)
+        stages = stage_breakdown(stages_before, await _send_stages(ctx))
         await close_many(socks)
         nursery.cancel_scope.cancel()
 
@@ -134,6 +147,7 @@ async def latency_1to1(ctx: Ctx) -> dict[str, Any]:
              "target": _target("p99 ≤ 5 ms", recv_s["p99"], _lat_ok(recv_s, "p99", 5))},
         ],
         "error_codes": sorted(set(errors)),
+        "send_stages": stages,
     }
 
 

@@ -61,3 +61,57 @@ class Timeline:
 
 def rate(count: int, seconds: float) -> float:
     return round(count / seconds, 1) if seconds > 0 else 0.0
+
+
+STAGE_METRIC = "chatsrv_send_stage_seconds"
+
+
+def stage_histograms(metrics_text: str) -> dict[str, dict[str, Any]]:
+    """The server's per-stage send histograms (chatsrv_send_stage_seconds) from one /metrics
+    scrape: stage -> {"buckets": [(upper bound s, cumulative count)], "sum": s, "count": n}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict[str, Any]] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != STAGE_METRIC:
+            continue
+        for s in family.samples:
+            h = out.setdefault(s.labels["stage"], {"buckets": [], "sum": 0.0, "count": 0})
+            if s.name.endswith("_bucket"):
+                h["buckets"].append((float(s.labels["le"]), s.value))
+            elif s.name.endswith("_sum"):
+                h["sum"] = s.value
+            elif s.name.endswith("_count"):
+                h["count"] = int(s.value)
+    return out
+
+
+def stage_breakdown(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]
+                    ) -> list[dict[str, Any]]:
+    """What the messages sent between two scrapes spent in each stage: count, mean (exact,
+    from the sums) and p50/p90 (interpolated within the histogram's buckets), in ms."""
+    rows = []
+    for stage, h in after.items():
+        old = before.get(stage, {"buckets": [], "sum": 0.0, "count": 0})
+        n = h["count"] - old["count"]
+        if n <= 0:
+            continue
+        prior = dict(old["buckets"])
+        cumulative = [(b, c - prior.get(b, 0.0)) for b, c in h["buckets"]]
+
+        def quantile(q: float, cumulative: list[tuple[float, float]] = cumulative,
+                     n: int = n) -> float | None:
+            lo_bound, lo_count = 0.0, 0.0
+            for bound, count in cumulative:
+                if count >= q * n:
+                    if bound == float("inf"):
+                        return None  # beyond the last finite bucket
+                    within = (q * n - lo_count) / (count - lo_count) if count > lo_count else 1
+                    return round((lo_bound + (bound - lo_bound) * within) * 1000, 3)
+                lo_bound, lo_count = bound, count
+            return None
+
+        rows.append({"stage": stage, "count": n,
+                     "mean_ms": round((h["sum"] - old["sum"]) / n * 1000, 3),
+                     "p50_ms": quantile(0.5), "p90_ms": quantile(0.9)})
+    return rows

@@ -43,6 +43,12 @@ class Pending:
     origin: Any = None  # the connection that sent it: it gets an ack, not new_message
     done: trio.Event = field(default_factory=trio.Event)
     outcome: tuple[Message, bool] | ChatError | None = None
+    # trio.current_time() when queued, taken by the lane's writer, stored, fanned out
+    # (metrics.SEND_STAGES; 0.0 until then)
+    queued_at: float = 0.0
+    taken_at: float = 0.0
+    stored_at: float = 0.0
+    announced_at: float = 0.0
 
     def result(self) -> tuple[Message, bool]:
         """(message, created) once done; raises what the store raised for it."""
@@ -86,7 +92,7 @@ class GroupCommitter:
         """Queue one message without waiting for its commit (waits only while the lane is
         full). Messages of one conversation submitted one after another commit in that
         order."""
-        pending = Pending(draft, origin)
+        pending = Pending(draft, origin, queued_at=trio.current_time())
         send, _ = self._lanes[hash(draft.conversation_id) % len(self._lanes)]
         await send.send(pending)
         return pending
@@ -107,6 +113,9 @@ class GroupCommitter:
                     batch.append(recv.receive_nowait())
                 except trio.WouldBlock:
                     break
+            taken = trio.current_time()
+            for p in batch:
+                p.taken_at = taken
             try:
                 await self._commit(batch, announce)
             finally:  # _commit wakes everyone; this only guards against a bug in it
@@ -129,9 +138,11 @@ class GroupCommitter:
             self._metrics.commit.observe(stored - started)
             for p, outcome in zip(batch, outcomes, strict=True):
                 p.outcome = outcome
+                p.stored_at = p.announced_at = stored
             for p in batch:
                 if isinstance(p.outcome, tuple) and p.outcome[1]:
                     await self._announce(announce, p)
+                    p.announced_at = trio.current_time()
             self._metrics.fanout.observe(trio.current_time() - stored)
         except ChatError as exc:
             for p in batch:

@@ -315,7 +315,11 @@ class Session:
         metrics, messaging = self._deps.metrics, self._deps.messaging
         async for pending, ref, read_at in self._acks[1]:
             await pending.done.wait()
-            metrics.send_to_ack.observe(trio.current_time() - read_at)
+            now = trio.current_time()
+            metrics.send_to_ack.observe(now - read_at)
+            if pending.stored_at:
+                metrics.send_stages.observe((read_at, pending.queued_at, pending.taken_at,
+                                             pending.stored_at, pending.announced_at, now))
             try:
                 msg, created = messaging.result(pending)
             except ChatError as exc:

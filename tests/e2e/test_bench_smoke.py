@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from chatsrv.metrics import SEND_STAGES
+from tests.conftest import PG_ADMIN_DSN
+
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ["latency_1to1", "throughput_1to1", "group_fanout", "broadcast_throughput",
              "idle_connections", "idle_multi_device", "connect_storm", "reconnect_storm_loss"]
@@ -58,3 +61,19 @@ def test_quick_bench_runs_with_the_third_party_client(tmp_path: Path) -> None:
     assert latency["sent"] == latency["acked"] == latency["received"] > 0, latency
     idle = scenarios["idle_multi_device"]["rows"][0]["counts"]
     assert idle["answered_ping"] == idle["sockets"] > 0 and idle["users"] < idle["sockets"]
+    # the server's own breakdown of the same sends, every stage, every message
+    stages = scenarios["latency_1to1"]["send_stages"]
+    assert [s["stage"] for s in stages] == list(SEND_STAGES)
+    assert all(s["count"] == latency["acked"] and s["mean_ms"] >= 0 for s in stages), stages
+
+
+def test_the_commit_probe_runs() -> None:
+    """bench.commit_probe (RESULTS.md "Why latency_1to1 misses") commits with the server's
+    own statement both ways; a short run on the test PostgreSQL."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.commit_probe", "--dsn", PG_ADMIN_DSN, "--count", "3",
+         "--gap", "0.01"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count(" p50 ") == 4, proc.stdout

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from chatsrv.config import Settings
@@ -445,3 +446,33 @@ async def test_pipelined_messages_are_acked_in_send_order_and_other_frames_wait(
         seqs = [f["payload"]["seq"] for f in answers
                 if f["type"] == "message_ack" and f["payload"]["conversation_id"] == cid]
         assert seqs == list(range(1, len(seqs) + 1))
+
+
+async def _send_metrics(client: Client) -> dict[str, float]:
+    """chatsrv_send_stage_seconds and chatsrv_send_to_ack_seconds, as sample -> value."""
+    text = (await client.http.get("/metrics")).text
+    return {f"{s.name}{sorted(s.labels.items())}": s.value
+            for family in text_string_to_metric_families(text)
+            if family.name in ("chatsrv_send_stage_seconds", "chatsrv_send_to_ack_seconds")
+            for s in family.samples if not s.name.endswith("_bucket")}
+
+
+async def test_metrics_break_each_send_into_stages_that_add_up(client: Client) -> None:
+    a, b, cid = await pair(client)
+    before = await _send_metrics(client)
+    async with client.ws(a) as wa, client.ws(b) as wb:
+        for i in range(3):
+            await wa.request("chat_message", {"conversation_id": cid, "content": f"m{i}",
+                                              "client_msg_id": "same" if i else "first"},
+                             "message_ack")  # the third is a resend: stored before, acked
+        await wb.expect("new_message", content="m1")
+    after = await _send_metrics(client)
+    delta = {k: after[k] - before.get(k, 0.0) for k in after}
+    stages = ("accept", "queue", "commit", "fanout", "ack")
+    for stage in stages:
+        assert delta[f"chatsrv_send_stage_seconds_count[('stage', '{stage}')]"] == 3
+        assert delta[f"chatsrv_send_stage_seconds_sum[('stage', '{stage}')]"] >= 0
+    assert delta["chatsrv_send_stage_seconds_sum[('stage', 'commit')]"] > 0
+    # the stages are consecutive: together they are the whole send -> ack
+    total = sum(delta[f"chatsrv_send_stage_seconds_sum[('stage', '{s}')]"] for s in stages)
+    assert total == pytest.approx(delta["chatsrv_send_to_ack_seconds_sum[]"], rel=1e-6)

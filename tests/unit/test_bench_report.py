@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from bench import report
+from bench.stats import stage_breakdown, stage_histograms
+from chatsrv.metrics import SEND_STAGES, Metrics
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results.json"
 
@@ -61,3 +63,21 @@ def test_without_matplotlib_the_bench_says_how_to_get_the_plot(
     err = capsys.readouterr().err
     assert "pip install -e '.[bench]'" in err and "just bench" in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_the_stage_breakdown_is_the_difference_between_two_scrapes() -> None:
+    m = Metrics()
+    m.send_stages.observe((0.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5)[:len(SEND_STAGES) + 1])  # before
+    before = stage_histograms(m.render()[0].decode())
+    for i in range(10):  # accept 0.1 ms, queue 0, commit 1-1.9 ms, fanout 0.2, ack 0.05
+        t = [0.0, 0.0001, 0.0001, 0.0011 + i * 0.0001]
+        m.send_stages.observe((*t, t[-1] + 0.0002, t[-1] + 0.00025))
+    rows = {r["stage"]: r for r in stage_breakdown(before, stage_histograms(
+        m.render()[0].decode()))}
+    assert list(rows) == list(SEND_STAGES)
+    assert all(r["count"] == 10 for r in rows.values())
+    assert rows["accept"]["mean_ms"] == pytest.approx(0.1)
+    assert rows["queue"]["mean_ms"] == 0
+    assert rows["commit"]["mean_ms"] == pytest.approx(1.45)
+    assert 1.0 <= rows["commit"]["p50_ms"] <= 1.5 <= rows["commit"]["p90_ms"] <= 2.0
+    assert rows["ack"]["p90_ms"] <= 0.05

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 from chatsrv.adapters.storage.base import Database, Op, UniqueViolation, exec_, one, rows, val
 from chatsrv.adapters.storage.rows import MESSAGE_COLS, mentions_json, message_of
@@ -242,16 +243,20 @@ def _append(d: Message) -> Op[tuple[Message, bool] | NotFound]:
     return replace(d, seq=int(seq)), True
 
 
+def append_batch_args(drafts: Sequence[Message]) -> tuple[list[Any], ...]:
+    """APPEND_BATCH_PG's arguments for these drafts: one array per column."""
+    return ([d.id for d in drafts], [d.conversation_id for d in drafts],
+            [d.sender_id for d in drafts], [d.content for d in drafts],
+            [d.message_type for d in drafts], [d.client_msg_id for d in drafts],
+            [d.created_at for d in drafts], [d.reply_to for d in drafts],
+            [mentions_json(d.mentions) for d in drafts])
+
+
 def _append_batch_pg(drafts: Sequence[Message]) -> Op[list[tuple[Message, bool] | NotFound]]:
     """One statement in the usual case. Drafts already stored (a resend of the same
     client_msg_id) and outsiders' drafts are left out by the statement; only if some draft
     was left out does a second query tell which were resends."""
-    inserted = yield rows(
-        APPEND_BATCH_PG, [d.id for d in drafts], [d.conversation_id for d in drafts],
-        [d.sender_id for d in drafts], [d.content for d in drafts],
-        [d.message_type for d in drafts], [d.client_msg_id for d in drafts],
-        [d.created_at for d in drafts], [d.reply_to for d in drafts],
-        [mentions_json(d.mentions) for d in drafts])
+    inserted = yield rows(APPEND_BATCH_PG, *append_batch_args(drafts))
     seqs = {str(r["id"]): int(r["seq"]) for r in inserted}
     for d in drafts:
         if d.id in seqs:

@@ -97,7 +97,7 @@ class SessionDeps:
 class Session:
     """One live socket (see the module docstring). Owned by the endpoint (ws.py)."""
 
-    __slots__ = ("_acks", "_deps", "_in_flight", "_nursery",
+    __slots__ = ("__weakref__", "_acks", "_deps", "_in_flight", "_nursery",
                  "_scope", "_settled", "_typing", "_typing_running", "address", "arrival",
                  "auth_session", "close_code", "close_reason", "connection_id", "expires_at",
                  "outbox", "sock", "user_id")

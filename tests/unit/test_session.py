@@ -4,7 +4,10 @@ reader too slow for its outbox is cut with 1013."""
 
 from __future__ import annotations
 
+import gc
 import json
+import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +22,7 @@ from chatsrv.metrics import Metrics
 from chatsrv.protocol.frames import Frame
 from chatsrv.transport.session import FrameRates, Session, SessionDeps
 from chatsrv.transport.websocket import Outbox
+from chatsrv.transport.ws import Expiries
 from tests.unit.conftest import World
 
 TTL = 6.0
@@ -152,3 +156,33 @@ async def test_a_reader_too_slow_for_its_outbox_is_cut_with_1013(
 
 async def _never(frames: list[Any]) -> None:
     await trio.sleep_forever()
+
+
+class _Socket:
+    """What Expiries reads of a Session."""
+
+    def __init__(self, expires_at: float) -> None:
+        self.expires_at = expires_at
+        self.close_code: int | None = None
+
+
+async def test_expiries_keep_no_closed_socket_alive() -> None:
+    """A closed socket's Session is not held until its token would expire (every reconnect
+    kept ~15 KB for the token's lifetime), and the heap stays near the live count."""
+    expiries = Expiries()
+    kept = _Socket(time.time() + 0.05)
+    expiries.add(kept, kept.expires_at)  # type: ignore[arg-type]
+    renewed = _Socket(time.time() + 900)
+    expiries.add(renewed, renewed.expires_at)  # type: ignore[arg-type]
+    renewed.expires_at += 900  # an `auth` frame: the old entry is stale
+    expiries.add(renewed, renewed.expires_at)  # type: ignore[arg-type]
+    probe = weakref.ref(gone := _Socket(time.time() + 900))
+    expiries.add(gone, gone.expires_at)  # type: ignore[arg-type]
+    del gone
+    gc.collect()
+    assert probe() is None  # the heap did not keep it
+    for _ in range(1000):  # reconnects: each socket closed right after
+        expiries.add(_Socket(time.time() + 900), time.time() + 900)  # type: ignore[arg-type]
+    assert len(expiries) <= 2 * 64 + 3
+    with trio.fail_after(5):
+        assert await expiries.wait_due() == [kept]

@@ -64,6 +64,7 @@ class Ack:
     seq: int
     duplicate: bool
     at: float  # trio.current_time()
+    rtt: float = math.nan  # seconds from this attempt's send to its ack
 
 
 @dataclass
@@ -284,6 +285,7 @@ class Sender:
     async def _attempt(self, ws: Ws, cmid: str, cid: str, content: str) -> Ack:
         ref = f"{self.name}.{self.ledger.attempts}"
         self.ledger.attempts += 1
+        sent_at = trio.current_time()
         try:
             with trio.fail_after(self.reply_deadline):
                 await ws.send(chat_frame(cid, content, ref=ref, client_msg_id=cmid))
@@ -303,8 +305,9 @@ class Sender:
         if a.client_msg_id != cmid or a.conversation_id != cid:
             self.ledger.conflicts.append(f"ack for {cmid} in {cid} names "
                                          f"{a.client_msg_id} in {a.conversation_id}")
-        return Ack(self.name, cmid, a.conversation_id, a.id, a.seq, a.duplicate,
-                   trio.current_time())
+        now = trio.current_time()
+        return Ack(self.name, cmid, a.conversation_id, a.id, a.seq, a.duplicate, now,
+                   now - sent_at)
 
 
 class Traffic:

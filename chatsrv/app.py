@@ -52,7 +52,14 @@ from chatsrv.services.push import PushService
 from chatsrv.services.search import SearchService
 from chatsrv.services.sessions import SessionRegistry
 from chatsrv.services.uploads import UploadLimits, UploadService, UrlSigner
-from chatsrv.tasks import StartupError, as_startup_error, leaves, open_background, supervised
+from chatsrv.tasks import (
+    StartupError,
+    as_startup_error,
+    leaves,
+    live_tasks,
+    open_background,
+    supervised,
+)
 
 log = logging.getLogger("chatsrv")
 
@@ -308,6 +315,8 @@ def build_uploads(store: SqlUploadStore, blobs: BlobStore, settings: Settings) -
 def _gauges(metrics: Metrics, svc: Services) -> None:
     commits = svc.commits
     metrics.gauge("calls_active", "calls ringing or in progress", svc.calls.active_calls)
+    metrics.gauge("tasks", "Trio tasks alive in this process (flat under a steady load)",
+                  live_tasks)
     metrics.gauge("sessions_cached", "sessions seen alive, cached", svc.sessions.live_count)
     metrics.counter("commit_batches", "group-commit batches", lambda: commits.batches)
     metrics.counter("commit_messages", "messages in group-commit batches",

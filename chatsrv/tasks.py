@@ -136,3 +136,21 @@ def as_startup_error(group: BaseExceptionGroup[BaseException]) -> StartupError:
     error = StartupError("; ".join(dict.fromkeys(str(e) for e in found)))
     error.__cause__ = group
     return error
+
+
+def live_tasks() -> int:
+    """Trio tasks alive in this run (the root task and everything under it), for the
+    `tasks` gauge: what a soak watches for leaks. O(tasks); read at scrape time."""
+    try:
+        stack = [trio.lowlevel.current_root_task()]
+    except RuntimeError:  # read outside a Trio run
+        return 0
+    count = 0
+    while stack:
+        task = stack.pop()
+        if task is None:
+            continue
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count

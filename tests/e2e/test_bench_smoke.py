@@ -77,3 +77,22 @@ def test_the_commit_probe_runs() -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count(" p50 ") == 4, proc.stdout
+
+
+def test_a_short_soak_counts_everything_and_loses_nothing(tmp_path: Path) -> None:
+    """bench.soak (issue 16) on a private PostgreSQL: senders, idle devices with receipts,
+    typing and reconnects, sampled; its own checks pass (exit 0) and every count moved."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.soak", "--duration", "12", "--sockets", "40",
+         "--devices", "4", "--senders", "3", "--sample", "3", "--churn", "2",
+         "--typing-every", "2", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "soak.json").read_text())
+    c, crowd = report["counts"], report["crowd"]
+    assert c["sent"] == c["acked"] > 0 and c["lost"] == c["stored_twice"] == 0, c
+    assert crowd["received"] > 0 and crowd["receipts"] > 0 and crowd["reconnects"] > 0, crowd
+    assert crowd["typing"] > 0, crowd
+    samples = report["samples"]
+    assert len(samples) >= 3 and all(s["tasks"] > 0 and s["fds"] > 0 for s in samples)

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from chatsrv.tasks import StartupError, open_background, retry, supervised
+from chatsrv.tasks import StartupError, live_tasks, open_background, retry, supervised
 
 
 @pytest.fixture
@@ -111,3 +111,14 @@ async def test_retry_raises_permanent_errors_at_once(
     with pytest.raises(StartupError, match="does not exist"):
         await retry(unknown_database, what="db", deadline=10, transient=(OSError,))
     assert attempts == 1
+
+
+async def test_live_tasks_counts_every_task_of_the_run() -> None:
+    before = live_tasks()
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(trio.sleep_forever)
+        await trio.testing.wait_all_tasks_blocked()
+        assert live_tasks() == before + 3
+        nursery.cancel_scope.cancel()
+    assert live_tasks() == before

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -231,6 +232,13 @@ def growth(samples: list[Sample], attr: str, *, warmup: float) -> float | None:
 
 async def run(opts: Options) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="chatsrv-soak-"))
+    try:
+        return await _run(opts, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _run(opts: Options, root: Path) -> dict[str, Any]:
     crowd = Crowd(target=opts.sockets)
     samples: list[Sample] = []
     rng = random.Random(16)
@@ -350,7 +358,7 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     fig, axes = plt.subplots(4, 1, figsize=(16, 12), sharex=True, dpi=100)
     for ax, key, label in zip(axes, ("rss_mib", "fds", "tasks", "ack_p99_ms"),
                               ("server RSS (MiB)", "server open fds", "server Trio tasks",
-                               "ack latency p99 (ms)"), strict=True):
+                               "ack latency (ms)"), strict=True):
         values = [s[key] if s[key] is not None else math.nan for s in samples]
         ax.plot(t, values, label=key.removeprefix("ack_").removesuffix("_ms"))
         ax.set_ylabel(label)

@@ -17,7 +17,9 @@ from chatsrv.adapters.storage.base import Database
 from chatsrv.adapters.storage.blocks import SqlBlocks
 from chatsrv.adapters.storage.calls import SqlCallLog
 from chatsrv.adapters.storage.changes import SqlChanges
-from chatsrv.adapters.storage.memory import MemoryBlocks, MemoryCallLog, MemoryStore
+from chatsrv.adapters.storage.memory.blocks import MemoryBlocks
+from chatsrv.adapters.storage.memory.calls import MemoryCallLog
+from chatsrv.adapters.storage.memory.store import MemoryStore
 from chatsrv.adapters.storage.memory_changes import MemoryChanges
 from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.sql import SqlStore

@@ -14,7 +14,7 @@ import trio_asyncio
 
 from chatsrv.adapters.storage import migrate as migrations
 from chatsrv.adapters.storage.base import Op, exec_
-from chatsrv.adapters.storage.memory import MemoryStore
+from chatsrv.adapters.storage.memory.store import MemoryStore
 from chatsrv.adapters.storage.memory_search import MemorySearchIndex
 from chatsrv.adapters.storage.search import SqlSearchIndex
 from chatsrv.adapters.storage.sql import SqlStore

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from chatsrv.adapters.storage.memory import MemoryUploadStore
+from chatsrv.adapters.storage.memory.uploads import MemoryUploadStore
 from chatsrv.adapters.storage.uploads import SqlUploadStore
 from chatsrv.domain.model import Message, User, new_id, utcnow
 from chatsrv.domain.ports import Store, UploadStore

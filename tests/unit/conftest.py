@@ -11,7 +11,8 @@ import pytest
 import trio
 
 from chatsrv.adapters.memory import LOCAL_INSTANCE, LocalDirectory, LocalRouter, NoBus
-from chatsrv.adapters.storage.memory import MemoryCallLog, MemoryStore
+from chatsrv.adapters.storage.memory.calls import MemoryCallLog
+from chatsrv.adapters.storage.memory.store import MemoryStore
 from chatsrv.adapters.storage.memory_changes import MemoryChanges
 from chatsrv.domain.model import ConversationType, Device, Role, User, new_id, utcnow
 from chatsrv.metrics import Metrics

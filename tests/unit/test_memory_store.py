@@ -9,7 +9,8 @@ from datetime import timedelta
 import pytest
 import trio
 
-from chatsrv.adapters.storage.memory import MemoryCallLog, MemoryStore
+from chatsrv.adapters.storage.memory.calls import MemoryCallLog
+from chatsrv.adapters.storage.memory.store import MemoryStore
 from chatsrv.domain.errors import Conflict, Invalid, Unavailable
 from chatsrv.domain.model import (
     CallRecord,

@@ -19,7 +19,7 @@ import trio.testing
 from chatsrv.adapters.memory import LocalDirectory, LocalRouter
 from chatsrv.adapters.push.http import Outcome
 from chatsrv.adapters.push.memory import MemoryPushStore
-from chatsrv.adapters.storage.memory import MemoryStore
+from chatsrv.adapters.storage.memory.store import MemoryStore
 from chatsrv.domain.model import Message, User, new_id
 from chatsrv.domain.push import PushSubscription
 from chatsrv.services.membership import MembershipCache

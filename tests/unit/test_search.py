@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from chatsrv.adapters.storage.memory import MemoryStore
+from chatsrv.adapters.storage.memory.store import MemoryStore
 from chatsrv.adapters.storage.memory_search import MemorySearchIndex
 from chatsrv.adapters.storage.search import fts5_match_of, tsquery_of
 from chatsrv.domain.errors import Invalid, NotFound

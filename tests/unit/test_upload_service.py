@@ -14,7 +14,8 @@ import trio.testing
 
 from chatsrv.adapters.blobs.local import LocalBlobStore
 from chatsrv.adapters.memory import LocalRouter
-from chatsrv.adapters.storage.memory import MemoryStore, MemoryUploadStore
+from chatsrv.adapters.storage.memory.store import MemoryStore
+from chatsrv.adapters.storage.memory.uploads import MemoryUploadStore
 from chatsrv.adapters.storage.memory_changes import MemoryChanges
 from chatsrv.domain.errors import Invalid, TooLarge
 from chatsrv.metrics import Metrics

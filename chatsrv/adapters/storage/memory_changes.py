@@ -1,5 +1,5 @@
 """The MessageChanges port in memory, beside a MemoryStore whose messages it changes (as
-the SQL tables beside the others). Atomic per call like the store (memory.py docstring);
+the SQL tables beside the others). Atomic per call like the store (memory/__init__.py docstring);
 held to the same contract suite as the SQL adapter (tests/contract/test_changes.py)."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from chatsrv.adapters.storage.memory import MemoryStore, _atomic, _count, _Faults, _text, _ts, _uuid
+from chatsrv.adapters.storage.memory.base import _atomic, _count, _Faults, _text, _ts, _uuid
+from chatsrv.adapters.storage.memory.store import MemoryStore
 from chatsrv.domain.changes import (
     DELETED,
     EDITED,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from chatsrv.adapters.storage.memory import MemoryStore, _atomic, _count, _Faults, _ts, _uuid
+from chatsrv.adapters.storage.memory.base import _atomic, _count, _Faults, _ts, _uuid
+from chatsrv.adapters.storage.memory.store import MemoryStore
 from chatsrv.domain.model import Message
 from chatsrv.domain.search import SearchCursor, SearchQuery, matches
 

@@ -70,7 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _migrate(args: argparse.Namespace) -> int:
     from chatsrv.adapters.storage.migrate import migrate
-    from chatsrv.app import open_database
+    from chatsrv.wiring import open_database
 
     settings = _settings(args)
 
@@ -90,8 +90,8 @@ async def _with_accounts(settings: Settings, fn: Callable[[Any], Awaitable[T]]) 
 
     from chatsrv.adapters.storage.migrate import migrate
     from chatsrv.adapters.storage.sql import SqlStore
-    from chatsrv.app import build_auth, open_database
     from chatsrv.services.auth import AdminService
+    from chatsrv.wiring import build_auth, open_database
 
     async with open_database(settings) as db:
         await migrate(db)

@@ -21,8 +21,9 @@ import trio_asyncio
 from bench.server import LOAD_TEST_LIMITS
 from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.sql import SqlStore
-from chatsrv.app import Node, open_database, serve_node
+from chatsrv.app import Node, serve_node
 from chatsrv.config import Settings, from_overrides
+from chatsrv.wiring import open_database
 from tests.helpers import Client
 
 PG_ADMIN_DSN = os.environ.get("CHATSRV_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

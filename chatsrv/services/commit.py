@@ -102,7 +102,7 @@ class GroupCommitter:
         """Forever: commit lane `lane`'s batches and `announce(message, origin)` each new
         message in commit order. Never raises for one batch's failure: its senders get the
         error, nothing of it is acked, the lane goes on. Run supervised by the services
-        (app.open_services), one task per lane."""
+        (wiring.open_services), one task per lane."""
         _, recv = self._lanes[lane]
         task_status.started()
         while True:

@@ -1,4 +1,4 @@
-"""The inventory of one running node, built by app.open_services. The composition root
+"""The inventory of one running node, built by wiring.open_services. The composition root
 hands each transport the services it calls (app.build_asgi); tests reach in here."""
 
 from __future__ import annotations

@@ -22,9 +22,9 @@ import pytest
 import trio
 
 from bench.server import LOAD_TEST_LIMITS
-from chatsrv.app import open_services
 from chatsrv.config import ConfigError, Settings
 from chatsrv.tasks import StartupError
+from chatsrv.wiring import open_services
 from tests.cluster.conftest import (
     Cluster,
     NodeSettings,

@@ -23,9 +23,9 @@ from chatsrv.adapters.storage.memory.store import MemoryStore
 from chatsrv.adapters.storage.memory_changes import MemoryChanges
 from chatsrv.adapters.storage.migrate import migrate
 from chatsrv.adapters.storage.sql import SqlStore
-from chatsrv.app import open_database
 from chatsrv.config import Settings
 from chatsrv.domain.ports import Blocks, CallLog, MessageChanges, Store
+from chatsrv.wiring import open_database
 from tests.conftest import BACKENDS
 
 CONTRACT_BACKENDS = ["memory", *BACKENDS]

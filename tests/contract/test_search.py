@@ -18,12 +18,12 @@ from chatsrv.adapters.storage.memory.store import MemoryStore
 from chatsrv.adapters.storage.memory_search import MemorySearchIndex
 from chatsrv.adapters.storage.search import SqlSearchIndex
 from chatsrv.adapters.storage.sql import SqlStore
-from chatsrv.app import open_database
 from chatsrv.config import Settings
 from chatsrv.domain.errors import Invalid
 from chatsrv.domain.model import Message, User, new_id, utcnow
 from chatsrv.domain.ports import SearchIndex, Store
 from chatsrv.domain.search import SearchCursor, parse_query
+from chatsrv.wiring import open_database
 from tests.conftest import BACKENDS, fresh_pg_database
 from tests.contract.conftest import beside
 from tests.contract.test_store import make_conversation, make_user

@@ -15,7 +15,6 @@ import pytest
 import trio
 import trio.testing
 
-from chatsrv.app import build_auth
 from chatsrv.config import Settings
 from chatsrv.domain.model import Arrival, Principal, User
 from chatsrv.metrics import Metrics
@@ -23,6 +22,7 @@ from chatsrv.protocol.frames import Frame
 from chatsrv.transport.session import FrameRates, Session, SessionDeps
 from chatsrv.transport.websocket import Outbox
 from chatsrv.transport.ws import Expiries
+from chatsrv.wiring import build_auth
 from tests.unit.conftest import World
 
 TTL = 6.0

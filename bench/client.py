@@ -169,9 +169,10 @@ class RejectedError(Exception):
     """The server answered the handshake with something other than `ready`."""
 
 
-# what connecting a socket can raise (besides cancellation)
+# what connecting a socket can raise (besides cancellation); BrokenResourceError: the lean
+# client's stream reset mid-handshake (a node killed while its clients reconnect)
 CONNECT_FAILURES = (OSError, HandshakeError, ConnectionClosed, RejectedError, trio.TooSlowError,
-                    aioclient.RefusedError)
+                    trio.BrokenResourceError, aioclient.RefusedError)
 
 
 class Ws(Protocol):

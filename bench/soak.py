@@ -152,11 +152,11 @@ async def device(url: str, user: User, cid: str, *, first: bool, opts: Options, 
                     with trio.CancelScope(shield=True):
                         await ws.cut()
                 nursery.cancel_scope.cancel()
-        except (*CONNECT_FAILURES, ConnectionClosed):
+        except* (*CONNECT_FAILURES, ConnectionClosed):  # raised inside the nursery: a group
             crowd.reconnect_failures += 1
             await trio.sleep(0.5)  # retry pacing for a refused or dropped socket
-            continue
-        crowd.reconnects += 1
+        else:
+            crowd.reconnects += 1
 
 
 async def _use(ws: Ws, cid: str, *, first: bool, opts: Options, crowd: Crowd,

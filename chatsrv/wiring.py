@@ -104,7 +104,8 @@ async def open_routing(settings: Settings, metrics: Metrics) -> AsyncIterator[Ro
     settings.check_cluster()
     from chatsrv.adapters.cluster.node_rpc import serve_node_rpc
     from chatsrv.adapters.cluster.peers import open_cluster_router
-    from chatsrv.adapters.cluster.redis import open_redis, open_redis_directory
+    from chatsrv.adapters.cluster.redis import open_redis_directory
+    from chatsrv.adapters.cluster.redis_client import open_redis
     from chatsrv.adapters.cluster.redis_limits import RedisLimiter
 
     failures = metrics.task_failures

@@ -436,7 +436,7 @@ async def test_the_node_port_refuses_strangers(cluster: Cluster, redis_url: str,
     from trio_asyncio import aio_as_trio
 
     from chatsrv._pb.chatsrv.node.v1 import node_grpc, node_pb2
-    from chatsrv.adapters.cluster.peers import NODE_KEY_HEADER, node_key, split_address
+    from chatsrv.adapters.cluster.peer_link import NODE_KEY_HEADER, node_key, split_address
 
     with trio.fail_after(30):
         n1 = await cluster.start("node-1")
@@ -482,12 +482,12 @@ async def test_a_peer_whose_name_resolves_late_gets_the_events_queued_meanwhile(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Right after `podman-compose up` a container's name may not resolve yet: the link keeps
     what it has for that node (bounded) and tries again, under PEER_RPC_TIMEOUT each time."""
-    import chatsrv.adapters.cluster.peers as peers
+    import chatsrv.adapters.cluster.peer_link as peer_link
 
     resolvable = trio.Event()
     failed_twice = trio.Event()
     lookups = 0
-    real = peers.resolve_host
+    real = peer_link.resolve_host
 
     async def late_dns(host: str) -> str:
         nonlocal lookups
@@ -500,7 +500,7 @@ async def test_a_peer_whose_name_resolves_late_gets_the_events_queued_meanwhile(
             return "127.0.0.1"
         return await real(host)
 
-    monkeypatch.setattr(peers, "resolve_host", late_dns)
+    monkeypatch.setattr(peer_link, "resolve_host", late_dns)
     port = _free_port()
 
     def settings_of(node_id: str) -> Settings:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from chatsrv.adapters.cluster.peers import PeerLink
+from chatsrv.adapters.cluster.peer_link import PeerLink
 from tests.cluster.conftest import Cluster
 from tests.cluster.test_cluster import routable
 from tests.e2e.test_supervision import metric

@@ -9,8 +9,9 @@ import pytest
 import trio_asyncio
 
 from chatsrv.adapters.aio import raised_inside
-from chatsrv.adapters.cluster.peers import _rpc_failed
-from chatsrv.adapters.cluster.redis import RedisDirectory, _redis_down
+from chatsrv.adapters.cluster.peer_link import _rpc_failed
+from chatsrv.adapters.cluster.redis import RedisDirectory
+from chatsrv.adapters.cluster.redis_client import _redis_down
 from chatsrv.domain.errors import Unavailable
 
 

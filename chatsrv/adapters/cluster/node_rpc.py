@@ -20,7 +20,7 @@ from grpclib.server import Server, Stream
 from trio_asyncio import aio_as_trio
 
 from chatsrv._pb.chatsrv.node.v1 import node_grpc, node_pb2
-from chatsrv.adapters.cluster.peers import NODE_KEY_HEADER, node_key
+from chatsrv.adapters.cluster.peer_link import NODE_KEY_HEADER, node_key
 from chatsrv.adapters.memory import LocalRouter
 from chatsrv.config import Settings
 from chatsrv.domain.model import CallSignal, Device

@@ -1,74 +1,40 @@
 """Cluster directory on Redis: who is online on which node, node liveness, and the pub/sub
 feed that keeps every node's routing view (adapters/peers.py) current.
 
-Keys, all under `{REDIS_PREFIX}:` ("chatsrv" by default). A node *instance* is one run of
-a node: NODE_ID plus a random suffix (see peers.new_instance_id).
+Key layout, and how a dead instance's users go offline exactly once: redis_ops.py.
 
-    nodes                    hash    instance -> gRPC address, every registered instance
-    node:{instance}:alive    string  its address; PX node_ttl, refreshed by its heartbeat
-    node:{instance}:users    set     users with a connection on that instance
-    user:{user_id}:nodes     set     instances where the user has a connection
-    node:{instance}:reap     string  lock (SET NX PX node_ttl): the one node turning a dead
-                                     instance's users offline
-    events                   channel {"op": "up"|"down"|"on"|"off"|"members", "node", "address",
-                                      "users", "conversation"}
-
-An entry user -> instance counts only while the instance's `alive` key exists, so a node that
-stops heartbeating drops out by TTL (node_ttl) even before anyone cleans up after it. The
-others' node watch then reaps it: SREM takes it out of each user's set, and a user whose set
-becomes empty right then is offline — exactly one node sees that transition for a user,
-so nobody is announced twice (the lock only saves duplicate work).
-
-Changes go through MULTI so a user's online/offline transition is decided atomically across
-nodes (SADD/SREM then SCARD). Redis holds nothing acknowledged: if it is down, this node keeps
-serving (routing to other nodes stalls, clients heal by sync), remembers its own users, and
-re-registers them when Redis answers again.
+Redis holds nothing acknowledged: if it is down, this node keeps serving (routing to other
+nodes stalls, clients heal by sync), remembers its own users, and re-registers them when
+Redis answers again.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import msgspec
 import redis.asyncio as aredis
-import redis.exceptions
 import trio
 from trio_asyncio import aio_as_trio
 
-from chatsrv.adapters.aio import raised_inside
 from chatsrv.adapters.cluster.peers import ClusterRouter
+from chatsrv.adapters.cluster.redis_client import _redis_down, describe_url
 from chatsrv.adapters.cluster.redis_ops import Keys, RedisOps, decoder
 from chatsrv.config import Settings
 from chatsrv.domain.errors import Unavailable
 from chatsrv.metrics import Metrics
-from chatsrv.tasks import StartupError, open_background, retry, supervised
+from chatsrv.tasks import StartupError, open_background, supervised
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Redis down, unreachable or too slow; anything else (ResponseError...) is a bug and raises.
 RECONNECT_CAP = 0.5  # seconds between tries to subscribe again while Redis is down
-# On a Redis Cluster also: no node reachable, CLUSTERDOWN/TRYAGAIN while a shard restarts
-# or fails over, a slot not covered yet.
-_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
-         trio.TooSlowError, redis.exceptions.RedisClusterException,
-         redis.exceptions.ClusterError, redis.exceptions.TryAgainError)
-
-
-def _redis_down(exc: BaseException) -> bool:
-    """Redis down (see _DOWN), or redis-py's cluster client writing on a connection it is
-    replacing while the node restarts ("'NoneType' object has no attribute 'writelines'",
-    seen in CI): an AttributeError raised inside redis-py, not one of ours."""
-    return isinstance(exc, _DOWN) or (isinstance(exc, AttributeError)
-                                      and raised_inside(exc, "redis"))
 
 
 class RedisDirectory:
@@ -407,81 +373,6 @@ class RedisDirectory:
                 self._router.set_node(note.node, *known)
             self._router.users_changed(note.node, note.users, online=note.op == "on")
 
-
-async def _connect(url: str, name: str, sharded: bool) -> aredis.Redis:
-    # decode_responses: every reply is str (the casts above rely on it)
-    if sharded:
-        cluster = aredis.RedisCluster.from_url(url.replace("redis+cluster://", "redis://", 1),
-                                               decode_responses=True, client_name=name)
-        return cluster  # type: ignore[return-value]
-    return aredis.Redis.from_url(url, decode_responses=True, client_name=name)
-
-
-def describe_url(url: str) -> str:
-    """'Redis at host:port' without credentials, for error messages."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return f"Redis at {parts.path}"
-    return f"Redis at {parts.hostname or 'localhost'}:{parts.port or 6379}"
-
-
-def _describe(exc: BaseException) -> str:
-    chain: list[BaseException] = []
-    e: BaseException | None = exc
-    while e is not None and len(chain) < 8:  # the driver's reason is a few causes down
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    for e in chain:
-        if isinstance(e, socket.gaierror):
-            return f"cannot resolve the host name ({e.strerror})"
-        if isinstance(e, ConnectionRefusedError):
-            return "connection refused"
-    if isinstance(exc, redis.exceptions.TimeoutError | trio.TooSlowError | TimeoutError):
-        return "connection timed out"
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-async def wait_for_redis(client: aredis.Redis, url: str, *, deadline: float,
-                         ping_timeout: float) -> None:
-    """Block until Redis answers PING: connection failures are retried for `deadline`
-    seconds; refused credentials and an unknown host fail at once. Raises StartupError."""
-    where = describe_url(url)
-
-    async def attempt() -> None:
-        try:
-            with trio.fail_after(ping_timeout):
-                await aio_as_trio(client.ping)()
-        except (redis.exceptions.ClusterError, redis.exceptions.TryAgainError):
-            raise  # a cluster still forming or failing over: retried
-        except (redis.exceptions.AuthenticationError, redis.exceptions.ResponseError) as exc:
-            raise StartupError(f"{where}: {_describe(exc)}") from exc
-        except (redis.exceptions.ConnectionError, redis.exceptions.RedisClusterException) as exc:
-            if "Name or service not known" in str(exc) or "nodename nor servname" in str(exc):
-                raise StartupError(f"{where}: cannot resolve the host name") from exc
-            raise
-
-    await retry(attempt, what=where, deadline=deadline, transient=_DOWN, describe=_describe)
-
-
-@asynccontextmanager
-async def open_redis(settings: Settings) -> AsyncIterator[aredis.Redis]:
-    """Own a Redis client for the block, once Redis answers PING (see wait_for_redis:
-    raises StartupError). Closed on exit (shielded, REDIS_TIMEOUT)."""
-    if not settings.redis_url:
-        raise ValueError("open_redis needs settings.redis_url")
-    # named, so CLIENT LIST shows which node a connection belongs to
-    client = await aio_as_trio(_connect)(settings.redis_url,
-                                         f"{settings.redis_prefix}.{settings.node_id}",
-                                         settings.redis_cluster)
-    try:
-        await wait_for_redis(client, settings.redis_url,
-                             deadline=settings.connect_retry_deadline,
-                             ping_timeout=settings.redis_timeout)
-        yield client
-    finally:
-        with trio.move_on_after(settings.redis_timeout, shield=True):
-            await aio_as_trio(client.aclose)()
 
 
 @asynccontextmanager

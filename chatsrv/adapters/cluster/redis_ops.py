@@ -1,6 +1,28 @@
 """The asyncio side of the cluster directory: every Redis command, one coroutine per
 operation (each run as one trio-asyncio crossing by RedisDirectory._call, which bounds it).
-Key layout and pub/sub notes: see adapters/redis.py."""
+What the directory (adapters/cluster/redis.py) does with them: see there.
+
+Keys, all under `{REDIS_PREFIX}:` ("chatsrv" by default). A node *instance* is one run of
+a node: NODE_ID plus a random suffix (see peers.new_instance_id).
+
+    nodes                    hash    instance -> gRPC address, every registered instance
+    node:{instance}:alive    string  its address; PX node_ttl, refreshed by its heartbeat
+    node:{instance}:users    set     users with a connection on that instance
+    user:{user_id}:nodes     set     instances where the user has a connection
+    node:{instance}:reap     string  lock (SET NX PX node_ttl): the one node turning a dead
+                                     instance's users offline
+    events                   channel {"op": "up"|"down"|"on"|"off"|"members", "node", "address",
+                                      "users", "conversation"}
+
+An entry user -> instance counts only while the instance's `alive` key exists, so a node that
+stops heartbeating drops out by TTL (node_ttl) even before anyone cleans up after it. The
+others' node watch then reaps it: SREM takes it out of each user's set, and a user whose set
+becomes empty right then is offline — exactly one node sees that transition for a user,
+so nobody is announced twice (the lock only saves duplicate work).
+
+Changes go through MULTI so a user's online/offline transition is decided atomically across
+nodes (SADD/SREM then SCARD).
+"""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ import trio
 import trio_asyncio
 from hypercorn.config import Config as HypercornConfig
 
+from chatsrv.adapters.heap import tune_malloc
 from chatsrv.config import ConfigError, Settings
 from chatsrv.services.container import Services
 from chatsrv.tasks import StartupError, as_startup_error, leaves
@@ -173,4 +174,5 @@ def main(settings: Settings) -> None:
     """Run one node until SIGINT/SIGTERM."""
     _raise_fd_limit()
     _tune_gc()
+    tune_malloc()
     trio.run(_main, settings)

@@ -329,6 +329,9 @@ class Settings:
                              group="operations")
     log_format: str = setting("LOG_FORMAT", "auto", "`text`, `json`, or `auto` (text on a "
                               "terminal, JSON otherwise)", group="operations")
+    malloc_trim_interval: float = setting(
+        "MALLOC_TRIM_INTERVAL", 60.0, "seconds between handing the C heap's free pages back "
+        "to the system (glibc `malloc_trim`; 0: never)", group="operations", minimum=0)
     # derived, not read from the environment: no PostgreSQL and no Redis configured
     embedded: bool = True
 

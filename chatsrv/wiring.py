@@ -17,6 +17,7 @@ import trio
 
 from chatsrv.adapters.aio import contain_asyncio_errors
 from chatsrv.adapters.blobs import open_blob_store
+from chatsrv.adapters.heap import HeapTrimmer
 from chatsrv.adapters.memory import LOCAL_INSTANCE, LocalDirectory, LocalRouter, NoBus
 from chatsrv.adapters.push.http import PushHttp, open_push_http
 from chatsrv.adapters.push.webpush import VapidKey
@@ -277,6 +278,13 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             await nursery.start(supervise, "upload-sweep", uploads.run)
             await nursery.start(supervise, "push-enqueue", push.run_enqueue)
             await nursery.start(supervise, "push-sender", push.run_sender)
+            heap = HeapTrimmer(settings.malloc_trim_interval)
+            if heap.available:
+                metrics.counter("heap_trims", "malloc_trim runs (adapters/heap.py)",
+                                lambda: heap.trims)
+                metrics.counter("heap_trim_seconds", "time the loop spent in malloc_trim",
+                                lambda: heap.trim_seconds)
+                await nursery.start(supervise, "heap-trim", heap.run)
             if routing.watch_nodes is not None:
                 await nursery.start(supervise, "node-watch", routing.watch_nodes,
                                     presence.node_lost)

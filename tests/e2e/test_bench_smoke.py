@@ -5,9 +5,12 @@ No timing is asserted: timings on a shared CI machine are not a property of the 
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from chatsrv.metrics import SEND_STAGES
 from tests.conftest import PG_ADMIN_DSN
@@ -77,6 +80,19 @@ def test_the_commit_probe_runs() -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count(" p50 ") == 4, proc.stdout
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mmap threshold")
+def test_the_recv_cost_probe_runs() -> None:
+    """bench.recv_cost (the price of the pinned mmap threshold, adapters/heap.py) measures
+    both modes; a short run."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.recv_cost", "--reads", "2000", "--rounds", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["dynamic", "pinned"], proc.stdout
 
 
 def test_a_short_soak_counts_everything_and_loses_nothing(tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ def build_asgi(svc: Services) -> tuple[Any, Any]:
     Returns (app, ws endpoint). The transports get the services they call, nothing else."""
     from chatsrv.transport.http import create_app
     from chatsrv.transport.http.uploads import streamed_uploads
-    from chatsrv.transport.session import FrameRates, SessionDeps
+    from chatsrv.transport.session_deps import FrameRates, SessionDeps
     from chatsrv.transport.ws import WebSocketEndpoint
 
     settings = svc.settings

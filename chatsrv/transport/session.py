@@ -3,9 +3,10 @@
 `Session.run` opens the connection's nursery and is the only code that starts tasks in it:
 
 - the reader (the `run` task itself): decodes each frame, in order, and calls one service
-  method per frame type (`_dispatch`); bad input of any kind becomes an `error` frame;
+  method per frame type (`_dispatch`; the call and message-change frames' handlers are in
+  session_calls.py and session_changes.py); bad input of any kind becomes an `error` frame;
 - the writer: drains the bounded outbox into the socket, everything queued in one write
-  (while it is idle, one flusher task for all sockets writes instead: websocket.py);
+  (while it is idle, one flusher task for all sockets writes instead: outbox.py);
 - the acker: chat_messages are queued for commit without waiting (up to MAX_IN_FLIGHT);
   the acker awaits their commits in send order and sends each `message_ack` (or `error`);
   any other frame waits until every message read before it is acked;
@@ -21,30 +22,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from chatsrv.config import Settings
 from chatsrv.domain.changes import encode_cursor
-from chatsrv.domain.errors import ChatError, Forbidden, Internal, RateLimited
+from chatsrv.domain.errors import ChatError, Forbidden, Internal
 from chatsrv.domain.model import Arrival, Device, Principal, iso, new_id, parse_id, utcnow
-from chatsrv.domain.ratelimit import TokenBucket
 from chatsrv.domain.typing_state import TypingBook
-from chatsrv.metrics import Metrics
 from chatsrv.protocol import frames as f
 from chatsrv.protocol.errors import GOING_AWAY, TRY_AGAIN_LATER
 from chatsrv.protocol.render import render_ack, render_error, render_marks, render_message
 from chatsrv.protocol.rest import decode_since
-from chatsrv.services.auth import AuthService
-from chatsrv.services.calls import CallService
-from chatsrv.services.changes import ChangeService
 from chatsrv.services.commit import Pending
-from chatsrv.services.messaging import MessagingService
-from chatsrv.services.presence import PresenceService
-from chatsrv.services.privacy import PrivacyService
-from chatsrv.transport.websocket import Closing, FrameSocket, Outbox
+from chatsrv.transport import session_calls, session_changes
+from chatsrv.transport.outbox import Outbox
+from chatsrv.transport.session_deps import SessionDeps
+from chatsrv.transport.websocket import Closing, FrameSocket
 
 log = logging.getLogger(__name__)
 
@@ -54,44 +48,6 @@ MAX_IN_FLIGHT = 32
 # the "nothing in flight" state every session starts in (a set Event is never cleared)
 _SETTLED = trio.Event()
 _SETTLED.set()
-
-
-class FrameRates:
-    """WebSocket frames per user on this node (RATE_PER_SECOND / RATE_BURST), shared by
-    the user's connections here."""
-
-    def __init__(self, *, rate: float, burst: float) -> None:
-        self._rate, self._burst = rate, burst
-        self._buckets: dict[str, TokenBucket] = {}
-
-    def take(self, user_id: str) -> None:
-        bucket = self._buckets.get(user_id)
-        if bucket is None:
-            bucket = self._buckets[user_id] = TokenBucket(rate=self._rate, burst=self._burst)
-        wait = bucket.take(now=trio.current_time())
-        if wait > 0:
-            raise RateLimited(f"too many frames; retry after {wait:.2f}s", retry_after=wait)
-
-    def forget(self, user_id: str) -> None:
-        self._buckets.pop(user_id, None)
-
-
-@dataclass(frozen=True, slots=True)
-class SessionDeps:
-    """What a session calls: services only (built once by the endpoint)."""
-
-    settings: Settings
-    metrics: Metrics
-    auth: AuthService
-    messaging: MessagingService
-    presence: PresenceService
-    calls: CallService
-    rates: FrameRates
-    # the endpoint: this connection now runs on a new principal (after `auth`)
-    bind: Callable[[Session, Principal], None]
-    changes: ChangeService  # edits, deletes, reactions (issue 14)
-    # whom the user blocked, for `ready.blocked` (None: not told)
-    privacy: PrivacyService | None = None
 
 
 class Session:
@@ -375,20 +331,10 @@ class Session:
             self.error(exc, None)
 
     # ------------------------------------------------------------------ message changes
-
-    async def _edit_message(self, frame: f.EditMessage) -> None:
-        p = frame.payload
-        await self._deps.changes.edit(self.user_id, p.message_id, p.content, origin=self,
-                                      ref=frame.ref)
-
-    async def _delete_message(self, frame: f.DeleteMessage) -> None:
-        await self._deps.changes.delete(self.user_id, frame.payload.message_id, origin=self,
-                                        ref=frame.ref)
-
-    async def _reaction(self, frame: f.Reaction) -> None:
-        p = frame.payload
-        await self._deps.changes.react(self.user_id, p.message_id, p.emoji, p.add,
-                                       origin=self, ref=frame.ref)
+    # edit_message, delete_message, reaction: session_changes.py, methods by assignment
+    _edit_message = session_changes.edit_message
+    _delete_message = session_changes.delete_message
+    _reaction = session_changes.reaction
 
     # ------------------------------------------------------------------ typing
 
@@ -439,27 +385,11 @@ class Session:
         self.send_nowait(f.Frame(f.Pong(server_time=iso(utcnow()) or ""), ref=frame.ref))
 
     # ------------------------------------------------------------------ calls
-
-    async def _call_offer(self, frame: f.CallOffer) -> None:
-        offered = await self._deps.calls.offer(self.device, frame.payload)
-        self.send_nowait(f.Frame(offered.reply, ref=frame.ref))
-        if offered.ringing:
-            await self._start_leg(offered.call_id)
-
-    async def _call_answer(self, frame: f.CallAnswer) -> None:
-        await self._start_leg(await self._deps.calls.answer(self.device, frame.payload,
-                                                            frame.ref))
-
-    async def _start_leg(self, call_id: str) -> None:
-        assert self._nursery is not None
-        await self._nursery.start(self._deps.calls.run_leg, call_id, self.device)
-
-    async def _ice_candidate(self, frame: f.IceCandidate) -> None:
-        await self._deps.calls.ice(self.device, frame.payload, frame.ref)
-
-    async def _call_reject(self, frame: f.CallReject) -> None:
-        await self._deps.calls.reject(self.device, frame.payload, frame.ref)
-
-    async def _call_end(self, frame: f.CallEnd) -> None:
-        await self._deps.calls.end(self.device, frame.payload, frame.ref)
-
+    # call_offer, call_answer, ice_candidate, call_reject, call_end (and the leg they start):
+    # session_calls.py, methods by assignment
+    _call_offer = session_calls.call_offer
+    _call_answer = session_calls.call_answer
+    _start_leg = session_calls.start_leg
+    _ice_candidate = session_calls.ice_candidate
+    _call_reject = session_calls.call_reject
+    _call_end = session_calls.call_end

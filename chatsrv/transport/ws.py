@@ -37,15 +37,10 @@ from chatsrv.services.batching import Coalescer
 from chatsrv.services.sessions import SessionRegistry
 from chatsrv.transport.addresses import client_address, networks
 from chatsrv.transport.http.edge import origin_allowed
-from chatsrv.transport.session import Session, SessionDeps
-from chatsrv.transport.websocket import (
-    AsgiSocket,
-    Flusher,
-    FrameSocket,
-    Handshake,
-    Outbox,
-    WsSocket,
-)
+from chatsrv.transport.outbox import Flusher, Outbox
+from chatsrv.transport.session import Session
+from chatsrv.transport.session_deps import SessionDeps
+from chatsrv.transport.websocket import AsgiSocket, FrameSocket, Handshake, WsSocket
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("chatsrv.access")

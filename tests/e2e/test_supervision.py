@@ -20,7 +20,8 @@ import trio
 
 from chatsrv.config import Settings
 from chatsrv.domain.presence import PresenceBook
-from chatsrv.transport.websocket import Outbox, WsSocket
+from chatsrv.transport.outbox import Outbox
+from chatsrv.transport.websocket import WsSocket
 from tests.conftest import Server, start_server
 from tests.faults import fail_once
 from tests.helpers import pair

@@ -19,8 +19,9 @@ from chatsrv.config import Settings
 from chatsrv.domain.model import Arrival, Principal, User
 from chatsrv.metrics import Metrics
 from chatsrv.protocol.frames import Frame
-from chatsrv.transport.session import FrameRates, Session, SessionDeps
-from chatsrv.transport.websocket import Outbox
+from chatsrv.transport.outbox import Outbox
+from chatsrv.transport.session import Session
+from chatsrv.transport.session_deps import FrameRates, SessionDeps
 from chatsrv.transport.ws import Expiries
 from chatsrv.wiring import build_auth
 from tests.unit.conftest import World

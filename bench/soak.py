@@ -98,6 +98,7 @@ class Crowd:
     reconnect_failures: int = 0
     received: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    failure_kinds: dict[str, int] = field(default_factory=dict)  # exception name: count
     target: int = 0
     full: trio.Event = field(default_factory=trio.Event)  # set once `target` are up
 
@@ -152,8 +153,11 @@ async def device(url: str, user: User, cid: str, *, first: bool, opts: Options, 
                     with trio.CancelScope(shield=True):
                         await ws.cut()
                 nursery.cancel_scope.cancel()
-        except* (*CONNECT_FAILURES, ConnectionClosed):  # raised inside the nursery: a group
+        except* (*CONNECT_FAILURES, ConnectionClosed) as group:  # raised inside the nursery
             crowd.reconnect_failures += 1
+            for exc in _leaves(group):
+                name = type(exc).__name__
+                crowd.failure_kinds[name] = crowd.failure_kinds.get(name, 0) + 1
             await trio.sleep(0.5)  # retry pacing for a refused or dropped socket
         else:
             crowd.reconnects += 1
@@ -189,6 +193,12 @@ async def _use(ws: Ws, cid: str, *, first: bool, opts: Options, crowd: Crowd,
             elif env.type == "error":
                 code = msgspec.json.decode(env.payload).get("code", "?")
                 crowd.errors[code] = crowd.errors.get(code, 0) + 1
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions in a (nested) group, for counting failures by kind."""
+    return [leaf for exc in group.exceptions
+            for leaf in (_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])]
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -311,7 +321,8 @@ async def _run(opts: Options, root: Path) -> dict[str, Any]:
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
         "counts": counts(ledger, result),
         "crowd": {k: getattr(crowd, k) for k in ("sockets", "received", "receipts", "typing",
-                                                 "reconnects", "reconnect_failures", "errors")},
+                                                 "reconnects", "reconnect_failures", "failure_kinds",
+                                                 "errors")},
         "growth": grew,
         "samples": [asdict(s) for s in samples], "problems": found, "notes": result.notes[:50],
     }

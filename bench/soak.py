@@ -42,13 +42,15 @@ import httpx
 import msgspec
 import trio
 from prometheus_client.parser import text_string_to_metric_families
+from trio_websocket import HandshakeError
 
 from bench.cli import raise_fd_limit
 from bench.client import CONNECT_FAILURES, ConnectionClosed, Rest, User, Ws, connect
 from bench.faults import add_node, missing_binaries, open_nodes, open_private_postgres
 from bench.ledger import Ledger, Workload, check, counts, open_traffic, wall_clock
 from bench.ledger import set_up as ledger_set_up
-from bench.stats import quantile
+from bench.stats import quantile, stage_breakdown, stage_histograms
+from chatsrv.tasks import leaves
 
 GROWTH_BOUND = 0.05  # RSS, fds, tasks: last minute over first minute after warm-up
 TAIL_WINDOW = 60.0  # seconds averaged at each end of the comparison
@@ -95,10 +97,13 @@ class Crowd:
     receipts: int = 0
     typing: int = 0
     reconnects: int = 0
-    reconnect_failures: int = 0
+    reconnect_failures: int = 0  # while the traffic ran
+    open_failures: int = 0  # while the crowd first connected, before the traffic
     received: int = 0
     errors: dict[str, int] = field(default_factory=dict)
-    failure_kinds: dict[str, int] = field(default_factory=dict)  # exception name: count
+    # "opening" / "traffic" -> "exception name[: status line]" -> count
+    failure_kinds: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {"opening": {}, "traffic": {}})
     target: int = 0
     full: trio.Event = field(default_factory=trio.Event)  # set once `target` are up
 
@@ -154,10 +159,17 @@ async def device(url: str, user: User, cid: str, *, first: bool, opts: Options, 
                         await ws.cut()
                 nursery.cancel_scope.cancel()
         except* (*CONNECT_FAILURES, ConnectionClosed) as group:  # raised inside the nursery
-            crowd.reconnect_failures += 1
-            for exc in _leaves(group):
-                name = type(exc).__name__
-                crowd.failure_kinds[name] = crowd.failure_kinds.get(name, 0) + 1
+            phase = "traffic" if crowd.full.is_set() else "opening"
+            if phase == "traffic":
+                crowd.reconnect_failures += 1
+            else:
+                crowd.open_failures += 1
+            kinds = crowd.failure_kinds[phase]
+            for exc in leaves(group):
+                kind = type(exc).__name__
+                if isinstance(exc, HandshakeError):  # its message is the refusal's status
+                    kind += f": {str(exc)[:60]}"
+                kinds[kind] = kinds.get(kind, 0) + 1
             await trio.sleep(0.5)  # retry pacing for a refused or dropped socket
         else:
             crowd.reconnects += 1
@@ -195,12 +207,6 @@ async def _use(ws: Ws, cid: str, *, first: bool, opts: Options, crowd: Crowd,
                 crowd.errors[code] = crowd.errors.get(code, 0) + 1
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    """The exceptions in a (nested) group, for counting failures by kind."""
-    return [leaf for exc in group.exceptions
-            for leaf in (_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])]
-
-
 def _host_port(url: str) -> tuple[str, int]:
     host, _, port = url.removeprefix("http://").partition(":")
     return host, int(port)
@@ -226,6 +232,13 @@ async def _gauges(http: httpx.AsyncClient) -> dict[str, float]:
             for s in family.samples if s.name in wanted}
 
 
+async def _refusals(http: httpx.AsyncClient) -> dict[str, float]:
+    """Handshakes the node refused, by reason (a cap, the origin check)."""
+    text = (await http.get("/metrics")).text
+    return {s.labels["reason"]: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == "chatsrv_ws_refused_total"}
+
+
 def growth(samples: list[Sample], attr: str, *, warmup: float) -> float | None:
     """The mean of the last TAIL_WINDOW seconds over the mean of the first TAIL_WINDOW
     seconds after warm-up, minus 1 (None: too short a run to tell)."""
@@ -245,7 +258,15 @@ async def run(opts: Options) -> dict[str, Any]:
     try:
         return await _run(opts, root)
     finally:
+        _keep_logs(root, opts.out)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _keep_logs(root: Path, out: Path) -> None:
+    """The node's own account of the run, kept beside the report."""
+    out.mkdir(parents=True, exist_ok=True)
+    for log in root.glob("*.log"):
+        shutil.copy(log, out / log.name)
 
 
 async def _run(opts: Options, root: Path) -> dict[str, Any]:
@@ -274,6 +295,7 @@ async def _run(opts: Options, root: Path) -> dict[str, Any]:
                 await crowd.full.wait()
             async with open_traffic(work, rate=opts.rate, ledger=ledger,
                                     watch=[node.child.watch]):
+                stages_before = stage_histograms((await http.get("/metrics")).text)
                 start = trio.current_time()
                 seen = 0
                 churned = 0.0
@@ -303,8 +325,11 @@ async def _run(opts: Options, root: Path) -> dict[str, Any]:
                         s = samples[-1]
                         print(f"{s.t:7.0f}s rss {s.rss_mib:7.1f} MiB  fds {s.fds:6d}  "
                               f"tasks {s.tasks:6.0f}  sockets {s.connections:6.0f}  "
-                              f"acked {s.acked:6d}  p50/p99 {s.ack_p50_ms}/{s.ack_p99_ms} ms",
-                              flush=True)
+                              f"acked {s.acked:6d}  p50/p99 {s.ack_p50_ms}/{s.ack_p99_ms} ms  "
+                              f"failed (re)connects {crowd.reconnect_failures}", flush=True)
+            refused = await _refusals(http)
+            stages = stage_breakdown(stages_before,
+                                     stage_histograms((await http.get("/metrics")).text))
             crowd_nursery.cancel_scope.cancel()
         result = await check(ledger, work, [node.url])
         deaths = node.child.deaths
@@ -321,8 +346,11 @@ async def _run(opts: Options, root: Path) -> dict[str, Any]:
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
         "counts": counts(ledger, result),
         "crowd": {k: getattr(crowd, k) for k in ("sockets", "received", "receipts", "typing",
-                                                 "reconnects", "reconnect_failures", "failure_kinds",
+                                                 "reconnects", "reconnect_failures",
+                                                 "open_failures", "failure_kinds",
                                                  "errors")},
+        "refused_by_node": refused,
+        "send_stages": stages,  # where the server's send-to-ack time went, per stage
         "growth": grew,
         "samples": [asdict(s) for s in samples], "problems": found, "notes": result.notes[:50],
     }
@@ -351,6 +379,16 @@ def markdown(report: dict[str, Any]) -> str:
         f"{c['false_acks']} | {c['gaps']} | {c['sync_missing']} | {crowd['receipts']} | "
         f"{crowd['typing']} | {crowd['reconnects']} | {pct(g['rss_mib'])} / {pct(g['fds'])} / "
         f"{pct(g['tasks'])} | {min(p99s, default=0):.1f}-{max(p99s, default=0):.1f} |",
+        "",
+        f"failed connects while the crowd first connected: {crowd['open_failures']} "
+        f"{crowd['failure_kinds']['opening'] or ''}; failed reconnects during the traffic: "
+        f"{crowd['reconnect_failures']} {crowd['failure_kinds']['traffic'] or ''}; "
+        f"handshakes the node refused: {report['refused_by_node'] or 'none'}; "
+        f"error frames: {crowd['errors'] or 'none'}",
+        "",
+        "server send-to-ack by stage, ms (mean / p50 / p90): " + ", ".join(
+            f"{st['stage']} {st['mean_ms']} / {st['p50_ms']} / {st['p90_ms']}"
+            for st in report["send_stages"]),
         "",
         "problems: " + ("; ".join(report["problems"]) or "none"),
     ]

@@ -164,9 +164,11 @@ class Settings:
                                      "per user", group="realtime", minimum=0.1)
     rate_burst: float = setting("RATE_BURST", 60.0, "WebSocket frame burst per user",
                                 group="realtime", minimum=1)
-    member_cache_ttl: float = setting("MEMBER_CACHE_TTL", 5.0, "seconds a conversation's "
+    member_cache_ttl: float = setting("MEMBER_CACHE_TTL", 60.0, "seconds a conversation's "
                                       "cached member list (and a user's cached blocks and "
-                                      "privacy settings) lives", group="realtime", minimum=0)
+                                      "privacy settings) lives; a change drops it at once, "
+                                      "on every node, so this only bounds a missed note",
+                                      group="realtime", minimum=0)
     # ---- calls
     ring_timeout: float = setting("RING_TIMEOUT", 45.0, "seconds a call rings before it is "
                                   "missed", group="calls", minimum=1)

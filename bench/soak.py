@@ -232,10 +232,9 @@ async def _gauges(http: httpx.AsyncClient) -> dict[str, float]:
             for s in family.samples if s.name in wanted}
 
 
-async def _refusals(http: httpx.AsyncClient) -> dict[str, float]:
-    """Handshakes the node refused, by reason (a cap, the origin check)."""
-    text = (await http.get("/metrics")).text
-    return {s.labels["reason"]: s.value for family in text_string_to_metric_families(text)
+def _refusals(metrics_text: str) -> dict[str, float]:
+    """Handshakes the node refused, by reason (a cap, the origin check), from a scrape."""
+    return {s.labels["reason"]: s.value for family in text_string_to_metric_families(metrics_text)
             for s in family.samples if s.name == "chatsrv_ws_refused_total"}
 
 
@@ -327,9 +326,9 @@ async def _run(opts: Options, root: Path) -> dict[str, Any]:
                               f"tasks {s.tasks:6.0f}  sockets {s.connections:6.0f}  "
                               f"acked {s.acked:6d}  p50/p99 {s.ack_p50_ms}/{s.ack_p99_ms} ms  "
                               f"failed (re)connects {crowd.reconnect_failures}", flush=True)
-            refused = await _refusals(http)
-            stages = stage_breakdown(stages_before,
-                                     stage_histograms((await http.get("/metrics")).text))
+            metrics_text = (await http.get("/metrics")).text  # one scrape for both
+            refused = _refusals(metrics_text)
+            stages = stage_breakdown(stages_before, stage_histograms(metrics_text))
             crowd_nursery.cancel_scope.cancel()
         result = await check(ledger, work, [node.url])
         deaths = node.child.deaths
